@@ -1,0 +1,3 @@
+from slp.cli.main import main
+
+main()

@@ -1,0 +1,173 @@
+"""A small synchronous client for the running agent's HTTP API, for CLI commands.
+
+Stdlib only (http.client): the CLI stays quick to start and has one error path, `CliError`,
+which `run_cli` prints as a single red line.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import socket
+from typing import Any, Callable, Iterator, Optional, TypeVar
+from urllib.parse import urlsplit
+
+import typer
+from pydantic import ValidationError
+
+from slp.runstate import agent_url
+from slp.settings import Settings, paths
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as `Error: <message>`, exit code 1, no traceback."""
+
+
+def _settings_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(part) for part in err.get("loc", ())) or "settings"
+    return f"invalid setting '{field}': {err['msg']}"
+
+
+def load_settings() -> Settings:
+    """Settings(), with an unreadable config file reported as a CliError (bad values stay ValidationError)."""
+    try:
+        return Settings()
+    except ValidationError:
+        raise
+    except (ValueError, OSError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise CliError(f"cannot read {paths().config_file}: {exc}") from exc
+
+
+def fail(message: str) -> None:
+    """Print one red error line on stderr and exit 1."""
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def run_cli(fn: F) -> F:
+    """Decorate a command so CliError and bad settings end as one red line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CliError as exc:
+            fail(str(exc))
+        except ValidationError as exc:
+            fail(_settings_error(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _error_message(status: int, raw: bytes) -> str:
+    """The message of an OpenAI error envelope, or a short description of an odd reply."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    text = raw.decode("utf-8", "replace").strip()[:200]
+    return f"the agent answered HTTP {status}" + (f": {text}" if text else "")
+
+
+class AgentClient:
+    """Talks to the agent at `base_url` (default: where slp.runstate says it runs)."""
+
+    def __init__(self, base_url: Optional[str] = None, api_key: Optional[str] = None,
+                 settings: Optional[Settings] = None, timeout: float = 60.0):
+        if base_url is None or api_key is None:
+            settings = settings or load_settings()
+            base_url = base_url or agent_url(settings)
+            if api_key is None and settings.api_key is not None:
+                api_key = settings.api_key.get_secret_value()
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CliError(f"invalid agent URL '{self.base_url}'")
+        self._parts = parts
+
+    def _send(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(self._parts.hostname, self._parts.port, timeout=timeout or self.timeout)
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            conn.request(method, self._parts.path + path, body=data, headers=headers)
+            return conn, conn.getresponse()
+        except (ConnectionRefusedError, socket.gaierror, ConnectionResetError) as exc:
+            conn.close()
+            raise CliError(f"slp agent is not running at {self.base_url}; start it with: slp agent start") from exc
+        except (TimeoutError, socket.timeout) as exc:
+            conn.close()
+            raise CliError(f"the agent at {self.base_url} did not answer in time") from exc
+        except OSError as exc:
+            conn.close()
+            raise CliError(f"cannot reach the agent at {self.base_url}: {exc}") from exc
+
+    def request(self, method: str, path: str, json: Any = None) -> dict:
+        """Send one request; return the JSON object answered, or raise CliError with the agent's message."""
+        conn, resp = self._send(method, path, json)
+        try:
+            raw = resp.read()
+        except OSError as exc:
+            raise CliError(f"the agent at {self.base_url} dropped the connection: {exc}") from exc
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise CliError(_error_message(resp.status, raw))
+        try:
+            return _json_loads(raw) if raw else {}
+        except ValueError:
+            raise CliError(f"the agent answered something that is not JSON (HTTP {resp.status})") from None
+
+    def stream_chat(self, body: dict) -> Iterator[str]:
+        """Stream a chat completion (forces stream=true); yield content deltas until [DONE]."""
+        conn, resp = self._send("POST", "/v1/chat/completions", {**body, "stream": True}, timeout=600)
+        try:
+            if resp.status >= 400:
+                raise CliError(_error_message(resp.status, resp.read()))
+            for raw_line in resp:
+                line = raw_line.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    event = _json_loads(data)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                if "error" in event:
+                    raise CliError(_error_message(500, data.encode()))
+                for choice in event.get("choices") or []:
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        yield content
+        except (TimeoutError, socket.timeout) as exc:
+            raise CliError(f"the agent at {self.base_url} stopped answering") from exc
+        except (http.client.HTTPException, ConnectionError) as exc:
+            raise CliError(f"the agent at {self.base_url} dropped the connection: {exc}") from exc
+        finally:
+            conn.close()
+
+
+_json_loads = json.loads  # `request` has a parameter named json

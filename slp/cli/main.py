@@ -1,0 +1,20 @@
+"""The `slp` command: one sub-app per noun (agent, model, project), plus status, chat and version."""
+
+from __future__ import annotations
+
+import typer
+
+from slp.cli import agent, chat, model, project, status
+
+app = typer.Typer(help="slp: run a local LLM and talk to it from any OpenAI client.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(agent.app, name="agent")
+app.add_typer(model.app, name="model")
+app.add_typer(project.app, name="project")
+app.command("status")(status.status)
+app.command("version")(status.version)
+app.command("chat")(chat.chat)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,75 @@
+"""`slp status` and `slp version`: what runs, on what, in which project."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from tabulate import tabulate
+
+import slp
+from slp.cli.client import AgentClient, load_settings, run_cli
+from slp.engine.binary import EngineNotFound, find_engine
+from slp.runstate import live_state
+
+
+def percent(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
+
+
+def status_rows(info: dict) -> list[tuple[str, str]]:
+    """The seed's table: Server, PID, Quantization, Context window, Flash attention, Model size,
+    Memory usage, GPU, Active project."""
+    project = info.get("active_project") or {}
+    return [
+        ("Server", info["server"]),
+        ("PID", str(info["agent"]["pid"])),
+        ("Quantization", info.get("quantization") or "n/a"),
+        ("Context window", str(info["context_window"])),
+        ("Flash attention", str(bool(info["flash_attention"]))),
+        ("Model size", info.get("model_size") or "n/a"),
+        ("Memory usage", percent(info["memory_usage"]["percent"])),
+        ("GPU", info["gpu"]),
+        ("Active project", f"{project.get('name')} (id={project.get('id')})"),
+    ]
+
+
+@run_cli
+def status(as_json: bool = typer.Option(False, "--json", help="Print the full status as JSON.")) -> None:
+    """Show the agent's server URL, model, memory, GPU and active project as a table.
+
+    Example: slp status
+    """
+    settings = load_settings()
+    state = live_state(settings.paths)
+    if not state:
+        typer.secho("slp agent is not running; start it with: slp agent start", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    info = AgentClient(state["url"], settings=settings).request("GET", "/v1/status")
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(tabulate(status_rows(info), headers=["Property", "Value"], tablefmt="simple"))
+    if info["engine"]["state"] != "ready":
+        typer.secho(f"engine {info['engine']['state']}: {info['engine']['reason']}", err=True,
+                    fg=typer.colors.YELLOW)
+
+
+@run_cli
+def version() -> None:
+    """Show slp's version and the engine build it runs.
+
+    Example: slp version
+    """
+    typer.echo(f"slp {slp.__version__}")
+    try:
+        binary, record = find_engine(load_settings())
+    except EngineNotFound as exc:
+        typer.echo(f"engine: not built ({exc})")
+        return
+    typer.echo(f"engine: {binary}")
+    if record:
+        typer.echo(f"  llama.cpp {record.get('commit')} · preset {record.get('preset')} · "
+                   f"built {record.get('built_at')} · {record.get('compiler')}")

@@ -1,0 +1,27 @@
+"""How settings become a llama-server command line (and nothing else does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slp.engine.process import EngineCommand
+from slp.settings import Settings
+
+
+def engine_command(settings: Settings, binary: Path, model_path: Path, port: int, api_key: str,
+                   alias: str) -> EngineCommand:
+    """The argv for one engine: loopback only, on the agent's private port, guarded by `api_key`.
+
+    The key travels in the environment (LLAMA_API_KEY), not argv, so other local users cannot read it
+    from `ps` and bypass the agent. All slots share one KV buffer (--kv-unified) so a single long
+    request can use the whole context window.
+    """
+    argv = [str(binary), "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
+            "--alias", alias, "--ctx-size", str(settings.ctx_size), "--parallel", str(settings.parallel),
+            "--kv-unified", "--flash-attn", "on" if settings.flash_attn else "off",
+            "--metrics", "--no-webui"]
+    if settings.gpu_layers is not None:
+        argv += ["--n-gpu-layers", str(settings.gpu_layers)]
+    if settings.threads is not None:
+        argv += ["--threads", str(settings.threads)]
+    return EngineCommand(argv=argv, env={"LLAMA_API_KEY": api_key}, log_path=settings.paths.engine_log)

@@ -1,0 +1,146 @@
+"""The llama-server child process: how it is spawned, how it is stopped, and how it is tied to us.
+
+The engine runs in its own process group so that a stop reaches everything it started, and on Linux
+it receives SIGKILL when the agent dies (PR_SET_PDEATHSIG), so it never outlives an agent that was
+killed with SIGKILL. Elsewhere the state file lets the next `slp agent start` reap a leftover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    """Everything needed to start one engine: argv, extra environment, where its output goes."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES, backups: int = LOG_BACKUPS) -> None:
+    """Shift `path` to `path.1` … when it has grown past max_bytes (done before each spawn)."""
+    try:
+        if path.stat().st_size < max_bytes:
+            return
+    except FileNotFoundError:
+        return
+    for i in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    os.replace(path, path.with_name(f"{path.name}.1"))
+
+
+async def spawn(command: EngineCommand) -> asyncio.subprocess.Process:
+    """Start the engine in a new session (own process group), output appended to its log.
+
+    Raises OSError when the binary cannot be executed (missing, not executable).
+    """
+    command.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rotate_log(command.log_path)
+    fd = os.open(command.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"--- slp: starting engine at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                     f"{' '.join(command.argv)}\n".encode())
+        return await asyncio.create_subprocess_exec(
+            *command.argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd,
+            env={**os.environ, **command.env}, start_new_session=True, preexec_fn=_die_with_parent)
+    finally:
+        os.close(fd)
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Send `sig` to the process group led by `pid` (our engine is a session leader)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def terminate(proc: asyncio.subprocess.Process, grace: float) -> Optional[int]:
+    """SIGTERM to the group, wait up to `grace` seconds, then SIGKILL the group. Returns the exit code."""
+    if proc.returncode is None:
+        signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    # The leader is gone; make sure nothing it spawned lingers in its group.
+    signal_group(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
+def process_matches(pid: Optional[int], create_time: Optional[float]) -> bool:
+    """True if `pid` is alive and is the same process (same create time) we recorded, not a reused PID."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 0.01
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def kill_stale(pid: Optional[int], create_time: Optional[float], grace: float = 3.0) -> bool:
+    """Reap an engine left by a dead agent (only if it is really that process). Returns True if killed."""
+    if not process_matches(pid, create_time):
+        return False
+    signal_group(pid, signal.SIGTERM)
+    try:
+        psutil.Process(pid).wait(grace)
+    except psutil.TimeoutExpired:
+        signal_group(pid, signal.SIGKILL)
+    except psutil.NoSuchProcess:
+        pass
+    return True
+
+
+def memory_of(pid: Optional[int]) -> Optional[dict]:
+    """RSS in bytes and as a percentage of system memory, or None if the process is gone."""
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        rss = proc.memory_info().rss
+        return {"rss_bytes": rss, "percent": round(100.0 * rss / psutil.virtual_memory().total, 1),
+                "cpu_seconds": round(sum(proc.cpu_times()[:2]), 2)}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def tail_lines(path: Path, count: int = 20, max_bytes: int = 16384) -> list[str]:
+    """The last `count` lines of a log, read from its end (cheap even for a big file)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in data.splitlines() if line.strip()][-count:]

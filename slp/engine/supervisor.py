@@ -1,0 +1,297 @@
+"""The engine's lifecycle, owned by one asyncio task.
+
+Only `_run` changes the state. Callers express intent (`start`, `stop`, `restart`, `use_model`) by
+setting what they want and waking the owner; they never check the state first, and every verb is
+idempotent. Readiness races the health probe against the process exiting, a deadline and new intent;
+once ready, a watchdog treats a process that exists but does not answer as hung and replaces it.
+Crashes restart with exponential backoff until `max_restarts` happen within `restart_window`; then
+the state is `failed` (with the exit code/signal and the log tail) until someone asks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import aiohttp
+
+from slp.engine.process import EngineCommand, spawn, tail_lines, terminate
+
+log = logging.getLogger("slp.engine")
+
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 10.0
+HANG_PROBES = 2  # consecutive failed health probes that make a live process "hung"
+
+
+class EngineState(str, enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+
+@dataclass
+class ExitInfo:
+    """Why an engine ended: `reason` is one of crash, hang, start-timeout, spawn-failed."""
+
+    reason: str
+    detail: str
+    code: Optional[int] = None
+    signal: Optional[str] = None
+    at: float = field(default_factory=time.time)
+    log_tail: list[str] = field(default_factory=list)
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot serve now. `retry_after` is None when waiting will not help (failed)."""
+
+    def __init__(self, message: str, state: EngineState, retry_after: Optional[int]):
+        super().__init__(message)
+        self.state = state
+        self.retry_after = retry_after
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now, for the engine's private loopback socket."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def describe_exit(code: Optional[int]) -> tuple[Optional[int], Optional[str], str]:
+    """(exit code, signal name, words) for an asyncio returncode (negative = killed by a signal)."""
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        return None, name, f"killed by {name}"
+    return code, None, f"exited with code {code}"
+
+
+CommandFactory = Callable[[Path, int], EngineCommand]
+
+
+class Supervisor:
+    """Keeps one llama-server running for `model_path`. Read `snapshot()`; call the verbs."""
+
+    def __init__(self, make_command: CommandFactory, http: aiohttp.ClientSession, *,
+                 start_timeout: float, health_interval: float, health_timeout: float,
+                 stop_grace: float, max_restarts: int, restart_window: float, log_path: Path,
+                 on_change: Optional[Callable[[EngineState, str], None]] = None):
+        self._make_command = make_command
+        self._http = http
+        self._start_timeout = start_timeout
+        self._health_interval = health_interval
+        self._health_timeout = health_timeout
+        self._stop_grace = stop_grace
+        self._max_restarts = max_restarts
+        self._restart_window = restart_window
+        self._log_path = log_path
+        self._on_change = on_change
+
+        self.state = EngineState.STOPPED
+        self.reason = "not started"
+        self.model_path: Optional[Path] = None
+        self.port: Optional[int] = None
+        self.pid: Optional[int] = None
+        self.started_at: Optional[float] = None  # when the current engine became ready
+        self.restarts = 0
+        self.last_exit: Optional[ExitInfo] = None
+        self.history: deque[dict] = deque(maxlen=50)
+
+        self._want_running = False
+        self._want_restart = False
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task: Optional[asyncio.Task] = None
+
+    # ------------------------------------------------------------------ verbs (idempotent)
+
+    def start(self, model_path: Path) -> None:
+        """Ask for an engine serving `model_path`; returns at once (see `wait_ready`)."""
+        self.use_model(model_path)
+        self._want_running = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="slp-engine-supervisor")
+        self._wake.set()
+
+    def use_model(self, model_path: Path) -> None:
+        """Serve another model: the owner restarts the engine with it (no-op for the same model)."""
+        if self.model_path is not None and Path(model_path) == self.model_path:
+            return
+        self.model_path = Path(model_path)
+        self.restart()
+
+    def restart(self) -> None:
+        """Replace the engine (also leaves `failed`)."""
+        self._want_restart = True
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the engine (SIGTERM, grace, SIGKILL) and the owner task; blocks until both are gone."""
+        self._want_running = False
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Block until the engine is ready. Raises EngineUnavailable when failed, stopped or timed out."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.state is not EngineState.READY:
+            if self.state is EngineState.FAILED:
+                raise EngineUnavailable(f"engine failed: {self.reason}", self.state, None)
+            if not self._want_running:
+                raise EngineUnavailable("engine is stopped", self.state, None)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise EngineUnavailable(f"engine is {self.state.value}: {self.reason}", self.state, 2)
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def snapshot(self) -> dict:
+        """A JSON-ready view for status, health and metrics."""
+        return {
+            "state": self.state.value, "reason": self.reason, "pid": self.pid, "port": self.port,
+            "model_path": str(self.model_path) if self.model_path else None,
+            "restarts": self.restarts,
+            "uptime_s": round(time.time() - self.started_at, 1) if self.started_at and self.state is EngineState.READY else None,
+            "last_exit": asdict(self.last_exit) if self.last_exit else None,
+        }
+
+    # ------------------------------------------------------------------ the owner
+
+    def _set(self, state: EngineState, reason: str) -> None:
+        self.state, self.reason = state, reason
+        self.history.append({"at": time.time(), "state": state.value, "reason": reason})
+        log.info("engine %s: %s", state.value, reason)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()  # wake every waiter; later waiters wait on the fresh event
+        if self._on_change:
+            self._on_change(state, reason)
+
+    async def _run(self) -> None:
+        crashes: deque[float] = deque()
+        try:
+            while self._want_running:
+                self._want_restart = False
+                self._wake.clear()
+                self._set(EngineState.RESTARTING if crashes else EngineState.STARTING,
+                          f"starting {self.model_path.name if self.model_path else 'engine'}")
+                ended = await self._one_engine()
+                if ended is None:  # asked to stop or restart: not a crash
+                    crashes.clear()
+                    continue
+                self.last_exit = ended
+                self.restarts += 1
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and now - crashes[0] > self._restart_window:
+                    crashes.popleft()
+                if len(crashes) > self._max_restarts:
+                    self._set(EngineState.FAILED, f"{ended.reason}: {ended.detail} "
+                              f"({len(crashes)} failures in {self._restart_window:.0f}s; giving up)")
+                    await self._wait_for_intent(None)
+                    crashes.clear()
+                    continue
+                delay = min(BACKOFF_FIRST * 2 ** (len(crashes) - 1), BACKOFF_MAX)
+                self._set(EngineState.RESTARTING, f"{ended.reason}: {ended.detail}; restarting in {delay:.2f}s")
+                await self._wait_for_intent(delay)
+        finally:
+            self.pid = None
+            self._set(EngineState.STOPPED, "stopped")
+
+    async def _wait_for_intent(self, delay: Optional[float]) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    def _intent_changed(self) -> bool:
+        return not self._want_running or self._want_restart
+
+    async def _one_engine(self) -> Optional[ExitInfo]:
+        """Run one engine process to its end. None: ended on purpose; ExitInfo: it failed."""
+        self.port = free_port()
+        try:
+            proc = await spawn(self._make_command(self.model_path, self.port))
+        except OSError as exc:
+            return ExitInfo("spawn-failed", f"cannot run the engine: {exc}", log_tail=tail_lines(self._log_path))
+        self.pid = proc.pid
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            return await self._serve(proc, exited)
+        finally:
+            if proc.returncode is None:
+                self._set(EngineState.STOPPING, "stopping engine")
+                await terminate(proc, self._stop_grace)
+            exited.cancel()
+            self.pid = None
+            self.started_at = None
+
+    async def _serve(self, proc: asyncio.subprocess.Process, exited: asyncio.Future) -> Optional[ExitInfo]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._start_timeout
+        while not await self._probe(min(1.0, self._health_timeout)):
+            if self._intent_changed():
+                return None
+            if exited.done():
+                return self._exit_info(proc, "crash", "exited while starting")
+            if loop.time() > deadline:
+                return ExitInfo("start-timeout", f"not healthy within {self._start_timeout:g}s",
+                                log_tail=tail_lines(self._log_path))
+            self._wake.clear()
+            waker = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({exited, waker}, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+        self.started_at = time.time()
+        self._set(EngineState.READY, f"serving {self.model_path.name} on 127.0.0.1:{self.port} (pid {proc.pid})")
+        failures = 0
+        while True:
+            self._wake.clear()
+            if self._intent_changed():
+                return None
+            waker = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({exited, waker}, timeout=self._health_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            if exited.done():
+                return self._exit_info(proc, "crash", "exited")
+            if self._intent_changed():
+                return None
+            failures = 0 if await self._probe(self._health_timeout) else failures + 1
+            if failures >= HANG_PROBES:
+                await terminate(proc, 0)  # a hung (e.g. stopped) process gets SIGKILL at once
+                return ExitInfo("hang", f"no answer to {HANG_PROBES} health probes "
+                                f"({self._health_timeout:g}s timeout); killed", signal=None,
+                                log_tail=tail_lines(self._log_path))
+
+    def _exit_info(self, proc: asyncio.subprocess.Process, reason: str, what: str) -> ExitInfo:
+        code, sig, words = describe_exit(proc.returncode)
+        return ExitInfo(reason, f"{what}: {words}", code=code, signal=sig, log_tail=tail_lines(self._log_path))
+
+    async def _probe(self, timeout: float) -> bool:
+        """True when the engine's /health answers 200 within `timeout`."""
+        try:
+            async with self._http.get(f"{self.base_url}/health",
+                                      timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False

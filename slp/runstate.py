@@ -1,0 +1,65 @@
+"""The agent's run state file: which agent runs where, and which engine it owns.
+
+Written atomically (temp file + rename, mode 0600) by the agent; read by the CLI so it is always right
+about what runs where. A file whose agent PID is dead, or reused by another process (create time
+differs), is stale: readers treat it as absent and the next agent replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from slp.engine.process import process_matches
+from slp.settings import Paths, Settings, ensure_private_dir
+
+
+def read_state(paths: Paths) -> Optional[dict]:
+    """The recorded state, or None when there is none or it is unreadable (corrupt files are ignored)."""
+    try:
+        data = json.loads(paths.state_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def live_state(paths: Paths) -> Optional[dict]:
+    """The recorded state if its agent process is still the one that wrote it, else None."""
+    state = read_state(paths)
+    if state and process_matches(state.get("agent_pid"), state.get("agent_create_time")):
+        return state
+    return None
+
+
+def write_state(paths: Paths, state: dict) -> None:
+    ensure_private_dir(paths.state_dir)
+    fd, tmp = tempfile.mkstemp(dir=paths.state_dir, prefix=".agent-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(tmp, paths.state_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def clear_state(paths: Paths, agent_pid: Optional[int] = None) -> None:
+    """Remove the state file (only if it is still ours when `agent_pid` is given)."""
+    state = read_state(paths)
+    if agent_pid is not None and state and state.get("agent_pid") != agent_pid:
+        return
+    paths.state_file.unlink(missing_ok=True)
+
+
+def agent_url(settings: Settings) -> str:
+    """Base URL of the running agent (from the state file), else where settings say it would listen."""
+    state = live_state(settings.paths)
+    if state:
+        return state["url"]
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"

@@ -1,0 +1,89 @@
+"""`create_app(settings, ...)`: the aiohttp application, its middlewares, routes and long-lived parts.
+
+`cleanup_ctx` pairs each start-up with its clean-up: the one pooled client session to the engine,
+the engine supervisor and the usage recorder are created with the app and torn down after in-flight
+requests have finished (graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import AsyncIterator, Callable, Optional
+
+import aiohttp
+from aiohttp import web
+
+from slp.engine.command import engine_command
+from slp.engine.supervisor import EngineState, Supervisor
+from slp.models.store import ModelStore
+from slp.projects.store import ProjectStore
+from slp.server import keys
+from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
+from slp.server.projects_routes import add_project_routes
+from slp.server.proxy import Limiter, Proxy, Recorder
+from slp.server.routes import add_routes
+from slp.settings import Settings
+
+
+def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict],
+               on_engine_change: Optional[Callable[[EngineState, str], None]] = None) -> web.Application:
+    """Build the agent app. The engine is created stopped; the runner starts it once the socket is bound."""
+    middlewares = [error_middleware, make_host_check([*settings.allowed_hosts, settings.host])]
+    preflight, add_cors_headers = make_cors(settings.cors_origins)
+    middlewares.append(preflight)
+    if settings.api_key is not None:
+        middlewares.append(make_auth(settings.api_key.get_secret_value()))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app.on_response_prepare.append(add_cors_headers)
+    app["max_body_bytes"] = settings.max_body_bytes
+
+    models = ModelStore(settings.resolved_models_dir)
+    projects = ProjectStore(settings.paths.db_file)
+    app[keys.SETTINGS] = settings
+    app[keys.MODELS] = models
+    app[keys.PROJECTS] = projects
+    app[keys.ENGINE_BUILD] = engine_build or {}
+    app[keys.STARTED_AT] = time.time()
+    app[keys.PUBLIC_URL] = []
+    app[keys.LIMITER] = Limiter(settings.parallel + settings.max_queue)
+    app[keys.RECORDER] = Recorder(projects)
+
+    engine_key = secrets.token_urlsafe(32)
+    app[keys.ENGINE_AUTH] = f"Bearer {engine_key}"
+
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), auto_decompress=False)
+        app[keys.ENGINE_HTTP] = http
+
+        def make_command(model_path: Path, port: int):
+            alias = models.resolve(model_path.stem)
+            name = alias.aliases[0] if alias and alias.aliases else model_path.stem
+            return engine_command(settings, engine_bin, model_path, port, engine_key, name)
+
+        app[keys.SUPERVISOR] = Supervisor(
+            make_command, http, start_timeout=settings.start_timeout, health_interval=settings.health_interval,
+            health_timeout=settings.health_timeout, stop_grace=settings.stop_grace,
+            max_restarts=settings.max_restarts, restart_window=settings.restart_window,
+            log_path=settings.paths.engine_log, on_change=on_engine_change)
+        app[keys.RECORDER].start()
+        try:
+            yield
+        finally:
+            await app[keys.SUPERVISOR].stop()
+            await app[keys.RECORDER].stop()
+            await http.close()
+            projects.close()
+
+    app.cleanup_ctx.append(engine_ctx)
+
+    proxy = Proxy(app)
+    app.router.add_post("/v1/chat/completions", proxy.chat_completions)
+    app.router.add_post("/v1/completions", proxy.completions)
+    app.router.add_post("/v1/embeddings", proxy.embeddings)
+    add_routes(app)
+    add_project_routes(app, projects, lambda name: models.resolve(name) is not None)
+    return app

@@ -1,0 +1,23 @@
+"""Typed keys for everything the app keeps (aiohttp AppKey): one place to see the app's state."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from slp.engine.supervisor import Supervisor
+from slp.models.store import ModelStore
+from slp.projects.store import ProjectStore
+from slp.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+MODELS = web.AppKey("models", ModelStore)
+PROJECTS = web.AppKey("projects", ProjectStore)
+ENGINE_HTTP = web.AppKey("engine_http", aiohttp.ClientSession)
+ENGINE_AUTH = web.AppKey("engine_auth", str)  # "Bearer <key>" for the engine's private API key
+ENGINE_BUILD = web.AppKey("engine_build", dict)  # the build record of the engine binary (may be empty)
+LIMITER = web.AppKey("limiter", object)
+RECORDER = web.AppKey("recorder", object)
+STARTED_AT = web.AppKey("started_at", float)
+PUBLIC_URL = web.AppKey("public_url", list)  # [url]: filled in once the socket is bound

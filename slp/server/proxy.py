@@ -1,0 +1,295 @@
+"""The OpenAI proxy: validate, apply the project, make sure the right engine is ready, forward.
+
+The hot path parses only what it must change (the request body) and passes response bytes through
+untouched: a stream is written to the client chunk by chunk as the engine sends it, never buffered
+or re-encoded. Usage (and, for requests with a `session_id`, the reply text) is read from the bytes
+after they were sent, and stored by a background writer, off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Optional
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from slp.engine.supervisor import EngineState, EngineUnavailable
+from slp.projects.schema import Project
+from slp.projects.shaping import shape_chat, shape_completion
+from slp.projects.store import ProjectError, ProjectNotFound
+from slp.server import keys
+from slp.server.errors import APIError
+from slp.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+log = logging.getLogger("slp.proxy")
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "literal"}
+_DONE = b"data: [DONE]"
+_TAIL_BYTES = 16384  # the usage chunk is the last event before [DONE]; this much tail always holds it
+Session = tuple[str, list]  # (session_id, the caller's messages) of a request to store as a conversation
+
+
+def validation_message(exc: ValidationError) -> tuple[str, Optional[str]]:
+    """One readable line naming the field, e.g. "messages.0.role: Input should be 'system', …"."""
+    err = exc.errors()[0]
+    parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p))]
+    param = ".".join(parts) or None
+    return (f"{param}: {err['msg']}" if param else err["msg"]), param
+
+
+async def read_json_object(request: web.Request) -> dict:
+    """The request body as a JSON object, or a 400/413/415 that says what is wrong with it."""
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream", "text/plain") and not ctype.endswith("+json"):
+        raise APIError(415, f"Content-Type must be application/json, got {ctype!r}", code="unsupported_media_type")
+    raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    if not raw:
+        raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise APIError(400, "request body is not valid UTF-8", code="invalid_json")
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json")
+    except ValueError as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json")
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def validate(model: type[BaseModel], body: dict) -> None:
+    try:
+        model.model_validate(body)
+    except ValidationError as exc:
+        message, param = validation_message(exc)
+        raise APIError(400, message, code="invalid_request", param=param)
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json")
+
+
+class Proxy:
+    """Request handlers for the proxied routes; one instance per app."""
+
+    def __init__(self, app: web.Application):
+        self.app = app
+
+    # ------------------------------------------------------------------ handlers
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json_object(request)
+        validate(ChatCompletionRequest, body)
+        project = await self._project_for(request, body)
+        session = (body["session_id"], body["messages"]) if body.get("session_id") else None
+        body = shape_chat(body, project)
+        return await self._forward(request, "/v1/chat/completions", body, project, session)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json_object(request)
+        validate(CompletionRequest, body)
+        project = await self._project_for(request, body)
+        body = shape_completion(body, project)
+        return await self._forward(request, "/v1/completions", body, project, None)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json_object(request)
+        validate(EmbeddingRequest, body)
+        project = await self._project_for(request, body)
+        body = {k: v for k, v in body.items() if k != "project_id"}
+        body.setdefault("model", project.model)
+        return await self._forward(request, "/v1/embeddings", body, project, None)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _project_for(self, request: web.Request, body: dict) -> Project:
+        """The project a request runs in: body `project_id`, else `X-SLP-Project`, else the active one."""
+        ref = body.get("project_id") or request.headers.get("X-SLP-Project")
+        store = self.app[keys.PROJECTS]
+        try:
+            if ref:
+                return await asyncio.to_thread(store.get, str(ref))
+            return await asyncio.to_thread(store.active)
+        except ProjectNotFound:
+            raise APIError(404, f"project {ref!r} not found", code="project_not_found", param="project_id")
+        except ProjectError as exc:
+            raise APIError(400, str(exc), code=exc.code, param=exc.param)
+
+    async def _engine_for(self, model_name: str) -> str:
+        """Make sure the engine serves `model_name` and is ready; returns its base URL."""
+        model = self.app[keys.MODELS].resolve(model_name)
+        if model is None:
+            raise APIError(404, f"The model '{model_name}' does not exist or is not installed; "
+                           "see GET /v1/models or `slp model list`", code="model_not_found", param="model")
+        supervisor = self.app[keys.SUPERVISOR]
+        if supervisor.model_path != model.path:
+            supervisor.use_model(model.path)  # one engine at a time: switching restarts it; requests wait
+        if supervisor.state is not EngineState.READY:
+            await supervisor.wait_ready(self.app[keys.SETTINGS].request_wait_timeout)
+        return supervisor.base_url
+
+    async def _forward(self, request: web.Request, path: str, body: dict, project: Project,
+                       session: Optional[Session]) -> web.StreamResponse:
+        limiter = self.app[keys.LIMITER]
+        if not limiter.try_acquire():
+            raise APIError(429, "too many requests waiting for the engine; retry shortly",
+                           code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        try:
+            base = await self._engine_for(body.get("model") or project.model)
+            payload = json.dumps(body).encode()
+            http: aiohttp.ClientSession = self.app[keys.ENGINE_HTTP]
+            headers = {"Content-Type": "application/json", "Authorization": self.app[keys.ENGINE_AUTH]}
+            try:
+                upstream = await http.post(base + path, data=payload, headers=headers)
+            except (aiohttp.ClientError, OSError) as exc:
+                raise EngineUnavailable(f"engine connection failed: {exc}", EngineState.RESTARTING, 2)
+            async with upstream:
+                if body.get("stream") and upstream.status == 200:
+                    return await self._stream(request, upstream, project, session)
+                data = await upstream.read()
+                if upstream.status == 200:
+                    self._account_json(data, project, session)
+                return web.Response(body=data, status=upstream.status,
+                                    content_type=upstream.content_type or "application/json")
+        finally:
+            limiter.release()
+
+    async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse, project: Project,
+                      session: Optional[Session]) -> web.StreamResponse:
+        """Pass SSE bytes through as they arrive. Client gone: close upstream so the engine stops.
+        Engine gone: end the stream with an error event, never a silently truncated success."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        keep_all = session is not None
+        seen = bytearray()
+        failure: Optional[str] = None
+        try:
+            async for chunk in upstream.content.iter_any():
+                try:
+                    await response.write(chunk)
+                except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
+                    upstream.close()  # drops the engine connection: llama-server cancels the generation
+                    return response
+                seen += chunk
+                if not keep_all and len(seen) > 2 * _TAIL_BYTES:
+                    del seen[:-_TAIL_BYTES]
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            failure = f"engine stream broke: {exc.__class__.__name__}"
+        if failure is None and _DONE not in seen[-256:]:
+            failure = "engine stream ended before [DONE]"
+        if failure is not None:
+            supervisor = self.app[keys.SUPERVISOR]
+            err = {"error": {"message": f"{failure} (engine {supervisor.state.value}: {supervisor.reason})",
+                             "type": "server_error", "param": None, "code": "engine_failed"}}
+            try:
+                await response.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+            except (ConnectionResetError, RuntimeError):
+                pass
+            log.warning("stream for project %s ended early: %s", project.name, failure)
+        else:
+            self._account_stream(bytes(seen), project, session)
+        try:
+            await response.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass
+        return response
+
+    # ------------------------------------------------------------------ accounting (after the bytes left)
+
+    def _account_json(self, data: bytes, project: Project, session: Optional[Session]) -> None:
+        try:
+            reply = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(reply, dict):
+            return
+        assistant = None
+        if session and reply.get("choices"):
+            assistant = reply["choices"][0].get("message")
+        self.app[keys.RECORDER].record(project.id, reply.get("usage"), session, assistant)
+
+    def _account_stream(self, data: bytes, project: Project, session: Optional[Session]) -> None:
+        usage, parts = None, []
+        for line in data.split(b"\n"):
+            if not line.startswith(b"data: {"):
+                continue
+            try:
+                event = json.loads(line[6:])
+            except ValueError:
+                continue
+            if event.get("usage"):
+                usage = event["usage"]
+            if session:
+                for choice in event.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        parts.append(delta["content"])
+        assistant = {"role": "assistant", "content": "".join(parts)} if session else None
+        self.app[keys.RECORDER].record(project.id, usage, session, assistant)
+
+
+class Limiter:
+    """Admission control: the engine's slots plus a bounded queue; beyond that a clear 429."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_flight = 0
+
+    def try_acquire(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+class Recorder:
+    """Stores usage and conversations in the project store from one background task, in order."""
+
+    def __init__(self, store: Any):
+        self._store = store
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
+        self._task: Optional[asyncio.Task] = None
+
+    def record(self, project_id: str, usage: Optional[dict], session: Optional[Session],
+               assistant: Optional[dict]) -> None:
+        try:
+            self._queue.put_nowait((project_id, usage, session, assistant))
+        except asyncio.QueueFull:
+            log.warning("usage recorder is behind; dropping one record for project %s", project_id)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drain(), name="slp-usage-recorder")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop (graceful shutdown keeps every acknowledged exchange)."""
+        await self._queue.join()
+        if self._task:
+            self._task.cancel()
+
+    async def flush(self) -> None:
+        await self._queue.join()
+
+    async def _drain(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                await asyncio.to_thread(self._write, *item)
+            except Exception:  # noqa: BLE001 - a bad record must not stop accounting for the rest
+                log.exception("could not record usage")
+            finally:
+                self._queue.task_done()
+
+    def _write(self, project_id: str, usage: Optional[dict], session: Optional[Session],
+               assistant: Optional[dict]) -> None:
+        usage = usage or {}
+        self._store.record_usage(project_id, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        if session and assistant is not None:
+            session_id, messages = session
+            self._store.record_exchange(project_id, session_id, messages, assistant, usage or None)

