@@ -19,7 +19,7 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
     argv = [str(binary), "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
             "--alias", alias, "--ctx-size", str(settings.ctx_size), "--parallel", str(settings.parallel),
             "--kv-unified", "--flash-attn", "on" if settings.flash_attn else "off",
-            "--metrics", "--no-webui"]
+            "--n-predict", str(settings.max_tokens), "--metrics", "--no-webui"]
     if settings.gpu_layers is not None:
         argv += ["--n-gpu-layers", str(settings.gpu_layers)]
     if settings.threads is not None:

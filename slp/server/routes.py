@@ -82,7 +82,8 @@ def status_payload(app: web.Application) -> dict:
 
 async def status(request: web.Request) -> web.Response:
     """The agent, its engine, the model and the active project (what `slp status` prints)."""
-    payload = status_payload(request.app)
+    # Off the event loop: the first read of a model's GGUF metadata takes seconds (then it is cached).
+    payload = await asyncio.to_thread(status_payload, request.app)
     project = await asyncio.to_thread(request.app[keys.PROJECTS].active)
     payload["active_project"] = {"id": project.id, "name": project.name}
     return web.json_response(payload)

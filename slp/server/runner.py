@@ -63,6 +63,10 @@ def pick_model(settings: Settings) -> Path:
     for name in wanted:
         found = models.resolve(name)
         if found is not None:
+            try:
+                found.metadata  # warm the metadata cache now (seconds), not on the first status request
+            except ModelError:
+                pass  # a damaged file: the engine's own failure will say so
             return found.path
     try:
         return models.pull(settings.model, progress=False).path
