@@ -5,13 +5,20 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup engine bench clean
+.PHONY: run test setup engine test-deps bench clean
 
 run: setup engine
 	$(VENV)/bin/slp agent start
 
-test: setup engine
+test: setup engine test-deps
 	$(PY) -m pytest
+
+# What the end-to-end tests drive besides Python: Node.js + the openai npm package (the seed's
+# JavaScript example) and curl, from Debian's and npm's registries when missing.
+test-deps:
+	@command -v node >/dev/null && command -v npm >/dev/null && command -v curl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq nodejs npm curl)
+	npm ci --prefix tests/js --no-audit --no-fund --silent
 
 setup: $(STAMP)
 
