@@ -19,7 +19,8 @@ from slp.cli.project import app as project_app
 from slp.projects import ProjectInvalid, ProjectStore, check_session_id, shape_chat
 from slp.server.errors import APIError
 from slp.server.middleware import error_middleware, make_auth
-from slp.server.projects_routes import add_project_routes, json_object
+from slp.server.jsonbody import read_json_object
+from slp.server.projects_routes import add_project_routes
 
 MODELS = {"slp-orchestra-mini", "SmolLM2-135M-Instruct-Q4_1"}
 
@@ -66,7 +67,7 @@ def fake_chat_route(app: web.Application, store: ProjectStore) -> None:
     """Stands in for the owner's proxy: shapes, 'generates' an echo as SSE, records usage and the exchange."""
 
     async def completions(request: web.Request) -> web.StreamResponse:
-        body = await json_object(request)
+        body = await read_json_object(request)
         try:
             session_id = check_session_id(body["session_id"]) if "session_id" in body else None
         except ProjectInvalid as exc:
@@ -174,8 +175,8 @@ def test_errors_in_openai_envelope(server):
 
     assert_error(call(server, "POST", "/v1/projects", raw=b"{not json"), 400, "invalid_json")
     assert_error(call(server, "POST", "/v1/projects", raw=b"[1, 2]"), 400, "invalid_json")
-    assert_error(call(server, "POST", "/v1/projects", raw=b"name=x", content_type="text/plain"), 400,
-                 "invalid_content_type")
+    assert_error(call(server, "POST", "/v1/projects", raw=b"name=x", content_type="text/html"), 415,
+                 "unsupported_media_type")
     assert_error(call(server, "POST", "/v1/projects", raw=b"\xff\xfe", ), 400, "invalid_json")
 
     assert_error(call(server, "DELETE", "/v1/projects/general_chat"), 409, "system_project")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from slp.cli import agent, chat, model, project, status
+from slp.cli import agent, chat, model, project, service, status
 
 app = typer.Typer(help="slp: run a local LLM and talk to it from any OpenAI client.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(agent.app, name="agent")
 app.add_typer(model.app, name="model")
 app.add_typer(project.app, name="project")
+app.add_typer(service.app, name="service")
 app.command("status")(status.status)
 app.command("version")(status.version)
 app.command("chat")(chat.chat)

@@ -20,6 +20,7 @@ from slp.engine.supervisor import EngineState, Supervisor
 from slp.models.store import ModelStore
 from slp.projects.store import ProjectStore
 from slp.server import keys
+from slp.server.docs import add_docs_routes
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import add_project_routes
 from slp.server.proxy import Limiter, Proxy, Recorder
@@ -86,4 +87,5 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app.router.add_post("/v1/embeddings", proxy.embeddings)
     add_routes(app)
     add_project_routes(app, projects, lambda name: models.resolve(name) is not None)
+    add_docs_routes(app)
     return app

@@ -8,7 +8,6 @@ the OpenAI error envelope.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Callable
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from slp.projects.store import (
     parse,
 )
 from slp.server.errors import APIError
+from slp.server.jsonbody import read_json_object
 
 
 def _api_error(exc: ProjectError) -> APIError:
@@ -43,21 +43,6 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
     except ProjectError as exc:
         raise _api_error(exc) from None
-
-
-async def json_object(request: web.Request) -> dict:
-    """The request's JSON object body, or a 400 that says what is wrong with it."""
-    if request.content_type != "application/json":
-        raise APIError(400, f"expected a JSON body with Content-Type: application/json, got "
-                            f"'{request.content_type}'", code="invalid_content_type")
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    return body
 
 
 def _validate(model: type, body: dict) -> Any:
@@ -84,7 +69,7 @@ def add_project_routes(app: web.Application, store: ProjectStore, model_exists: 
         return _json({"object": "list", "data": [p.model_dump(mode="json") for p in projects]})
 
     async def create_project(request: web.Request) -> web.Response:
-        spec = _validate(ProjectCreate, await json_object(request))
+        spec = _validate(ProjectCreate, await read_json_object(request))
         if "model" in spec.model_fields_set:  # the default alias may be pulled later
             await check_model(spec.model)
         project = await _call(store.create, spec)
@@ -95,7 +80,7 @@ def add_project_routes(app: web.Application, store: ProjectStore, model_exists: 
         return _json(project.model_dump(mode="json"))
 
     async def update_project(request: web.Request) -> web.Response:
-        patch = _validate(ProjectUpdate, await json_object(request))
+        patch = _validate(ProjectUpdate, await read_json_object(request))
         if patch.model is not None:
             await check_model(patch.model)
         project = await _call(store.update, request.match_info["project"], patch)

@@ -15,61 +15,34 @@ from typing import Any, Optional
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from slp.engine.supervisor import EngineState, EngineUnavailable
 from slp.projects.schema import Project
 from slp.projects.shaping import shape_chat, shape_completion
 from slp.projects.store import ProjectError, ProjectNotFound
 from slp.server import keys
-from slp.server.errors import APIError
+from slp.server.errors import APIError, error_response
+from slp.server.jsonbody import read_json_object, validate
 from slp.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("slp.proxy")
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "literal"}
 _DONE = b"data: [DONE]"
 _TAIL_BYTES = 16384  # the usage chunk is the last event before [DONE]; this much tail always holds it
 Session = tuple[str, list]  # (session_id, the caller's messages) of a request to store as a conversation
 
 
-def validation_message(exc: ValidationError) -> tuple[str, Optional[str]]:
-    """One readable line naming the field, e.g. "messages.0.role: Input should be 'system', …"."""
-    err = exc.errors()[0]
-    parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p))]
-    param = ".".join(parts) or None
-    return (f"{param}: {err['msg']}" if param else err["msg"]), param
-
-
-async def read_json_object(request: web.Request) -> dict:
-    """The request body as a JSON object, or a 400/413/415 that says what is wrong with it."""
-    ctype = request.content_type
-    if ctype not in ("application/json", "application/octet-stream", "text/plain") and not ctype.endswith("+json"):
-        raise APIError(415, f"Content-Type must be application/json, got {ctype!r}", code="unsupported_media_type")
-    raw = await request.read()  # aiohttp enforces client_max_size here (413)
-    if not raw:
-        raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
+def engine_error(status: int, data: bytes) -> web.Response:
+    """The engine's refusal in OpenAI's envelope (llama-server sends {"error": {"code": 400, ...}})."""
     try:
-        body = json.loads(raw)
-    except UnicodeDecodeError:
-        raise APIError(400, "request body is not valid UTF-8", code="invalid_json")
-    except RecursionError:
-        raise APIError(400, "request body is nested too deeply", code="invalid_json")
-    except ValueError as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json")
-    if not isinstance(body, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    return body
-
-
-def validate(model: type[BaseModel], body: dict) -> None:
-    try:
-        model.model_validate(body)
-    except ValidationError as exc:
-        message, param = validation_message(exc)
-        raise APIError(400, message, code="invalid_request", param=param)
-    except RecursionError:
-        raise APIError(400, "request body is nested too deeply", code="invalid_json")
+        error = json.loads(data).get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    message = error.get("message") or data.decode("utf-8", "replace")[:500] or f"engine answered HTTP {status}"
+    code = error.get("type") if isinstance(error.get("code"), int) else error.get("code")
+    return error_response(status, f"engine: {message}", code=code, type_=error.get("type"), param=error.get("param"))
 
 
 class Proxy:
@@ -150,10 +123,10 @@ class Proxy:
                 if body.get("stream") and upstream.status == 200:
                     return await self._stream(request, upstream, project, session)
                 data = await upstream.read()
-                if upstream.status == 200:
-                    self._account_json(data, project, session)
-                return web.Response(body=data, status=upstream.status,
-                                    content_type=upstream.content_type or "application/json")
+                if upstream.status != 200:
+                    return engine_error(upstream.status, data)
+                self._account_json(data, project, session)
+                return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
         finally:
             limiter.release()
 

@@ -28,6 +28,7 @@ from slp.projects.store import ProjectStore
 from slp.runstate import clear_state, live_state, read_state, write_state
 from slp.server import keys
 from slp.server.app import create_app
+from slp.service.notify import ServiceNotifier
 from slp.settings import Settings, ensure_private_dir
 
 log = logging.getLogger("slp.agent")
@@ -102,7 +103,10 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
              "port": settings.port, "url": None, "engine_pid": None, "engine_create_time": None,
              "started_at": time.time(), "version": slp.__version__}
 
+    notifier = ServiceNotifier()  # systemd Type=notify (READY=1, STATUS=, STOPPING=1); no-op without NOTIFY_SOCKET
+
     def on_engine_change(engine_state: EngineState, reason: str) -> None:
+        notifier.engine_changed(engine_state, reason)
         pid = app[keys.SUPERVISOR].pid if keys.SUPERVISOR in app else None
         if pid != state["engine_pid"] and state["url"]:
             state["engine_pid"] = pid
@@ -139,6 +143,7 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
         if ready is not None:
             ready.set()
         await stop.wait()
+        notifier.stopping()
         log.info("stopping: finishing in-flight requests (up to %.0fs), then the engine", SHUTDOWN_GRACE)
     finally:
         await runner.cleanup()

@@ -7,18 +7,46 @@ The same models document the API (OpenAPI), so the docs cannot drift from the ch
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 SLUG_OR_UUID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class _Open(BaseModel):
-    """Unknown fields are forwarded to the engine as they are."""
+    """Extra fields are kept (validated by `_Known` at the top level, free inside messages)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # "yes" is not a bool, "0.5" not a number
+
+
+# Fields a request may carry besides the declared ones: OpenAI's and llama-server's documented options.
+# Anything else is refused like OpenAI does ("Unrecognized request argument"), so a typo such as
+# `max_token` is reported instead of silently ignored.
+ENGINE_FIELDS = frozenset("""
+    audio cache_prompt chat_template_kwargs dimensions dry_allowed_length dry_base dry_multiplier
+    dry_penalty_last_n dry_sequence_breakers dynatemp_exponent dynatemp_range echo embd_normalize
+    function_call functions grammar id_slot ignore_eos input_extra json_schema logit_bias logprobs lora
+    metadata min_keep mirostat mirostat_eta mirostat_tau modalities n_cache_reuse n_indent n_keep
+    n_predict n_probs parallel_tool_calls parse_special post_sampling_probs prediction reasoning_effort
+    reasoning_format response_fields response_format return_progress return_tokens samplers
+    service_tier store suffix t_max_predict_ms timings_per_token tool_choice tools top_logprobs
+    typical_p user verbosity web_search_options xtc_probability xtc_threshold best_of
+""".split())
+
+
+class _Known(_Open):
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields and key not in ENGINE_FIELDS:
+                    raise PydanticCustomError("unrecognized_argument",
+                                              "Unrecognized request argument supplied: {key}", {"key": key})
+        return data
 
 
 class ContentPart(_Open):
@@ -37,7 +65,7 @@ class StreamOptions(_Open):
     include_usage: Optional[bool] = None
 
 
-class SamplingFields(_Open):
+class SamplingFields(_Known):
     model: Optional[str] = Field(None, max_length=256, examples=["slp-orchestra-mini"],
                                  description="A model name or alias (`slp-orchestra-mini`); default: the project's model.")
     stream: bool = Field(False, description="Send server-sent events (`data: {chunk}` … `data: [DONE]`).")
@@ -53,6 +81,10 @@ class SamplingFields(_Open):
     seed: Optional[int] = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)
     stop: Union[str, Annotated[list[str], Field(max_length=4)], None] = Field(None, description="Up to 4 stop sequences.")
     n: Optional[int] = Field(None, ge=1, le=1, description="Only 1 choice per request is supported.")
+    n_predict: Optional[int] = Field(None, ge=-1, le=1 << 20, description="llama.cpp's name for max_tokens.")
+    n_probs: Optional[int] = Field(None, ge=0, le=100)
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    ignore_eos: Optional[bool] = None
     project_id: Optional[str] = Field(None, pattern=SLUG_OR_UUID, description="slp: the project (id or name) to run in.")
 
 
@@ -62,7 +94,7 @@ class ChatCompletionRequest(SamplingFields):
     session_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$",
                                       description="slp: store this exchange under the project as a conversation.")
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [{
         "model": "slp-orchestra-mini",
         "messages": [{"role": "user", "content": "What is the capital of France?"}]}]})
 
@@ -70,11 +102,11 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: Union[str, list[str], list[int]] = Field(..., examples=["The capital of France is"])
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [{
         "model": "slp-orchestra-mini", "prompt": "The capital of France is", "max_tokens": 8}]})
 
 
-class EmbeddingRequest(_Open):
+class EmbeddingRequest(_Known):
     model: Optional[str] = Field(None, max_length=256, examples=["slp-orchestra-mini"])
     input: Union[str, list[str], list[int], list[list[int]]] = Field(..., examples=["The capital of France is Paris."])
     encoding_format: Optional[Literal["float", "base64"]] = None

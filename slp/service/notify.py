@@ -83,7 +83,7 @@ class ServiceNotifier:
     """
 
     def __init__(self, socket_path: Optional[str] = None):
-        self.socket_path = socket_path if socket_path is not None else os.environ.get("NOTIFY_SOCKET") or None
+        self.socket_path = (socket_path if socket_path is not None else os.environ.get("NOTIFY_SOCKET")) or None
         self.ready_sent = False
 
     @property

@@ -1,0 +1,82 @@
+"""GET /openapi.json and GET /docs (Swagger UI 5, served from the installed `swagger-ui-bundle-v2`).
+
+Swagger UI's files come from the Python package, under /docs/static/, never from a CDN, so the
+docs work offline; only the files the page uses are served, by name. The page, its files and the document are answered without an API key (they hold
+no secrets, and the page must load before a user can press Authorize); everything else keeps the
+agent's Host check and key. "Try it out" calls the agent the page came from (`servers: [{"url": "/"}]`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aiohttp import web
+from swagger_ui_bundle import swagger_ui_path
+
+from slp.server import keys
+from slp.server.errors import APIError
+from slp.server.middleware import PUBLIC_PATHS
+from slp.server.openapi import DOCS_STATIC_FILES, build_openapi
+
+DOCS_PATH = "/docs"
+OPENAPI_PATH = "/openapi.json"
+STATIC_PREFIX = "/docs/static"
+STATIC_DIR = Path(str(swagger_ui_path))
+STATIC_FILES = DOCS_STATIC_FILES  # name -> Content-Type: only what the page uses (no listing, no traversal)
+
+# Relative URLs: the page lives at /docs, so "docs/static/x" is /docs/static/x, also behind a path prefix.
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>slp agent API</title>
+  <link rel="stylesheet" href="docs/static/swagger-ui.css">
+  <link rel="icon" type="image/png" href="docs/static/favicon-32x32.png" sizes="32x32">
+  <style>body { margin: 0; }</style>
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="docs/static/swagger-ui-bundle.js" charset="utf-8"></script>
+  <script>
+    window.ui = SwaggerUIBundle({
+      url: "openapi.json",
+      dom_id: "#swagger-ui",
+      deepLinking: true,
+      presets: [SwaggerUIBundle.presets.apis],
+      layout: "BaseLayout",
+      validatorUrl: null,
+      displayRequestDuration: true,
+      defaultModelsExpandDepth: 0,
+      persistAuthorization: false
+    });
+  </script>
+</body>
+</html>
+"""
+
+
+def add_docs_routes(app: web.Application) -> None:
+    """Register /openapi.json, /docs and /docs/static/… on `app` (call after every other route)."""
+    settings = app[keys.SETTINGS]
+    spec = json.dumps(build_openapi(api_key_required=settings.api_key is not None)).encode()
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(body=spec, content_type="application/json", headers={"Cache-Control": "no-cache"})
+
+    async def docs_page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    async def static_file(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["filename"]
+        if name not in STATIC_FILES:
+            raise APIError(404, f"no file {name!r} in the docs' static files", code="not_found")
+        return web.FileResponse(STATIC_DIR / name, headers={"Content-Type": STATIC_FILES[name],
+                                                             "Cache-Control": "public, max-age=3600"})
+
+    app.router.add_get(OPENAPI_PATH, openapi_json)
+    app.router.add_get(DOCS_PATH, docs_page)
+    app.router.add_get(STATIC_PREFIX + "/{filename}", static_file)
+    # The auth middleware answers PUBLIC_PATHS without a key (exact paths: hence each file by name).
+    PUBLIC_PATHS.update([OPENAPI_PATH, DOCS_PATH, *(f"{STATIC_PREFIX}/{name}" for name in STATIC_FILES)])

@@ -1,0 +1,707 @@
+"""The agent's OpenAPI 3.1 document, built from the same pydantic models the handlers validate with.
+
+Request bodies come from `slp.server.schemas` (proxied OpenAI routes) and `slp.projects.schema`
+(projects), so the documented checks are the checks. Response bodies are described by the models
+below (and the project models), accurate to what the agent and llama-server really send; they allow
+extra properties because llama-server adds fields (`timings`, `system_fingerprint`, …) over time.
+
+`tests/test_docs.py` fails when a route in `app.router` has no entry in `ROUTES`/`build_openapi()`
+or the other way round, and fuzzes the live agent against this document.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonSchemaMode
+
+import slp
+from slp.projects.schema import (
+    SESSION_ID_PATTERN,
+    Project,
+    ProjectCreate,
+    ProjectUpdate,
+    ProjectUsage,
+    SessionDetail,
+    SessionSummary,
+)
+from slp.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from slp.settings import DEFAULT_MODEL_ALIAS
+
+OPENAPI_VERSION = "3.1.0"
+REF_TEMPLATE = "#/components/schemas/{model}"
+EXAMPLE_QUESTION = "What is the capital of France?"
+EXAMPLE_PROJECT = "general_chat"
+# Swagger UI's files the /docs page uses, served by name under /docs/static/ (see slp.server.docs).
+DOCS_STATIC_FILES = {
+    "swagger-ui.css": "text/css",
+    "swagger-ui-bundle.js": "text/javascript",
+    "favicon-32x32.png": "image/png",
+    "favicon-16x16.png": "image/png",
+}
+
+
+def ref(name: str) -> dict:
+    return {"$ref": REF_TEMPLATE.format(model=name)}
+
+
+# ----------------------------------------------------------------------------- response models
+
+class _Open(BaseModel):
+    """Responses may carry more fields than listed (llama-server adds some over versions)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(..., description="What went wrong, for a human.")
+    type: str = Field(..., examples=["invalid_request_error"],
+                      description="invalid_request_error, authentication_error, permission_error, conflict_error, "
+                                  "rate_limit_error, service_unavailable, server_error.")
+    param: Optional[str] = Field(..., description="The request field at fault, e.g. `messages.0.role`, or null.")
+    code: Optional[str] = Field(..., examples=["model_not_found"], description="A machine-readable code, or null.")
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope, used for every refusal by the agent itself."""
+
+    error: ErrorDetail
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
+        "message": "The model 'gpt-4' does not exist or is not installed; see GET /v1/models or `slp model list`",
+        "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}]})
+
+
+class EngineErrorDetail(_Open):
+    message: str
+    type: str = Field(..., examples=["invalid_request_error"])
+    code: Union[int, str, None] = Field(None, description="llama-server sends the HTTP status as a number.")
+    param: Optional[str] = None
+
+
+class EngineErrorResponse(BaseModel):
+    """An error llama-server itself returned (the request passed slp's checks), passed through as sent:
+    same envelope, but `code` is the HTTP status number and `param` is absent; extra fields such as
+    `n_prompt_tokens`/`n_ctx` may appear."""
+
+    error: EngineErrorDetail
+
+
+class Usage(_Open):
+    prompt_tokens: int = Field(..., ge=0)
+    completion_tokens: int = Field(..., ge=0)
+    total_tokens: int = Field(..., ge=0)
+
+
+class ChatCompletionMessage(_Open):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str] = Field(None, examples=["The capital of France is Paris."])
+
+
+class ChatCompletionChoice(_Open):
+    index: int = Field(..., ge=0)
+    message: ChatCompletionMessage
+    finish_reason: Optional[str] = Field(None, examples=["stop"], description="stop, length, tool_calls, …")
+
+
+class ChatCompletion(_Open):
+    """A chat completion (non-streaming)."""
+
+    id: str = Field(..., examples=["chatcmpl-3bU5KcTzK1mJm3o0tD5uNwYc7nG1sQpX"])
+    object: Literal["chat.completion"]
+    created: int = Field(..., description="Unix time (s).")
+    model: str = Field(..., examples=[DEFAULT_MODEL_ALIAS])
+    choices: list[ChatCompletionChoice]
+    usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None
+    timings: Optional[dict[str, Any]] = Field(None, description="llama-server: prompt/generation timings.")
+
+
+class ChatCompletionDelta(_Open):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatCompletionChunkChoice(_Open):
+    index: int = Field(..., ge=0)
+    delta: ChatCompletionDelta
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionChunk(_Open):
+    """One server-sent event of a streamed chat completion: `data: <this JSON>`; the stream ends with
+    `data: [DONE]`. With `stream_options.include_usage` the last chunk has empty `choices` and `usage`."""
+
+    id: str = Field(..., examples=["chatcmpl-3bU5KcTzK1mJm3o0tD5uNwYc7nG1sQpX"])
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str = Field(..., examples=[DEFAULT_MODEL_ALIAS])
+    choices: list[ChatCompletionChunkChoice]
+    usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None
+
+
+class CompletionChoice(_Open):
+    index: int = Field(..., ge=0)
+    text: str
+    logprobs: Optional[Any] = None
+    finish_reason: Optional[str] = None
+
+
+class Completion(_Open):
+    """A text completion; a list `prompt` gets one choice per prompt. Streamed, each event is
+    `data: <Completion JSON>` with a piece of text, then `data: [DONE]`."""
+
+    id: str = Field(..., examples=["chatcmpl-0AtKlsnz6e8Y8c1WcPESXmjwvmldSaTD"])
+    object: Literal["text_completion"]
+    created: int
+    model: str = Field(..., examples=[DEFAULT_MODEL_ALIAS])
+    choices: list[CompletionChoice]
+    usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None
+
+
+class Embedding(_Open):
+    object: Literal["embedding"] = "embedding"
+    index: int = Field(..., ge=0)
+    embedding: Union[list[float], str] = Field(..., description="Floats, or base64 when encoding_format=base64.")
+
+
+class EmbeddingUsage(_Open):
+    prompt_tokens: int = Field(..., ge=0)
+    total_tokens: int = Field(..., ge=0)
+
+
+class EmbeddingList(_Open):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: Optional[EmbeddingUsage] = None
+
+
+class Model(_Open):
+    id: str = Field(..., examples=[DEFAULT_MODEL_ALIAS])
+    object: Literal["model"]
+    created: int
+    owned_by: str = Field(..., examples=["slp"])
+    root: str = Field(..., description="The installed model (GGUF file stem) this name serves.",
+                      examples=["SmolLM2-135M-Instruct-Q4_1"])
+
+
+class ModelList(_Open):
+    object: Literal["list"]
+    data: list[Model]
+
+
+class EngineHealth(_Open):
+    state: Literal["stopped", "starting", "ready", "restarting", "failed", "stopping"]
+    reason: str
+
+
+class Health(_Open):
+    """Agent liveness and engine readiness."""
+
+    status: str = Field(..., description="`ok` when the engine is ready, else the engine's state.",
+                        examples=["ok"])
+    agent: Literal["ok"]
+    engine: EngineHealth
+
+
+class AgentInfo(_Open):
+    pid: int
+    version: str = Field(..., examples=[slp.__version__])
+    uptime_s: float
+    rss_bytes: int
+
+
+class EngineMemory(_Open):
+    rss_bytes: int
+    percent: float
+    cpu_seconds: float
+
+
+class EngineEvent(_Open):
+    at: float = Field(..., description="Unix time (s).")
+    state: str
+    reason: str
+
+
+class EngineExit(_Open):
+    reason: str = Field(..., description="crash, hang, start-timeout or spawn-failed.")
+    detail: str
+    code: Optional[int] = None
+    signal: Optional[str] = None
+    at: float
+    log_tail: list[str]
+
+
+class EngineStatus(_Open):
+    state: Literal["stopped", "starting", "ready", "restarting", "failed", "stopping"]
+    reason: str
+    pid: Optional[int]
+    port: Optional[int]
+    model_path: Optional[str]
+    restarts: int
+    uptime_s: Optional[float]
+    last_exit: Optional[EngineExit]
+    memory: Optional[EngineMemory]
+    history: list[EngineEvent]
+    log_tail: Optional[list[str]] = Field(None, description="The engine log's last lines while it is not ready.")
+
+
+class ModelInfo(_Open):
+    """The served model: store facts plus its GGUF metadata (or `error` when that cannot be read)."""
+
+    name: Optional[str]
+    aliases: list[str]
+    path: str
+    size_bytes: int
+    size: Optional[str] = Field(..., examples=["98.4 MB"])
+    architecture: Optional[str] = None
+    quantization: Optional[str] = None
+    context_length: Optional[int] = None
+    parameters: Optional[int] = None
+    size_label: Optional[str] = None
+
+
+class MemoryUsage(_Open):
+    percent: Optional[float]
+    rss_bytes: Optional[int]
+
+
+class ActiveProject(_Open):
+    id: str
+    name: str = Field(..., examples=[EXAMPLE_PROJECT])
+
+
+class Status(_Open):
+    """Everything `slp status` shows."""
+
+    object: Literal["slp.status"]
+    server: Optional[str] = Field(..., examples=["http://127.0.0.1:38540"])
+    agent: AgentInfo
+    engine: EngineStatus
+    engine_build: dict[str, Any] = Field(..., description="How the llama-server binary was built (may be empty).")
+    model: Optional[ModelInfo]
+    quantization: Optional[str] = Field(..., examples=["Q4_1"])
+    context_window: int = Field(..., examples=[4096])
+    flash_attention: bool
+    model_size: Optional[str]
+    memory_usage: MemoryUsage
+    gpu: str = Field(..., examples=["None (CPU only)"])
+    restarts: int
+    active_project: ActiveProject
+
+
+class ProjectList(BaseModel):
+    object: Literal["list"]
+    data: list[Project]
+
+
+class ProjectDeleted(BaseModel):
+    id: str
+    object: Literal["project.deleted"]
+    deleted: bool
+
+
+class SessionList(BaseModel):
+    object: Literal["list"]
+    data: list[SessionSummary]
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ProjectCreate, ProjectUpdate)
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    ErrorResponse, EngineErrorResponse, ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, Model,
+    ModelList, Health, Status, Project, ProjectList, ProjectDeleted, ProjectUsage, SessionList, SessionDetail)
+
+
+def component_schemas() -> dict[str, dict]:
+    """Every model's JSON schema, its nested models (`$defs`) gathered as components beside it."""
+    schemas: dict[str, dict] = {}
+
+    def put(name: str, schema: dict) -> None:
+        if name in schemas and schemas[name] != schema:
+            raise ValueError(f"two different OpenAPI schemas are named {name!r}")
+        schemas[name] = schema
+
+    def add(model: type[BaseModel], mode: JsonSchemaMode) -> None:
+        schema = model.model_json_schema(ref_template=REF_TEMPLATE, mode=mode)
+        for name, nested in schema.pop("$defs", {}).items():
+            put(name, nested)
+        put(model.__name__, schema)
+
+    for model in REQUEST_MODELS:
+        add(model, "validation")
+    for model in RESPONSE_MODELS:
+        add(model, "serialization")
+    return schemas
+
+
+# ----------------------------------------------------------------------------- responses
+
+ERROR_CODES = {
+    400: "Invalid request: bad JSON, a field of the wrong type or out of range (`param` names it).",
+    401: "Missing or wrong API key (only when the agent has one): send `Authorization: Bearer <key>`.",
+    403: "The Host header is not the agent's (DNS-rebinding protection; see SLP_ALLOWED_HOSTS).",
+    404: "Not found.",
+    409: "Conflict: the name is taken, or the built-in project cannot be changed this way.",
+    413: "Request body larger than the agent accepts (SLP_MAX_BODY_BYTES, 8 MiB by default).",
+    415: "Content-Type is not JSON.",
+    422: "A value the project models refuse (`param` names it), or a model that is not installed.",
+    429: "Too many requests are waiting for the engine; retry after `Retry-After` seconds.",
+    500: "Internal error in the agent (a bug): see the agent log.",
+    503: "The engine is (re)starting or has failed; retry after `Retry-After` seconds when it is sent.",
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}}
+
+
+def error(status: int, description: Optional[str] = None, engine: bool = False) -> dict:
+    schema = {"anyOf": [ref("ErrorResponse"), ref("EngineErrorResponse")]} if engine else ref("ErrorResponse")
+    response: dict[str, Any] = {"description": description or ERROR_CODES[status],
+                                "content": {"application/json": {"schema": schema}}}
+    if status in (429, 503):
+        response["headers"] = copy.deepcopy(RETRY_AFTER)
+    elif status == 401:
+        response["headers"] = copy.deepcopy(WWW_AUTHENTICATE)
+    return response
+
+
+def ok(name: str, description: str, example: Any = None) -> dict:
+    media: dict[str, Any] = {"schema": ref(name)}
+    if example is not None:
+        media["example"] = example
+    return {"description": description, "content": {"application/json": media}}
+
+
+def common_errors(*, body: bool, secured: bool = True) -> dict:
+    out = {403: error(403)}
+    if secured:
+        out[401] = error(401)
+    if body:
+        out[413] = error(413)
+    return out
+
+
+def proxied_errors() -> dict:
+    """Errors of the proxied OpenAI routes: slp's own refusals and llama-server's, passed through."""
+    return {
+        **common_errors(body=True),
+        400: error(400, ERROR_CODES[400] + " Errors llama-server reports (e.g. a prompt longer than the context "
+                                           "window) come in its own variant of the envelope.", engine=True),
+        404: error(404, "The model (`model`) is not installed, or the project (`project_id` / `X-SLP-Project`) "
+                        "does not exist."),
+        415: error(415),
+        429: error(429),
+        500: error(500, "An internal error, in the agent or in llama-server.", engine=True),
+        503: error(503),
+    }
+
+
+def sse(schema_name: str, lines: list[str], description: str) -> dict:
+    return {"schema": {"type": "string", "description": description},
+            "x-sse-data": ref(schema_name),
+            "example": "".join(f"data: {line}\n\n" for line in lines)}
+
+
+PROJECT_HEADER = {
+    "name": "X-SLP-Project", "in": "header", "required": False,
+    "description": "slp: the project (id or name) the request runs in, when the body has no `project_id`; "
+                   "default: the active project. The project supplies the model, system prompt and generation "
+                   "defaults the request does not set.",
+    "schema": {"type": "string"}, "example": EXAMPLE_PROJECT,
+}
+
+
+def path_param(name: str, description: str, example: str, pattern: Optional[str] = None) -> dict:
+    schema: dict[str, Any] = {"type": "string"}
+    if pattern:
+        schema["pattern"] = pattern
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema,
+            "example": example}
+
+
+PROJECT_PARAM = path_param("project", "Project id or name.", EXAMPLE_PROJECT)
+SESSION_PARAM = path_param("session_id", "Session id as sent in a chat request's `session_id`.", "my-session",
+                           SESSION_ID_PATTERN)
+MODEL_PARAM = path_param("model", "A model name or alias.", DEFAULT_MODEL_ALIAS)
+
+
+def _examples_of(model: type[BaseModel]) -> Any:
+    extra = model.model_config.get("json_schema_extra")
+    return extra["examples"][0] if isinstance(extra, dict) and extra.get("examples") else None
+
+
+def json_body(name: str, example: Any, description: str) -> dict:
+    return {"required": True, "description": description,
+            "content": {"application/json": {"schema": ref(name), "example": example}}}
+
+
+CHAT_EXAMPLE = {"id": "chatcmpl-3bU5KcTzK1mJm3o0tD5uNwYc7nG1sQpX", "object": "chat.completion",
+                "created": 1767225600, "model": DEFAULT_MODEL_ALIAS,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "The capital of France is Paris."}}],
+                "usage": {"prompt_tokens": 36, "completion_tokens": 8, "total_tokens": 44},
+                "system_fingerprint": "b0-0c1e5709"}
+CHUNK_LINES = [
+    '{"id":"chatcmpl-3bU5","object":"chat.completion.chunk","created":1767225600,"model":"slp-orchestra-mini",'
+    '"choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}',
+    '{"id":"chatcmpl-3bU5","object":"chat.completion.chunk","created":1767225600,"model":"slp-orchestra-mini",'
+    '"choices":[{"index":0,"delta":{"content":"Paris"},"finish_reason":null}]}',
+    '{"id":"chatcmpl-3bU5","object":"chat.completion.chunk","created":1767225600,"model":"slp-orchestra-mini",'
+    '"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}',
+    "[DONE]",
+]
+COMPLETION_LINES = [
+    '{"id":"chatcmpl-0AtK","object":"text_completion","created":1767225600,"model":"slp-orchestra-mini",'
+    '"choices":[{"index":0,"text":" Paris","logprobs":null,"finish_reason":null}]}',
+    "[DONE]",
+]
+STREAM_NOTE = (" If the engine fails mid-stream, the stream ends with an `ErrorResponse` event instead of "
+               "`[DONE]` (the status is already 200).")
+
+
+def _proxied_operations() -> dict:
+    chat_desc = (
+        "OpenAI-compatible chat completion, served by llama.cpp's llama-server. slp validates the request "
+        "(schema below), applies the project (model, system prompt, generation defaults), starts or switches "
+        "the engine when needed, then forwards it; unknown fields go to llama-server untouched.\n\n"
+        "slp fields: `project_id` (or header `X-SLP-Project`) picks the project; `session_id` stores the "
+        "exchange under the project as a conversation (GET /v1/projects/{project}/sessions/{session_id}).\n\n"
+        "With `\"stream\": true` the reply is `text/event-stream`: `data: <ChatCompletionChunk>` events, "
+        "then `data: [DONE]`." + STREAM_NOTE)
+    return {
+        ("post", "/v1/chat/completions"): {
+            "tags": ["OpenAI-compatible"], "operationId": "createChatCompletion", "summary": "Chat completion",
+            "description": chat_desc, "parameters": [PROJECT_HEADER],
+            "requestBody": json_body("ChatCompletionRequest", _examples_of(ChatCompletionRequest),
+                                     "Messages and sampling options (OpenAI's chat completion request)."),
+            "responses": {
+                200: {"description": "The completion, or a stream of chunks when `stream` is true.",
+                      "content": {"application/json": {"schema": ref("ChatCompletion"), "example": CHAT_EXAMPLE},
+                                  "text/event-stream": sse("ChatCompletionChunk", CHUNK_LINES,
+                                                           "Server-sent events; each `data:` line holds a "
+                                                           "ChatCompletionChunk, the last one `[DONE]`.")}},
+                **proxied_errors()},
+        },
+        ("post", "/v1/completions"): {
+            "tags": ["OpenAI-compatible"], "operationId": "createCompletion", "summary": "Text completion",
+            "description": "OpenAI-compatible (legacy) text completion of `prompt`; the project's generation "
+                           "defaults apply (its system prompt does not). `\"stream\": true` sends "
+                           "`data: <Completion>` events, then `data: [DONE]`." + STREAM_NOTE,
+            "parameters": [PROJECT_HEADER],
+            "requestBody": json_body("CompletionRequest", _examples_of(CompletionRequest), "Prompt and options."),
+            "responses": {
+                200: {"description": "The completion, or a stream when `stream` is true.",
+                      "content": {"application/json": {"schema": ref("Completion")},
+                                  "text/event-stream": sse("Completion", COMPLETION_LINES,
+                                                           "Server-sent events; each `data:` line holds a "
+                                                           "Completion with a piece of text, the last `[DONE]`.")}},
+                **proxied_errors()},
+        },
+        ("post", "/v1/embeddings"): {
+            "tags": ["OpenAI-compatible"], "operationId": "createEmbedding", "summary": "Embeddings",
+            "description": "OpenAI-compatible embeddings of `input`, forwarded to llama-server. llama-server "
+                           "answers 501 when it was not started with embeddings enabled.",
+            "parameters": [PROJECT_HEADER],
+            "requestBody": json_body("EmbeddingRequest", {"model": DEFAULT_MODEL_ALIAS,
+                                                          "input": "The capital of France is Paris."},
+                                     "Text (or tokens) to embed."),
+            "responses": {
+                200: ok("EmbeddingList", "One embedding per input."),
+                **proxied_errors(),
+                501: error(501, "The engine does not serve embeddings (llama-server without `--embeddings`).",
+                           engine=True)},
+        },
+    }
+
+
+def _agent_operations() -> dict:
+    return {
+        ("get", "/health"): {
+            "tags": ["Agent"], "operationId": "health", "summary": "Liveness and engine readiness",
+            "description": "Answered without an API key (for service managers). 200 when the engine is ready, "
+                           "503 with the engine's state and why otherwise.",
+            "security": [],
+            "responses": {200: ok("Health", "The engine is ready."),
+                          503: ok("Health", "The engine is not ready (starting, restarting, failed, …)."),
+                          403: error(403)},
+        },
+        ("get", "/v1/status"): {
+            "tags": ["Agent"], "operationId": "getStatus", "summary": "Agent, engine, model and active project",
+            "description": "Everything `slp status` shows: the agent process, the engine (state, pid, memory, "
+                           "restarts, recent history), its build, the model and its metadata, context window, "
+                           "GPU and the active project.",
+            "responses": {200: ok("Status", "The status."), **common_errors(body=False)},
+        },
+        ("get", "/v1/models"): {
+            "tags": ["OpenAI-compatible"], "operationId": "listModels", "summary": "Installed models",
+            "description": "Every installed model, once per alias and once under its own name (OpenAI list shape).",
+            "responses": {200: ok("ModelList", "The models."), **common_errors(body=False)},
+        },
+        ("get", "/v1/models/{model}"): {
+            "tags": ["OpenAI-compatible"], "operationId": "retrieveModel", "summary": "One model",
+            "parameters": [MODEL_PARAM],
+            "responses": {200: ok("Model", "The model."), 404: error(404, "No installed model has that name."),
+                          **common_errors(body=False)},
+        },
+    }
+
+
+def _project_operations() -> dict:
+    body_errors = {**common_errors(body=True),
+                   400: error(400, "The body is not a JSON object, or Content-Type is not application/json."),
+                   422: error(422)}
+    not_found = {404: error(404, "No project has that id or name.")}
+    return {
+        ("get", "/v1/projects"): {
+            "tags": ["Projects"], "operationId": "listProjects", "summary": "List projects",
+            "responses": {200: ok("ProjectList", "Every project, the built-in `general_chat` included."),
+                          **common_errors(body=False)},
+        },
+        ("post", "/v1/projects"): {
+            "tags": ["Projects"], "operationId": "createProject", "summary": "Create a project",
+            "requestBody": json_body("ProjectCreate", {"name": "travel", "description": "Trip planning",
+                                                       "system_prompt": "You are a concise travel assistant.",
+                                                       "params": {"temperature": 0.7, "max_tokens": 256}},
+                                     "The new project; `model` must be installed when given."),
+            "responses": {201: ok("Project", "The created project."),
+                          409: error(409, "A project with that name exists."), **body_errors},
+        },
+        ("get", "/v1/projects/{project}"): {
+            "tags": ["Projects"], "operationId": "getProject", "summary": "Get a project",
+            "parameters": [PROJECT_PARAM],
+            "responses": {200: ok("Project", "The project."), **not_found, **common_errors(body=False)},
+        },
+        ("patch", "/v1/projects/{project}"): {
+            "tags": ["Projects"], "operationId": "updateProject", "summary": "Change a project",
+            "parameters": [PROJECT_PARAM],
+            "requestBody": json_body("ProjectUpdate", {"system_prompt": "Answer in one sentence.",
+                                                       "params": {"temperature": 0.2}},
+                                     "Only the fields given change; see ProjectUpdate for null and `params`."),
+            "responses": {200: ok("Project", "The changed project."), **not_found,
+                          409: error(409, "The new name is taken, or the built-in project cannot be renamed."),
+                          **body_errors},
+        },
+        ("delete", "/v1/projects/{project}"): {
+            "tags": ["Projects"], "operationId": "deleteProject", "summary": "Delete a project",
+            "description": "Deletes the project with its usage and sessions; the built-in project cannot be "
+                           "deleted (409). Deleting the active project makes `general_chat` active.",
+            "parameters": [PROJECT_PARAM],
+            "responses": {200: ok("ProjectDeleted", "Deleted."), **not_found,
+                          409: error(409, "The built-in project cannot be deleted."),
+                          **common_errors(body=False)},
+        },
+        ("post", "/v1/projects/{project}/activate"): {
+            "tags": ["Projects"], "operationId": "activateProject", "summary": "Make a project the active one",
+            "description": "Requests that name no project run in the active one.",
+            "parameters": [PROJECT_PARAM],
+            "responses": {200: ok("Project", "The project, now active."), **not_found,
+                          **common_errors(body=False)},
+        },
+        ("get", "/v1/projects/{project}/usage"): {
+            "tags": ["Projects"], "operationId": "getProjectUsage", "summary": "Token usage of a project",
+            "parameters": [PROJECT_PARAM],
+            "responses": {200: ok("ProjectUsage", "Totals over every request served under the project."),
+                          **not_found, **common_errors(body=False)},
+        },
+        ("get", "/v1/projects/{project}/sessions"): {
+            "tags": ["Projects"], "operationId": "listSessions", "summary": "Conversations of a project",
+            "description": "Sessions are created by chat requests that send a `session_id`; most recent first.",
+            "parameters": [PROJECT_PARAM],
+            "responses": {200: ok("SessionList", "The sessions."), **not_found, **common_errors(body=False)},
+        },
+        ("get", "/v1/projects/{project}/sessions/{session_id}"): {
+            "tags": ["Projects"], "operationId": "getSession", "summary": "One conversation with its history",
+            "parameters": [PROJECT_PARAM, SESSION_PARAM],
+            "responses": {200: ok("SessionDetail", "The session."),
+                          404: error(404, "No such project, or the project has no such session."),
+                          **common_errors(body=False)},
+        },
+    }
+
+
+def _docs_operations() -> dict:
+    return {
+        ("get", "/openapi.json"): {
+            "tags": ["Docs"], "operationId": "getOpenAPI", "summary": "This OpenAPI 3.1 document",
+            "description": "Answered without an API key.", "security": [],
+            "responses": {200: {"description": "The document.",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                          403: error(403)},
+        },
+        ("get", "/docs"): {
+            "tags": ["Docs"], "operationId": "getDocs", "summary": "Interactive API documentation (Swagger UI)",
+            "description": "Swagger UI for this document; its files are served from the agent under "
+                           "`/docs/static/` (never a CDN). Answered without an API key; use Authorize to "
+                           "send one with \"Try it out\".",
+            "security": [],
+            "responses": {200: {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
+                          403: error(403)},
+        },
+        ("get", "/docs/static/{filename}"): {
+            "tags": ["Docs"], "operationId": "getDocsFile", "summary": "A file of Swagger UI",
+            "description": "The Swagger UI files /docs loads, from the installed swagger-ui-bundle-v2 package. "
+                           "Answered without an API key.",
+            "security": [],
+            "parameters": [{"name": "filename", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": sorted(DOCS_STATIC_FILES)},
+                            "example": "swagger-ui.css"}],
+            "responses": {200: {"description": "The file.",
+                                "content": {ctype: {"schema": {}} for ctype in sorted(set(DOCS_STATIC_FILES.values()))}},
+                          304: {"description": "Not modified (the ETag matched)."},
+                          404: error(404, "Not one of the files."), 403: error(403)},
+        },
+    }
+
+
+def operations() -> dict[tuple[str, str], dict]:
+    """(method, path) → OpenAPI operation for every route the agent serves (GET routes also answer HEAD)."""
+    return {**_proxied_operations(), **_agent_operations(), **_project_operations(), **_docs_operations()}
+
+
+def build_openapi(api_key_required: bool = False) -> dict:
+    """The OpenAPI 3.1 document. With `api_key_required`, operations other than the public ones
+    (/health, /docs, /openapi.json) require the bearer key; without, sending one is optional."""
+    paths: dict[str, dict] = {}
+    for (method, path), op in operations().items():
+        op = copy.deepcopy(op)
+        op["responses"] = {str(code): resp for code, resp in sorted(op["responses"].items())}
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "slp agent API",
+            "version": slp.__version__,
+            "summary": "A local LLM agent: llama.cpp's llama-server behind an OpenAI-compatible API, with projects.",
+            "description": (
+                "The OpenAI-compatible routes (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, "
+                "`/v1/models`) work with any OpenAI client: base URL `http://127.0.0.1:38540/v1`, any API key "
+                "unless the agent has one. slp adds projects (a model, a system prompt and generation defaults "
+                "per project, usage and stored conversations) and status.\n\n"
+                "Every error is OpenAI's envelope `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`. "
+                "Requests must carry a loopback Host (or one in SLP_ALLOWED_HOSTS) and, when the agent has "
+                "an API key, `Authorization: Bearer <key>` (use Authorize). Bodies over 8 MiB "
+                "(SLP_MAX_BODY_BYTES) are refused with 413."),
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "servers": [{"url": "/", "description": "This agent"}],
+        "tags": [
+            {"name": "OpenAI-compatible", "description": "Proxied to llama-server, OpenAI's request/response shapes."},
+            {"name": "Agent", "description": "Health and status of the agent and its engine."},
+            {"name": "Projects", "description": "Projects, their usage and conversations."},
+            {"name": "Docs", "description": "This documentation."},
+        ],
+        "security": [{"bearerAuth": []}] if api_key_required else [{}, {"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "schemas": component_schemas(),
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "The agent's API key (SLP_API_KEY), when it has one."}},
+        },
+    }
+
