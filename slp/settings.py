@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     start_timeout: float = Field(60.0, gt=0, description="Seconds the engine may take to become healthy.")
     request_wait_timeout: float = Field(30.0, ge=0, description="Seconds a request waits for a (re)starting engine.")
     health_interval: float = Field(5.0, gt=0, description="Seconds between watchdog health probes.")
-    health_timeout: float = Field(3.0, gt=0, description="A health probe slower than this counts as hung.")
+    health_timeout: float = Field(5.0, gt=0, description="A health probe slower than this counts as hung.")
     stop_grace: float = Field(5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping.")
     max_restarts: int = Field(5, ge=0, description="Crashes tolerated within restart_window before giving up.")
     restart_window: float = Field(120.0, gt=0, description="Window (s) in which crashes are counted.")

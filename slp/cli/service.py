@@ -8,8 +8,10 @@ import typer
 
 from slp.cli.client import CliError, load_settings, run_cli
 from slp.service import (
+    InstallResult,
     ServiceError,
     ServiceManager,
+    ServiceStatus,
     get_manager,
     install as install_service,
     render,
@@ -45,23 +47,16 @@ def _preflight(settings: Settings) -> None:
             raise CliError(str(exc))
 
 
-def _take_over(settings: Settings, manager: ServiceManager) -> None:
+def _take_over(settings: Settings) -> None:
     """Stop an agent started with `slp agent start` (outside the service): the service needs its port."""
+    from slp.cli.agent import stop_agent
     from slp.runstate import live_state
-    from slp.service import ServiceStatus
 
     state = live_state(settings.paths)
-    if not state:
-        return
-    probe = ServiceStatus(manager=manager.name, path=manager.path, installed=True)
-    manager.query(probe)
-    if probe.active:
-        return
-    from slp.cli.agent import stop_agent
-
-    typer.echo(f"Stopping the slp agent started outside the service (pid {state['agent_pid']}) so the "
-               "service can take over")
-    stop_agent(settings)
+    if state:
+        typer.echo(f"Stopping the slp agent started outside the service (pid {state['agent_pid']}) so the "
+                   "service can take over")
+        stop_agent(settings)
 
 
 @app.command()
@@ -83,9 +78,14 @@ def install(print_: bool = typer.Option(False, "--print", help="Show the file th
             return
         manager = get_manager(platform)
 
-        def before_start(manager: ServiceManager) -> None:
+        def before_start(manager: ServiceManager, result: InstallResult) -> None:
+            probe = ServiceStatus(manager=manager.name, path=manager.path, installed=True)
+            manager.query(probe)
+            if probe.active and not result.changed:
+                return  # running with this very file: nothing to start
             _preflight(settings)
-            _take_over(settings, manager)
+            if not probe.active:
+                _take_over(settings)
             typer.echo(f"Starting the slp service ({manager.path.name}); waiting for the engine ...")
 
         result = install_service(settings, platform, start=not no_start, manager=manager,
@@ -94,7 +94,7 @@ def install(print_: bool = typer.Option(False, "--print", help="Show the file th
             verb = "wrote" if result.changed else "unchanged:"
             typer.echo(f"slp service {verb} {result.path} (not started; `slp service install` starts it)")
             return
-        state = wait_ready(settings, manager, 60 if not result.started else 120)
+        state = wait_ready(settings, manager, settings.start_timeout + 60)  # launchd: it starts it now
     except ServiceError as exc:
         raise CliError(str(exc))
     if result.restarted:

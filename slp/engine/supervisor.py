@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import aiohttp
+import psutil
 
 from slp.engine.process import EngineCommand, spawn, tail_lines, terminate
 
@@ -29,7 +30,11 @@ log = logging.getLogger("slp.engine")
 
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 10.0
-HANG_PROBES = 2  # consecutive failed health probes that make a live process "hung"
+HANG_PROBES = 2  # consecutive failed health probes that make an idle process "hung" (e.g. SIGSTOP)
+# An engine that burns CPU while its HTTP thread is starved (2 cores, every slot decoding) is busy, not
+# hung: it gets many more probes before it is replaced, so load never gets a healthy engine killed.
+HANG_PROBES_BUSY = 12
+BUSY_CPU_SECONDS = 0.05
 
 
 class EngineState(str, enum.Enum):
@@ -60,6 +65,14 @@ class EngineUnavailable(Exception):
         super().__init__(message)
         self.state = state
         self.retry_after = retry_after
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+    except psutil.Error:
+        return 0.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -263,6 +276,7 @@ class Supervisor:
         self.started_at = time.time()
         self._set(EngineState.READY, f"serving {self.model_path.name} on 127.0.0.1:{self.port} (pid {proc.pid})")
         failures = 0
+        cpu_before = cpu_seconds(proc.pid)
         while True:
             self._wake.clear()
             if self._intent_changed():
@@ -275,8 +289,14 @@ class Supervisor:
                 return self._exit_info(proc, "crash", "exited")
             if self._intent_changed():
                 return None
-            failures = 0 if await self._probe(self._health_timeout) else failures + 1
-            if failures >= HANG_PROBES:
+            if await self._probe(self._health_timeout):
+                failures = 0
+                continue
+            failures += 1
+            cpu_now = cpu_seconds(proc.pid)
+            busy = cpu_now - cpu_before > BUSY_CPU_SECONDS
+            cpu_before = cpu_now
+            if failures >= (HANG_PROBES_BUSY if busy else HANG_PROBES):
                 await terminate(proc, 0)  # a hung (e.g. stopped) process gets SIGKILL at once
                 return ExitInfo("hang", f"no answer to {HANG_PROBES} health probes "
                                 f"({self._health_timeout:g}s timeout); killed", signal=None,

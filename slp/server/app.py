@@ -56,7 +56,8 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True),
+            # llama-server (cpp-httplib) drops idle keep-alive connections after 5 s: let ours go first.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4, enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), auto_decompress=False)
         app[keys.ENGINE_HTTP] = http
 

@@ -27,7 +27,7 @@ from slp.projects.schema import (
     SessionDetail,
     SessionSummary,
 )
-from slp.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from slp.server.schemas import ENGINE_FIELDS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Known
 from slp.settings import DEFAULT_MODEL_ALIAS
 
 OPENAPI_VERSION = "3.1.0"
@@ -72,21 +72,6 @@ class ErrorResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
         "message": "The model 'gpt-4' does not exist or is not installed; see GET /v1/models or `slp model list`",
         "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}]})
-
-
-class EngineErrorDetail(_Open):
-    message: str
-    type: str = Field(..., examples=["invalid_request_error"])
-    code: Union[int, str, None] = Field(None, description="llama-server sends the HTTP status as a number.")
-    param: Optional[str] = None
-
-
-class EngineErrorResponse(BaseModel):
-    """An error llama-server itself returned (the request passed slp's checks), passed through as sent:
-    same envelope, but `code` is the HTTP status number and `param` is absent; extra fields such as
-    `n_prompt_tokens`/`n_ctx` may appear."""
-
-    error: EngineErrorDetail
 
 
 class Usage(_Open):
@@ -314,8 +299,19 @@ class SessionList(BaseModel):
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ProjectCreate, ProjectUpdate)
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    ErrorResponse, EngineErrorResponse, ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, Model,
+    ErrorResponse, ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, Model,
     ModelList, Health, Status, Project, ProjectList, ProjectDeleted, ProjectUsage, SessionList, SessionDetail)
+
+
+def with_known_fields(model: type[BaseModel], schema: dict) -> dict:
+    """`_Known` models refuse top-level fields that are neither declared nor in ENGINE_FIELDS (400,
+    "Unrecognized request argument"): say so with `propertyNames`, from the same two sources."""
+    if issubclass(model, _Known) and "propertyNames" not in schema:
+        schema["propertyNames"] = {"enum": sorted({*model.model_fields, *ENGINE_FIELDS})}
+        schema["description"] = (schema.get("description", "").rstrip() + "\n\nBesides the fields listed, "
+                                 "llama-server's and OpenAI's other options (`propertyNames`) are passed to "
+                                 "the engine as they are; any other field is refused.").strip()
+    return schema
 
 
 def component_schemas() -> dict[str, dict]:
@@ -331,7 +327,7 @@ def component_schemas() -> dict[str, dict]:
         schema = model.model_json_schema(ref_template=REF_TEMPLATE, mode=mode)
         for name, nested in schema.pop("$defs", {}).items():
             put(name, nested)
-        put(model.__name__, schema)
+        put(model.__name__, with_known_fields(model, schema))
 
     for model in REQUEST_MODELS:
         add(model, "validation")
@@ -359,10 +355,9 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying."
 WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}}
 
 
-def error(status: int, description: Optional[str] = None, engine: bool = False) -> dict:
-    schema = {"anyOf": [ref("ErrorResponse"), ref("EngineErrorResponse")]} if engine else ref("ErrorResponse")
+def error(status: int, description: Optional[str] = None) -> dict:
     response: dict[str, Any] = {"description": description or ERROR_CODES[status],
-                                "content": {"application/json": {"schema": schema}}}
+                                "content": {"application/json": {"schema": ref("ErrorResponse")}}}
     if status in (429, 503):
         response["headers"] = copy.deepcopy(RETRY_AFTER)
     elif status == 401:
@@ -390,20 +385,27 @@ def proxied_errors() -> dict:
     """Errors of the proxied OpenAI routes: slp's own refusals and llama-server's, passed through."""
     return {
         **common_errors(body=True),
-        400: error(400, ERROR_CODES[400] + " Errors llama-server reports (e.g. a prompt longer than the context "
-                                           "window) come in its own variant of the envelope.", engine=True),
+        400: error(400, ERROR_CODES[400] + " Refusals of llama-server itself (e.g. a prompt longer than the "
+                                           "context window) have a message starting with `engine:`."),
         404: error(404, "The model (`model`) is not installed, or the project (`project_id` / `X-SLP-Project`) "
                         "does not exist."),
         415: error(415),
         429: error(429),
-        500: error(500, "An internal error, in the agent or in llama-server.", engine=True),
+        500: error(500, "An internal error, in the agent or in llama-server (message `engine: …`)."),
         503: error(503),
     }
 
 
 def sse(schema_name: str, lines: list[str], description: str) -> dict:
-    return {"schema": {"type": "string", "description": description},
-            "x-sse-data": ref(schema_name),
+    """An event stream: OpenAPI 3.1's `schema` describes one event; its `data` is `[DONE]` or JSON (a chunk,
+    or an ErrorResponse when the engine fails mid-stream)."""
+    data = {"type": "string", "description": f"`[DONE]`, or a {schema_name} (or ErrorResponse) as JSON.",
+            "if": {"const": "[DONE]"},
+            "else": {"contentMediaType": "application/json",
+                     "contentSchema": {"anyOf": [ref(schema_name), ref("ErrorResponse")]}}}
+    return {"schema": {"type": "object", "description": description, "required": ["data"],
+                       "properties": {"data": data, "event": {"type": "string"}, "id": {"type": "string"},
+                                      "retry": {"type": "integer"}}},
             "example": "".join(f"data: {line}\n\n" for line in lines)}
 
 
@@ -513,8 +515,7 @@ def _proxied_operations() -> dict:
             "responses": {
                 200: ok("EmbeddingList", "One embedding per input."),
                 **proxied_errors(),
-                501: error(501, "The engine does not serve embeddings (llama-server without `--embeddings`).",
-                           engine=True)},
+                501: error(501, "The engine does not serve embeddings (llama-server without `--embeddings`).")},
         },
     }
 
@@ -552,8 +553,7 @@ def _agent_operations() -> dict:
 
 
 def _project_operations() -> dict:
-    body_errors = {**common_errors(body=True),
-                   400: error(400, "The body is not a JSON object, or Content-Type is not application/json."),
+    body_errors = {**common_errors(body=True), 400: error(400, "The body is not a JSON object."), 415: error(415),
                    422: error(422)}
     not_found = {404: error(404, "No project has that id or name.")}
     return {
@@ -653,6 +653,8 @@ def _docs_operations() -> dict:
             "responses": {200: {"description": "The file.",
                                 "content": {ctype: {"schema": {}} for ctype in sorted(set(DOCS_STATIC_FILES.values()))}},
                           304: {"description": "Not modified (the ETag matched)."},
+                          401: error(401, "Not one of the files, and the agent has an API key (any other name is "
+                                          "an unknown path, which needs the key like every path)."),
                           404: error(404, "Not one of the files."), 403: error(403)},
         },
     }

@@ -115,10 +115,7 @@ class Proxy:
             payload = json.dumps(body).encode()
             http: aiohttp.ClientSession = self.app[keys.ENGINE_HTTP]
             headers = {"Content-Type": "application/json", "Authorization": self.app[keys.ENGINE_AUTH]}
-            try:
-                upstream = await http.post(base + path, data=payload, headers=headers)
-            except (aiohttp.ClientError, OSError) as exc:
-                raise EngineUnavailable(f"engine connection failed: {exc}", EngineState.RESTARTING, 2)
+            upstream = await self._post(http, base + path, payload, headers)
             async with upstream:
                 if body.get("stream") and upstream.status == 200:
                     return await self._stream(request, upstream, project, session)
@@ -129,6 +126,20 @@ class Proxy:
                 return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
         finally:
             limiter.release()
+
+    @staticmethod
+    async def _post(http: aiohttp.ClientSession, url: str, payload: bytes, headers: dict) -> aiohttp.ClientResponse:
+        """POST to the engine, retrying once when a pooled keep-alive connection turns out to have been
+        closed by the engine just before we used it (nothing was processed then)."""
+        for attempt in (1, 2):
+            try:
+                return await http.post(url, data=payload, headers=headers)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if attempt == 2:
+                    raise EngineUnavailable(f"engine connection failed: {exc}", EngineState.RESTARTING, 2)
+            except (aiohttp.ClientError, OSError) as exc:
+                raise EngineUnavailable(f"engine connection failed: {exc}", EngineState.RESTARTING, 2)
+        raise AssertionError("unreachable")
 
     async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse, project: Project,
                       session: Optional[Session]) -> web.StreamResponse:

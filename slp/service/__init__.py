@@ -235,12 +235,12 @@ def render(settings: "Settings", platform: Optional[str] = None, environ: Option
 def install(settings: "Settings", platform: Optional[str] = None, start: bool = True,
             environ: Optional[Mapping[str, str]] = None, executable: Optional[str] = None,
             manager: Optional[ServiceManager] = None,
-            before_start: Optional[Callable[[ServiceManager], None]] = None) -> InstallResult:
+            before_start: Optional[Callable[[ServiceManager, InstallResult], None]] = None) -> InstallResult:
     """Write the service file (only if it changed) and, with `start`, enable and start the service.
 
     Raises ManagerUnavailable (after writing the file) when the manager cannot be reached.
-    `before_start(manager)` runs once the manager is known reachable, before it is asked to start
-    (the CLI fetches the model there, with a progress bar, and stops a non-service agent).
+    `before_start(manager, result)` runs once the manager is known reachable, before it is asked to
+    start (the CLI fetches the model there, with a progress bar, and stops a non-service agent).
     """
     manager = manager or get_manager(platform, environ=environ)
     spec = build_spec(settings, environ, executable, platform)
@@ -255,7 +255,7 @@ def install(settings: "Settings", platform: Optional[str] = None, start: bool = 
         raise ManagerUnavailable(f"wrote {manager.path}, but could not start it: {reason} "
                                  "(use --no-start to only write it, or run `slp agent start`)")
     if before_start is not None:
-        before_start(manager)
+        before_start(manager, result)
     manager.activate(result, timeout=spec.start_timeout + 30)
     return result
 

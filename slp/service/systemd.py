@@ -28,7 +28,7 @@ _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def quote(value: str, exec_arg: bool = False) -> str:
-    """One word for a unit file: `%` doubled (specifiers), `$` doubled in command lines (variable
+    """One word for a unit file: `%` doubled (specifiers), `$` doubled in command-line arguments (variable
     expansion), and double quotes with C escapes whenever the word holds anything but plain characters."""
     if "\0" in value:
         raise ServiceError("a value for the unit contains a NUL byte")
@@ -49,7 +49,12 @@ def quote(value: str, exec_arg: bool = False) -> str:
 
 
 def render_unit(spec: ServiceSpec) -> str:
-    exec_start = " ".join(quote(arg, exec_arg=True) for arg in spec.program)
+    python = spec.program[0]
+    if any(ch in python for ch in "\"'\\") or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in python):
+        raise ServiceError(f"systemd cannot run an executable whose path has quotes, backslashes or control "
+                           f"characters: {python!r}; install slp in a virtual environment at a plainer path")
+    # The executable itself gets no `$$`: systemd checks and runs that path without variable expansion.
+    exec_start = " ".join(quote(arg, exec_arg=i > 0) for i, arg in enumerate(spec.program))
     env_lines = [f"Environment={quote(f'{name}={value}')}" for name, value in spec.environment.items()
                  if _ENV_NAME.fullmatch(name)]
     lines = [
