@@ -13,11 +13,12 @@ run: setup engine
 test: setup engine test-deps
 	$(PY) -m pytest
 
-# What the end-to-end tests drive besides Python: Node.js + the openai npm package (the seed's
-# JavaScript example) and curl, from Debian's and npm's registries when missing.
+# What the end-to-end tests drive besides Python, from Debian's and npm's registries when missing:
+# Node.js + the openai npm package (the seed's JavaScript example), curl, systemd-analyze (the unit check).
 test-deps:
-	@command -v node >/dev/null && command -v npm >/dev/null && command -v curl >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq nodejs npm curl)
+	@command -v node >/dev/null && command -v npm >/dev/null && command -v curl >/dev/null && \
+		command -v systemd-analyze >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq nodejs npm curl systemd)
 	npm ci --prefix tests/js --no-audit --no-fund --silent
 
 setup: $(STAMP)

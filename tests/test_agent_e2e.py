@@ -7,7 +7,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 
 import openai

@@ -18,6 +18,7 @@ from slp.engine.process import kill_stale, tail_lines
 from slp.models.store import ModelError, ModelStore
 from slp.runstate import clear_state, live_state, read_state
 from slp.server.runner import SHUTDOWN_GRACE, AgentError, check_security
+from slp.service import ServiceError, installed_service, managed_by_service, service_start, service_stop
 from slp.settings import Settings, ensure_private_dir
 
 app = typer.Typer(help="Start, stop and inspect the slp agent.", no_args_is_help=True)
@@ -87,6 +88,15 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
     if state:
         typer.echo(f"slp agent is already running at {state['url']} (pid {state['agent_pid']})")
         return
+    if manager := installed_service():
+        # A service is installed: start it through its manager, so it stays the one in charge.
+        try:
+            state = service_start(settings)
+        except ServiceError as exc:
+            raise CliError(str(exc))
+        typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}, managed by {manager}); "
+                   "engine ready")
+        return
     try:
         check_security(settings)
         find_engine(settings)
@@ -104,9 +114,10 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
     ensure_private_dir(settings.paths.log_dir)
     fd = os.open(settings.paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # not a service's child
         proc = subprocess.Popen([sys.executable, "-m", "slp", "agent", "start", "--foreground"],
                                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
-                                close_fds=True)
+                                close_fds=True, env=env)
     finally:
         os.close(fd)
     state = _wait_until_ready(settings, proc, settings.start_timeout + 30)
@@ -115,6 +126,9 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
 
 def stop_agent(settings: Settings) -> bool:
     """Stop the running agent (SIGTERM, then SIGKILL) and any engine it leaves. True if one was running."""
+    if managed_by_service():
+        service_stop()
+        return True
     state = live_state(settings.paths)
     if not state:
         stale = read_state(settings.paths)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from slp.cli import agent, chat, model, project, service, status
@@ -18,4 +20,5 @@ app.command("chat")(chat.chat)
 
 
 def main() -> None:
+    os.umask(0o077)  # every file slp (and its engine) creates is the user's only: state, DB, logs, keys
     app()

@@ -28,7 +28,7 @@ from slp.projects.store import ProjectStore
 from slp.runstate import clear_state, live_state, read_state, write_state
 from slp.server import keys
 from slp.server.app import create_app
-from slp.service.notify import ServiceNotifier
+from slp.service.notify import ServiceNotifier, under_systemd
 from slp.settings import Settings, ensure_private_dir
 
 log = logging.getLogger("slp.agent")
@@ -77,7 +77,12 @@ def pick_model(settings: Settings) -> Path:
 
 def setup_logging(settings: Settings) -> None:
     ensure_private_dir(settings.paths.log_dir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    if under_systemd():  # stderr goes to the journal; keep slp's own log too (`slp agent logs`)
+        handler = logging.FileHandler(settings.paths.agent_log)
+        handler.setFormatter(logging.Formatter(fmt))
+        logging.getLogger().addHandler(handler)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
