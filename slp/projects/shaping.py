@@ -63,3 +63,41 @@ def shape_chat(body: dict, project: Project) -> dict:
 def shape_completion(body: dict, project: Project) -> dict:
     """A new /v1/completions body with the project's params and model applied (no prompt merge)."""
     return _base(body, project)
+
+
+# Other APIs the engine speaks: the same rules (caller wins, project prompt first), their field names.
+_RESPONSES_PARAMS = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_output_tokens"}
+_ANTHROPIC_PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "max_tokens": "max_tokens",
+                     "stop": "stop_sequences"}
+
+
+def _fill(body: dict, project: Project, names: dict[str, str]) -> dict:
+    shaped = {key: copy.deepcopy(value) for key, value in body.items() if key not in AGENT_FIELDS}
+    if not shaped.get("model"):
+        shaped["model"] = project.model
+    for ours, theirs in names.items():
+        value = project.params.values().get(ours)
+        if value is not None and shaped.get(theirs) is None:
+            shaped[theirs] = [value] if theirs == "stop_sequences" and isinstance(value, str) else copy.deepcopy(value)
+    return shaped
+
+
+def shape_responses(body: dict, project: Project) -> dict:
+    """OpenAI Responses API: the project prompt goes first in `instructions`."""
+    shaped = _fill(body, project, _RESPONSES_PARAMS)
+    if project.system_prompt:
+        caller = shaped.get("instructions")
+        shaped["instructions"] = f"{project.system_prompt}\n\n{caller}" if caller else project.system_prompt
+    return shaped
+
+
+def shape_anthropic(body: dict, project: Project) -> dict:
+    """Anthropic Messages API: the project prompt goes first in `system` (a string or text blocks)."""
+    shaped = _fill(body, project, _ANTHROPIC_PARAMS)
+    if project.system_prompt:
+        caller = shaped.get("system")
+        if isinstance(caller, list):
+            shaped["system"] = [{"type": "text", "text": project.system_prompt}, *caller]
+        else:
+            shaped["system"] = f"{project.system_prompt}\n\n{caller}" if caller else project.system_prompt
+    return shaped

@@ -18,6 +18,7 @@ from aiohttp import web
 from slp.engine.command import engine_command
 from slp.engine.supervisor import EngineState, Supervisor
 from slp.models.store import ModelStore
+from slp.projects.shaping import shape_anthropic, shape_chat
 from slp.projects.store import ProjectStore
 from slp.server import keys
 from slp.server.docs import add_docs_routes
@@ -25,6 +26,13 @@ from slp.server.middleware import error_middleware, make_auth, make_cors, make_h
 from slp.server.projects_routes import add_project_routes
 from slp.server.proxy import Limiter, Proxy, Recorder
 from slp.server.routes import add_routes
+from slp.server.schemas import (
+    AnthropicCountTokensRequest,
+    ApplyTemplateRequest,
+    DetokenizeRequest,
+    RerankRequest,
+    TokenizeRequest,
+)
 from slp.settings import Settings
 
 
@@ -86,6 +94,14 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
     app.router.add_post("/v1/completions", proxy.completions)
     app.router.add_post("/v1/embeddings", proxy.embeddings)
+    app.router.add_post("/v1/responses", proxy.responses)
+    app.router.add_post("/v1/messages", proxy.anthropic_messages)
+    app.router.add_post("/v1/messages/count_tokens",
+                        proxy.passthrough("/v1/messages/count_tokens", AnthropicCountTokensRequest, shape_anthropic))
+    app.router.add_post("/v1/rerank", proxy.passthrough("/v1/rerank", RerankRequest))
+    app.router.add_post("/tokenize", proxy.passthrough("/tokenize", TokenizeRequest))
+    app.router.add_post("/detokenize", proxy.passthrough("/detokenize", DetokenizeRequest))
+    app.router.add_post("/apply-template", proxy.passthrough("/apply-template", ApplyTemplateRequest, shape_chat))
     add_routes(app)
     add_project_routes(app, projects, lambda name: models.resolve(name) is not None)
     add_docs_routes(app)

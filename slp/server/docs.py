@@ -1,9 +1,10 @@
 """GET /openapi.json and GET /docs (Swagger UI 5, served from the installed `swagger-ui-bundle-v2`).
 
 Swagger UI's files come from the Python package, under /docs/static/, never from a CDN, so the
-docs work offline; only the files the page uses are served, by name. The page, its files and the document are answered without an API key (they hold
-no secrets, and the page must load before a user can press Authorize); everything else keeps the
-agent's Host check and key. "Try it out" calls the agent the page came from (`servers: [{"url": "/"}]`).
+docs work offline; only the files the page uses are served, by name. The page, its files and the
+document are answered without an API key (they hold no secrets, and the page must load before a user
+can press Authorize); everything else keeps the agent's Host check and key. "Try it out" calls the
+agent the page came from (`servers: [{"url": "/"}]`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Request bodies come from `slp.server.schemas` (proxied OpenAI routes) and `slp.p
 below (and the project models), accurate to what the agent and llama-server really send; they allow
 extra properties because llama-server adds fields (`timings`, `system_fingerprint`, …) over time.
 
-`tests/test_docs.py` fails when a route in `app.router` has no entry in `ROUTES`/`build_openapi()`
+`tests/test_docs.py` fails when a route in `app.router` has no entry in `operations()`
 or the other way round, and fuzzes the live agent against this document.
 """
 
@@ -32,7 +32,6 @@ from slp.settings import DEFAULT_MODEL_ALIAS
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
-EXAMPLE_QUESTION = "What is the capital of France?"
 EXAMPLE_PROJECT = "general_chat"
 # Swagger UI's files the /docs page uses, served by name under /docs/static/ (see slp.server.docs).
 DOCS_STATIC_FILES = {
@@ -365,17 +364,13 @@ def error(status: int, description: Optional[str] = None) -> dict:
     return response
 
 
-def ok(name: str, description: str, example: Any = None) -> dict:
-    media: dict[str, Any] = {"schema": ref(name)}
-    if example is not None:
-        media["example"] = example
-    return {"description": description, "content": {"application/json": media}}
+def ok(name: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": ref(name)}}}
 
 
-def common_errors(*, body: bool, secured: bool = True) -> dict:
-    out = {403: error(403)}
-    if secured:
-        out[401] = error(401)
+def common_errors(*, body: bool) -> dict:
+    """What any route with the API key may answer: 401 and 403, plus 413 for one that reads a body."""
+    out = {401: error(401), 403: error(403)}
     if body:
         out[413] = error(413)
     return out
@@ -651,7 +646,7 @@ def _docs_operations() -> dict:
                             "schema": {"type": "string", "enum": sorted(DOCS_STATIC_FILES)},
                             "example": "swagger-ui.css"}],
             "responses": {200: {"description": "The file.",
-                                "content": {ctype: {"schema": {}} for ctype in sorted(set(DOCS_STATIC_FILES.values()))}},
+                                "content": {ctype: {"schema": {}} for ctype in sorted({*DOCS_STATIC_FILES.values()})}},
                           304: {"description": "Not modified (the ETag matched)."},
                           401: error(401, "Not one of the files, and the agent has an API key (any other name is "
                                           "an unknown path, which needs the key like every path)."),

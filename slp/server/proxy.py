@@ -11,19 +11,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import aiohttp
 from aiohttp import web
 
 from slp.engine.supervisor import EngineState, EngineUnavailable
 from slp.projects.schema import Project
-from slp.projects.shaping import shape_chat, shape_completion
+from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
 from slp.projects.store import ProjectError, ProjectNotFound
 from slp.server import keys
 from slp.server.errors import APIError, error_response
 from slp.server.jsonbody import read_json_object, validate
-from slp.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from slp.server.schemas import (
+    AnthropicMessagesRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+)
 
 log = logging.getLogger("slp.proxy")
 
@@ -76,6 +82,37 @@ class Proxy:
         body.setdefault("model", project.model)
         return await self._forward(request, "/v1/embeddings", body, project, None)
 
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json_object(request)
+        validate(ResponsesRequest, body)
+        project = await self._project_for(request, body)
+        return await self._forward(request, "/v1/responses", shape_responses(body, project), project, None,
+                                   end_marker=b"response.completed")
+
+    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json_object(request)
+        validate(AnthropicMessagesRequest, body)
+        project = await self._project_for(request, body)
+        return await self._forward(request, "/v1/messages", shape_anthropic(body, project), project, None,
+                                   end_marker=b"message_stop")
+
+    def passthrough(self, path: str, schema: type, shape=None) -> Callable:
+        """A handler for an engine route that needs no accounting: validate, pick the engine, forward."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            body = await read_json_object(request)
+            validate(schema, body)
+            project = await self._project_for(request, body)
+            if shape is not None:
+                body = shape(body, project)
+            else:
+                body = {k: v for k, v in body.items() if k != "project_id"}
+                body.setdefault("model", project.model)
+            return await self._forward(request, path, body, project, None, account=False)
+
+        handler.__doc__ = schema.__doc__
+        return handler
+
     # ------------------------------------------------------------------ steps
 
     async def _project_for(self, request: web.Request, body: dict) -> Project:
@@ -105,7 +142,8 @@ class Proxy:
         return supervisor.base_url
 
     async def _forward(self, request: web.Request, path: str, body: dict, project: Project,
-                       session: Optional[Session]) -> web.StreamResponse:
+                       session: Optional[Session], end_marker: bytes = _DONE,
+                       account: bool = True) -> web.StreamResponse:
         limiter = self.app[keys.LIMITER]
         if not limiter.try_acquire():
             raise APIError(429, "too many requests waiting for the engine; retry shortly",
@@ -118,11 +156,12 @@ class Proxy:
             upstream = await self._post(http, base + path, payload, headers)
             async with upstream:
                 if body.get("stream") and upstream.status == 200:
-                    return await self._stream(request, upstream, project, session)
+                    return await self._stream(request, upstream, project, session, end_marker)
                 data = await upstream.read()
                 if upstream.status != 200:
                     return engine_error(upstream.status, data)
-                self._account_json(data, project, session)
+                if account:
+                    self._account_json(data, project, session)
                 return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
         finally:
             limiter.release()
@@ -142,7 +181,7 @@ class Proxy:
         raise AssertionError("unreachable")
 
     async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse, project: Project,
-                      session: Optional[Session]) -> web.StreamResponse:
+                      session: Optional[Session], end_marker: bytes) -> web.StreamResponse:
         """Pass SSE bytes through as they arrive. Client gone: close upstream so the engine stops.
         Engine gone: end the stream with an error event, never a silently truncated success."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -163,8 +202,8 @@ class Proxy:
                     del seen[:-_TAIL_BYTES]
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             failure = f"engine stream broke: {exc.__class__.__name__}"
-        if failure is None and _DONE not in seen[-256:]:
-            failure = "engine stream ended before [DONE]"
+        if failure is None and end_marker not in seen[-4096:]:
+            failure = f"engine stream ended before {end_marker.decode()}"
         if failure is not None:
             supervisor = self.app[keys.SUPERVISOR]
             err = {"error": {"message": f"{failure} (engine {supervisor.state.value}: {supervisor.reason})",
@@ -205,8 +244,7 @@ class Proxy:
                 event = json.loads(line[6:])
             except ValueError:
                 continue
-            if event.get("usage"):
-                usage = event["usage"]
+            usage = merge_usage(usage, event)
             if session:
                 for choice in event.get("choices") or ():
                     delta = choice.get("delta") or {}
@@ -214,6 +252,19 @@ class Proxy:
                         parts.append(delta["content"])
         assistant = {"role": "assistant", "content": "".join(parts)} if session else None
         self.app[keys.RECORDER].record(project.id, usage, session, assistant)
+
+
+def merge_usage(usage: Optional[dict], event: dict) -> Optional[dict]:
+    """Token counts from one event of any of the engine's APIs (OpenAI chat/responses, Anthropic),
+    merged with what earlier events said (Anthropic splits input and output across events)."""
+    found = event.get("usage") or (event.get("message") or {}).get("usage") or (event.get("response") or {}).get("usage")
+    if not isinstance(found, dict):
+        return usage
+    merged = dict(usage or {})
+    for key in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"):
+        if isinstance(found.get(key), int):
+            merged[key] = max(merged.get(key, 0), found[key])
+    return merged
 
 
 class Limiter:
@@ -273,7 +324,8 @@ class Recorder:
     def _write(self, project_id: str, usage: Optional[dict], session: Optional[Session],
                assistant: Optional[dict]) -> None:
         usage = usage or {}
-        self._store.record_usage(project_id, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        self._store.record_usage(project_id, usage.get("prompt_tokens", usage.get("input_tokens")),
+                                 usage.get("completion_tokens", usage.get("output_tokens")))
         if session and assistant is not None:
             session_id, messages = session
             self._store.record_exchange(project_id, session_id, messages, assistant, usage or None)

@@ -110,3 +110,74 @@ class EmbeddingRequest(_Known):
     model: Optional[str] = Field(None, max_length=256, examples=["slp-orchestra-mini"])
     input: Union[str, list[str], list[int], list[list[int]]] = Field(..., examples=["The capital of France is Paris."])
     encoding_format: Optional[Literal["float", "base64"]] = None
+
+
+class _EngineAPI(_Open):
+    """Requests for the engine's other APIs: the fields slp uses are checked, the rest passed on."""
+
+    model: Optional[str] = Field(None, max_length=256, examples=["slp-orchestra-mini"])
+    project_id: Optional[str] = Field(None, pattern=SLUG_OR_UUID, description="slp: the project (id or name) to run in.")
+
+
+class ResponsesRequest(_EngineAPI):
+    """OpenAI Responses API (`POST /v1/responses`)."""
+
+    input: Union[str, list[dict]] = Field(..., examples=["What is the capital of France?"])
+    instructions: Optional[str] = None
+    stream: bool = False
+    max_output_tokens: Optional[int] = Field(None, ge=1, le=1 << 20)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, ge=0, le=1)
+
+
+class AnthropicMessage(_Open):
+    role: Literal["user", "assistant"]
+    content: Union[str, list[dict]]
+
+
+class AnthropicCountTokensRequest(_EngineAPI):
+    """Anthropic token counting (`POST /v1/messages/count_tokens`)."""
+
+    messages: list[AnthropicMessage] = Field(..., min_length=1, max_length=4096,
+                                             examples=[[{"role": "user", "content": "What is the capital of France?"}]])
+    system: Union[str, list[dict], None] = None
+
+
+class AnthropicMessagesRequest(AnthropicCountTokensRequest):
+    """Anthropic Messages API (`POST /v1/messages`)."""
+
+    max_tokens: int = Field(..., ge=1, le=1 << 20, examples=[64])
+    stream: bool = False
+    temperature: Optional[float] = Field(None, ge=0, le=1)
+    top_p: Optional[float] = Field(None, ge=0, le=1)
+    top_k: Optional[int] = Field(None, ge=0)
+    stop_sequences: Optional[Annotated[list[str], Field(max_length=16)]] = None
+
+
+class RerankRequest(_EngineAPI):
+    """Rerank documents against a query (`POST /v1/rerank`; needs a reranking model)."""
+
+    query: str = Field(..., examples=["What is the capital of France?"])
+    documents: list[str] = Field(..., min_length=1, max_length=1024, examples=[["Paris is in France.", "Bananas."]])
+    top_n: Optional[int] = Field(None, ge=1)
+
+
+class TokenizeRequest(_EngineAPI):
+    """Text to tokens with the served model's tokenizer (`POST /tokenize`)."""
+
+    content: str = Field(..., examples=["What is the capital of France?"])
+    add_special: Optional[bool] = None
+    with_pieces: Optional[bool] = None
+
+
+class DetokenizeRequest(_EngineAPI):
+    """Tokens back to text (`POST /detokenize`)."""
+
+    tokens: list[Annotated[int, Field(ge=0, lt=1 << 31)]] = Field(..., max_length=1 << 20, examples=[[1, 2, 3]])
+
+
+class ApplyTemplateRequest(_EngineAPI):
+    """The prompt the model would see for these messages, project prompt included (`POST /apply-template`)."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=4096,
+                                        examples=[[{"role": "user", "content": "What is the capital of France?"}]])
