@@ -60,6 +60,11 @@ class Paths:
     def engine_log(self) -> Path:
         return self.log_dir / "engine.log"
 
+    @property
+    def request_log(self) -> Path:
+        """One JSON line per proxied request (rotated)."""
+        return self.log_dir / "requests.jsonl"
+
 
 def paths(home: Optional[os.PathLike | str] = None) -> Paths:
     """Return slp's folders: under `home`/`SLP_HOME` when given, else the platform's user dirs."""

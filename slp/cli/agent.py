@@ -174,6 +174,36 @@ def restart() -> None:
 
 @app.command()
 @run_cli
+def reload() -> None:
+    """Re-read the configuration (like SIGHUP); the engine restarts only if its own settings changed.
+    An invalid configuration is reported and the agent keeps running on the previous one.
+
+    Example: slp agent reload
+    """
+    settings = load_settings()
+    state = live_state(settings.paths)
+    if not state:
+        raise CliError("slp agent is not running; start it with: slp agent start")
+    client = AgentClient(state["url"], settings=settings)
+    before = client.request("GET", "/v1/status")["config"]["loaded_at"]
+    os.kill(state["agent_pid"], signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        config = client.request("GET", "/v1/status")["config"]
+        if config["loaded_at"] != before:
+            break
+        time.sleep(0.1)
+    else:
+        raise CliError("the agent did not confirm the reload within 10s; see `slp agent logs`")
+    if config["error"]:
+        raise CliError(config["error"])
+    typer.echo("configuration reloaded; changed: " + (", ".join(config["changed"]) or "nothing"))
+    if config["needs_agent_restart"]:
+        typer.echo("these take effect after `slp agent restart`: " + ", ".join(config["needs_agent_restart"]))
+
+
+@app.command()
+@run_cli
 def status() -> None:
     """Say whether the agent runs, where, and what its engine is doing (exit 1 when not running).
 

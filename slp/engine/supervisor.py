@@ -99,17 +99,16 @@ class Supervisor:
     def __init__(self, make_command: CommandFactory, http: aiohttp.ClientSession, *,
                  start_timeout: float, health_interval: float, health_timeout: float,
                  stop_grace: float, max_restarts: int, restart_window: float, log_path: Path,
-                 on_change: Optional[Callable[[EngineState, str], None]] = None):
+                 on_change: Optional[Callable[[EngineState, str], None]] = None,
+                 on_restart: Optional[Callable[[str], None]] = None):
         self._make_command = make_command
         self._http = http
-        self._start_timeout = start_timeout
-        self._health_interval = health_interval
-        self._health_timeout = health_timeout
-        self._stop_grace = stop_grace
-        self._max_restarts = max_restarts
-        self._restart_window = restart_window
+        self.configure(start_timeout=start_timeout, health_interval=health_interval, health_timeout=health_timeout,
+                       stop_grace=stop_grace, max_restarts=max_restarts, restart_window=restart_window)
         self._log_path = log_path
         self._on_change = on_change
+        self._on_restart = on_restart
+        self._restart_reason = "user"
 
         self.state = EngineState.STOPPED
         self.reason = "not started"
@@ -142,12 +141,19 @@ class Supervisor:
         if self.model_path is not None and Path(model_path) == self.model_path:
             return
         self.model_path = Path(model_path)
-        self.restart()
+        self.restart("model")
 
-    def restart(self) -> None:
-        """Replace the engine (also leaves `failed`)."""
+    def restart(self, reason: str = "user") -> None:
+        """Replace the engine (also leaves `failed`). `reason` is for metrics: user, config, model."""
+        self._restart_reason = reason
         self._want_restart = True
         self._wake.set()
+
+    def configure(self, *, start_timeout: float, health_interval: float, health_timeout: float,
+                  stop_grace: float, max_restarts: int, restart_window: float) -> None:
+        """New timings (config reload); they apply from the next wait, probe or crash on."""
+        self._start_timeout, self._health_interval, self._health_timeout = start_timeout, health_interval, health_timeout
+        self._stop_grace, self._max_restarts, self._restart_window = stop_grace, max_restarts, restart_window
 
     async def stop(self) -> None:
         """Stop the engine (SIGTERM, grace, SIGKILL) and the owner task; blocks until both are gone."""
@@ -209,10 +215,14 @@ class Supervisor:
                           f"starting {self.model_path.name if self.model_path else 'engine'}")
                 ended = await self._one_engine()
                 if ended is None:  # asked to stop or restart: not a crash
+                    if self._want_running and self._on_restart:  # replaced on purpose (user, config, model)
+                        self._on_restart(self._restart_reason)
                     crashes.clear()
                     continue
                 self.last_exit = ended
                 self.restarts += 1
+                if self._on_restart:
+                    self._on_restart(ended.reason)
                 now = time.monotonic()
                 crashes.append(now)
                 while crashes and now - crashes[0] > self._restart_window:

@@ -25,6 +25,7 @@ from slp.server.docs import add_docs_routes
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import add_project_routes
 from slp.server.proxy import Limiter, Proxy, Recorder
+from slp.server.observe import Metrics, RequestLog, make_observer
 from slp.server.routes import add_routes
 from slp.server.schemas import (
     AnthropicCountTokensRequest,
@@ -39,7 +40,10 @@ from slp.settings import Settings
 def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict],
                on_engine_change: Optional[Callable[[EngineState, str], None]] = None) -> web.Application:
     """Build the agent app. The engine is created stopped; the runner starts it once the socket is bound."""
-    middlewares = [error_middleware, make_host_check([*settings.allowed_hosts, settings.host])]
+    metrics = Metrics()
+    request_log = RequestLog(settings.paths.request_log)
+    middlewares = [make_observer(metrics, request_log), error_middleware,
+                   make_host_check([*settings.allowed_hosts, settings.host])]
     preflight, add_cors_headers = make_cors(settings.cors_origins)
     middlewares.append(preflight)
     if settings.api_key is not None:
@@ -58,6 +62,13 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app[keys.PUBLIC_URL] = []
     app[keys.LIMITER] = Limiter(settings.parallel + settings.max_queue)
     app[keys.RECORDER] = Recorder(projects)
+    app[keys.METRICS] = metrics
+    app[keys.CONFIG] = {"loaded_at": time.time(), "error": None, "changed": [], "needs_agent_restart": []}
+
+    def engine_changed(state: EngineState, reason: str) -> None:
+        metrics.engine_changed(state, reason)
+        if on_engine_change is not None:
+            on_engine_change(state, reason)
 
     engine_key = secrets.token_urlsafe(32)
     app[keys.ENGINE_AUTH] = f"Bearer {engine_key}"
@@ -72,13 +83,14 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
         def make_command(model_path: Path, port: int):
             alias = models.resolve(model_path.stem)
             name = alias.aliases[0] if alias and alias.aliases else model_path.stem
-            return engine_command(settings, engine_bin, model_path, port, engine_key, name)
+            # Read at each spawn: a config reload changes what the next engine gets.
+            return engine_command(app[keys.SETTINGS], engine_bin, model_path, port, engine_key, name)
 
         app[keys.SUPERVISOR] = Supervisor(
             make_command, http, start_timeout=settings.start_timeout, health_interval=settings.health_interval,
             health_timeout=settings.health_timeout, stop_grace=settings.stop_grace,
             max_restarts=settings.max_restarts, restart_window=settings.restart_window,
-            log_path=settings.paths.engine_log, on_change=on_engine_change)
+            log_path=settings.paths.engine_log, on_change=engine_changed, on_restart=metrics.engine_restarted)
         app[keys.RECORDER].start()
         try:
             yield
@@ -87,6 +99,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
             await app[keys.RECORDER].stop()
             await http.close()
             projects.close()
+            request_log.close()
 
     app.cleanup_ctx.append(engine_ctx)
 
@@ -106,3 +119,34 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     add_project_routes(app, projects, lambda name: models.resolve(name) is not None)
     add_docs_routes(app)
     return app
+
+
+# Settings a reload can apply: the engine's own (it is restarted when they change) and the agent's timing.
+ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads", "max_tokens")
+LIVE_SETTINGS = ("start_timeout", "request_wait_timeout", "health_interval", "health_timeout", "stop_grace",
+                 "max_restarts", "restart_window", "max_queue", "model")
+
+
+def apply_settings(app: web.Application, new: Settings) -> dict:
+    """Switch a running app to `new` settings; restart the engine only if its own settings changed.
+
+    Settings bound when the agent started (host, port, key, CORS, hosts, folders, binary) are reported
+    in `needs_agent_restart` and left as they were.
+    """
+    old = app[keys.SETTINGS]
+    changed = [name for name in Settings.model_fields if getattr(old, name) != getattr(new, name)]
+    fixed = [name for name in changed if name not in ENGINE_SETTINGS + LIVE_SETTINGS]
+    keep = {name: getattr(old, name) for name in fixed}
+    applied = new.model_copy(update=keep)
+    app[keys.SETTINGS] = applied
+    supervisor = app[keys.SUPERVISOR]
+    supervisor.configure(start_timeout=applied.start_timeout, health_interval=applied.health_interval,
+                         health_timeout=applied.health_timeout, stop_grace=applied.stop_grace,
+                         max_restarts=applied.max_restarts, restart_window=applied.restart_window)
+    app[keys.LIMITER].limit = applied.parallel + applied.max_queue
+    if any(name in ENGINE_SETTINGS for name in changed):
+        supervisor.restart("config")
+    result = {"loaded_at": time.time(), "error": None, "changed": [n for n in changed if n not in fixed],
+              "needs_agent_restart": fixed}
+    app[keys.CONFIG] = result
+    return result

@@ -20,4 +20,6 @@ ENGINE_BUILD = web.AppKey("engine_build", dict)  # the build record of the engin
 LIMITER = web.AppKey("limiter", object)
 RECORDER = web.AppKey("recorder", object)
 STARTED_AT = web.AppKey("started_at", float)
+METRICS = web.AppKey("metrics", object)  # slp.server.observe.Metrics
+CONFIG = web.AppKey("config", dict)  # the last config (re)load: when, what changed, any error
 PUBLIC_URL = web.AppKey("public_url", list)  # [url]: filled in once the socket is bound

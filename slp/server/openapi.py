@@ -27,7 +27,20 @@ from slp.projects.schema import (
     SessionDetail,
     SessionSummary,
 )
-from slp.server.schemas import ENGINE_FIELDS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Known
+from slp.server.schemas import (
+    ENGINE_FIELDS,
+    AnthropicCountTokensRequest,
+    AnthropicMessagesRequest,
+    ApplyTemplateRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    RerankRequest,
+    ResponsesRequest,
+    TokenizeRequest,
+    _Known,
+)
 from slp.settings import DEFAULT_MODEL_ALIAS
 
 OPENAPI_VERSION = "3.1.0"
@@ -260,6 +273,15 @@ class ActiveProject(_Open):
     name: str = Field(..., examples=[EXAMPLE_PROJECT])
 
 
+class ConfigState(_Open):
+    """The last load of the settings (start, or a reload)."""
+
+    loaded_at: float = Field(..., description="Unix time (s).")
+    error: Optional[str] = Field(..., description="Why the last reload was refused, if it was.")
+    changed: list[str] = Field(..., description="Settings the last reload changed.")
+    needs_agent_restart: list[str] = Field(..., description="Changed settings that apply only after a restart.")
+
+
 class Status(_Open):
     """Everything `slp status` shows."""
 
@@ -276,6 +298,7 @@ class Status(_Open):
     memory_usage: MemoryUsage
     gpu: str = Field(..., examples=["None (CPU only)"])
     restarts: int
+    config: Optional[ConfigState] = None
     active_project: ActiveProject
 
 
@@ -295,11 +318,95 @@ class SessionList(BaseModel):
     data: list[SessionSummary]
 
 
+class ResponsesUsage(_Open):
+    input_tokens: int = Field(..., ge=0)
+    output_tokens: int = Field(..., ge=0)
+    total_tokens: int = Field(..., ge=0)
+
+
+class ResponseObject(_Open):
+    """An OpenAI Responses API response (llama-server's)."""
+
+    id: str = Field(..., examples=["resp_jpkOuE1MdbviEIqc7l57cZ39zdh9ziee"])
+    object: Literal["response"]
+    created_at: int
+    status: str = Field(..., examples=["completed"])
+    model: str = Field(..., examples=[DEFAULT_MODEL_ALIAS])
+    output: list[dict[str, Any]] = Field(..., description="Output items, e.g. a `message` with `output_text` parts.")
+    usage: Optional[ResponsesUsage] = None
+
+
+class ResponseStreamEvent(_Open):
+    """One event of a streamed response (`event: <type>`), e.g. `response.output_text.delta`; the last is
+    `response.completed`, with the whole response."""
+
+    type: str = Field(..., examples=["response.output_text.delta"])
+
+
+class AnthropicUsage(_Open):
+    input_tokens: int = Field(..., ge=0)
+    output_tokens: int = Field(..., ge=0)
+
+
+class AnthropicMessageResponse(_Open):
+    """An Anthropic Messages API reply (llama-server's)."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    content: list[dict[str, Any]] = Field(..., description="Content blocks, e.g. "
+                                                           "`{\"type\": \"text\", \"text\": …}`.")
+    model: str = Field(..., examples=[DEFAULT_MODEL_ALIAS])
+    stop_reason: Optional[str] = Field(..., examples=["end_turn"])
+    stop_sequence: Optional[str] = None
+    usage: AnthropicUsage
+
+
+class AnthropicStreamEvent(_Open):
+    """One event of a streamed Anthropic message (`event: <type>`): message_start, content_block_start,
+    content_block_delta, content_block_stop, message_delta, then message_stop."""
+
+    type: str = Field(..., examples=["content_block_delta"])
+
+
+class TokenCount(_Open):
+    input_tokens: int = Field(..., ge=0)
+
+
+class RerankResult(_Open):
+    index: int = Field(..., ge=0)
+    relevance_score: float
+
+
+class RerankList(_Open):
+    results: list[RerankResult]
+
+
+class TokenPiece(_Open):
+    id: int
+    piece: Union[str, list[int]] = Field(..., description="The token's text, or its bytes when not valid UTF-8.")
+
+
+class TokenList(_Open):
+    tokens: Union[list[int], list[TokenPiece]] = Field(..., description="Ids, or id and piece with `with_pieces`.")
+
+
+class DetokenizedText(_Open):
+    content: str
+
+
+class TemplatedPrompt(_Open):
+    prompt: str = Field(..., description="The prompt the model would be given, project system prompt included.")
+
+
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
-    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ProjectCreate, ProjectUpdate)
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest, AnthropicMessagesRequest,
+    AnthropicCountTokensRequest, RerankRequest, TokenizeRequest, DetokenizeRequest, ApplyTemplateRequest,
+    ProjectCreate, ProjectUpdate)
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    ErrorResponse, ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, Model,
-    ModelList, Health, Status, Project, ProjectList, ProjectDeleted, ProjectUsage, SessionList, SessionDetail)
+    ErrorResponse, ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, ResponseObject, ResponseStreamEvent,
+    AnthropicMessageResponse, AnthropicStreamEvent, TokenCount, RerankList, TokenList, DetokenizedText, TemplatedPrompt,
+    Model, ModelList, Health, Status, Project, ProjectList, ProjectDeleted, ProjectUsage, SessionList, SessionDetail)
 
 
 def with_known_fields(model: type[BaseModel], schema: dict) -> dict:
@@ -391,17 +498,18 @@ def proxied_errors() -> dict:
     }
 
 
-def sse(schema_name: str, lines: list[str], description: str) -> dict:
-    """An event stream: OpenAPI 3.1's `schema` describes one event; its `data` is `[DONE]` or JSON (a chunk,
-    or an ErrorResponse when the engine fails mid-stream)."""
-    data = {"type": "string", "description": f"`[DONE]`, or a {schema_name} (or ErrorResponse) as JSON.",
-            "if": {"const": "[DONE]"},
-            "else": {"contentMediaType": "application/json",
-                     "contentSchema": {"anyOf": [ref(schema_name), ref("ErrorResponse")]}}}
+def sse(schema_name: str, lines: list[str], description: str, done: bool = True) -> dict:
+    """An event stream: OpenAPI 3.1's `schema` describes one event. Its `data` is JSON (a `schema_name`, or an
+    ErrorResponse when the engine fails mid-stream) or, with `done`, the final `[DONE]`."""
+    data: dict[str, Any] = {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": {"anyOf": [ref(schema_name), ref("ErrorResponse")]}}
+    if done:
+        data = {"type": "string", "if": {"const": "[DONE]"}, "else": data}
+    data["description"] = f"A {schema_name} (or ErrorResponse) as JSON" + (", or `[DONE]`." if done else ".")
     return {"schema": {"type": "object", "description": description, "required": ["data"],
                        "properties": {"data": data, "event": {"type": "string"}, "id": {"type": "string"},
                                       "retry": {"type": "integer"}}},
-            "example": "".join(f"data: {line}\n\n" for line in lines)}
+            "example": "".join(line if line.startswith("event:") else f"data: {line}\n\n" for line in lines)}
 
 
 PROJECT_HEADER = {
@@ -515,6 +623,85 @@ def _proxied_operations() -> dict:
     }
 
 
+RESPONSES_LINES = [
+    "event: response.created\n",
+    '{"type":"response.created","response":{"id":"resp_53Wi","object":"response","status":"in_progress"}}',
+    "event: response.output_text.delta\n",
+    '{"type":"response.output_text.delta","item_id":"msg_13uV","delta":"Paris"}',
+    "event: response.completed\n",
+    '{"type":"response.completed","response":{"id":"resp_53Wi","object":"response","status":"completed",'
+    '"model":"slp-orchestra-mini","output":[],"usage":{"input_tokens":26,"output_tokens":2,"total_tokens":28}}}',
+]
+ANTHROPIC_LINES = [
+    "event: message_start\n",
+    '{"type":"message_start","message":{"id":"chatcmpl-28Yf","type":"message","role":"assistant","content":[],'
+    '"model":"slp-orchestra-mini","stop_reason":null,"stop_sequence":null,'
+    '"usage":{"input_tokens":26,"output_tokens":0}}}',
+    "event: content_block_delta\n",
+    '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Paris"}}',
+    "event: message_stop\n",
+    '{"type":"message_stop"}',
+]
+
+
+def _engine_api_operations() -> dict:
+    """llama-server's other APIs, proxied the same way (validation, project, engine, forward)."""
+
+    def op(operation_id: str, summary: str, description: str, request_model: type[BaseModel], example: dict,
+           ok_response: dict, tag: str = "Engine", extra: Optional[dict] = None) -> dict:
+        return {"tags": [tag], "operationId": operation_id, "summary": summary,
+                "description": description + " The project (`project_id` / `X-SLP-Project`) picks the model.",
+                "parameters": [PROJECT_HEADER],
+                "requestBody": json_body(request_model.__name__, example, request_model.__doc__ or summary),
+                "responses": {200: ok_response, **proxied_errors(), **(extra or {})}}
+
+    def both(name: str, stream: dict, description: str) -> dict:
+        return {"description": description,
+                "content": {"application/json": {"schema": ref(name)}, "text/event-stream": stream}}
+
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    return {
+        ("post", "/v1/responses"): op(
+            "createResponse", "Responses API", "OpenAI's Responses API, served by llama-server; the project's "
+            "system prompt and defaults apply. `\"stream\": true` sends typed events ending with "
+            "`response.completed`." + STREAM_NOTE, ResponsesRequest,
+            {"model": DEFAULT_MODEL_ALIAS, "input": "What is the capital of France?", "max_output_tokens": 16},
+            both("ResponseObject", sse("ResponseStreamEvent", RESPONSES_LINES, "Server-sent events, `event:` "
+                                       "named by their `type`.", done=False), "The response, or its events."),
+            tag="OpenAI-compatible"),
+        ("post", "/v1/messages"): op(
+            "createAnthropicMessage", "Anthropic Messages API", "Anthropic's Messages API, served by "
+            "llama-server; the project's system prompt and defaults apply. `\"stream\": true` sends Anthropic's "
+            "events ending with `message_stop`. Errors use the OpenAI envelope like every route." + STREAM_NOTE,
+            AnthropicMessagesRequest, {"model": DEFAULT_MODEL_ALIAS, "max_tokens": 64, "messages": question},
+            both("AnthropicMessageResponse", sse("AnthropicStreamEvent", ANTHROPIC_LINES, "Server-sent events, "
+                                                 "`event:` named by their `type`.", done=False),
+                 "The message, or its events.")),
+        ("post", "/v1/messages/count_tokens"): op(
+            "countAnthropicTokens", "Count a message's tokens", "Anthropic's token counting, by llama-server.",
+            AnthropicCountTokensRequest, {"model": DEFAULT_MODEL_ALIAS, "messages": question},
+            ok("TokenCount", "The prompt's token count.")),
+        ("post", "/v1/rerank"): op(
+            "rerank", "Rerank documents", "Scores `documents` against `query` (llama-server's rerank API). "
+            "Needs an engine started with reranking; otherwise llama-server answers 501.", RerankRequest,
+            {"model": DEFAULT_MODEL_ALIAS, "query": "What is the capital of France?",
+             "documents": ["Paris is the capital of France.", "Bananas are yellow."]},
+            ok("RerankList", "One relevance score per document."),
+            extra={501: error(501, "The engine does not rerank (llama-server without `--reranking`).")}),
+        ("post", "/tokenize"): op(
+            "tokenize", "Text to tokens", "Tokenizes `content` with the model's tokenizer (llama-server).",
+            TokenizeRequest, {"model": DEFAULT_MODEL_ALIAS, "content": "What is the capital of France?"},
+            ok("TokenList", "The tokens.")),
+        ("post", "/detokenize"): op(
+            "detokenize", "Tokens to text", "Turns token ids back into text (llama-server).", DetokenizeRequest,
+            {"model": DEFAULT_MODEL_ALIAS, "tokens": [1780, 314, 260, 3575]}, ok("DetokenizedText", "The text.")),
+        ("post", "/apply-template"): op(
+            "applyTemplate", "The prompt for a conversation", "Applies the model's chat template to `messages`, "
+            "the project's system prompt included, without generating (llama-server).", ApplyTemplateRequest,
+            {"model": DEFAULT_MODEL_ALIAS, "messages": question}, ok("TemplatedPrompt", "The prompt.")),
+    }
+
+
 def _agent_operations() -> dict:
     return {
         ("get", "/health"): {
@@ -532,6 +719,14 @@ def _agent_operations() -> dict:
                            "restarts, recent history), its build, the model and its metadata, context window, "
                            "GPU and the active project.",
             "responses": {200: ok("Status", "The status."), **common_errors(body=False)},
+        },
+        ("get", "/metrics"): {
+            "tags": ["Agent"], "operationId": "getMetrics", "summary": "Prometheus metrics",
+            "description": "slp's metrics (requests, latency, engine state, restarts, memory), then llama-server's "
+                           "own when the engine is ready, in Prometheus' text format.",
+            "responses": {200: {"description": "The metrics.",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **common_errors(body=False)},
         },
         ("get", "/v1/models"): {
             "tags": ["OpenAI-compatible"], "operationId": "listModels", "summary": "Installed models",
@@ -657,7 +852,8 @@ def _docs_operations() -> dict:
 
 def operations() -> dict[tuple[str, str], dict]:
     """(method, path) → OpenAPI operation for every route the agent serves (GET routes also answer HEAD)."""
-    return {**_proxied_operations(), **_agent_operations(), **_project_operations(), **_docs_operations()}
+    return {**_proxied_operations(), **_engine_api_operations(), **_agent_operations(), **_project_operations(),
+            **_docs_operations()}
 
 
 def build_openapi(api_key_required: bool = False) -> dict:
@@ -688,6 +884,7 @@ def build_openapi(api_key_required: bool = False) -> dict:
         "servers": [{"url": "/", "description": "This agent"}],
         "tags": [
             {"name": "OpenAI-compatible", "description": "Proxied to llama-server, OpenAI's request/response shapes."},
+            {"name": "Engine", "description": "llama-server's other APIs (Anthropic, rerank, tokenizer), proxied."},
             {"name": "Agent", "description": "Health and status of the agent and its engine."},
             {"name": "Projects", "description": "Projects, their usage and conversations."},
             {"name": "Docs", "description": "This documentation."},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Callable, Optional
 
 import aiohttp
@@ -148,8 +149,9 @@ class Proxy:
         if not limiter.try_acquire():
             raise APIError(429, "too many requests waiting for the engine; retry shortly",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        info = request["slp"] = {"project": project.name, "model": body.get("model") or project.model}
         try:
-            base = await self._engine_for(body.get("model") or project.model)
+            base = await self._engine_for(info["model"])
             payload = json.dumps(body).encode()
             http: aiohttp.ClientSession = self.app[keys.ENGINE_HTTP]
             headers = {"Content-Type": "application/json", "Authorization": self.app[keys.ENGINE_AUTH]}
@@ -161,7 +163,7 @@ class Proxy:
                 if upstream.status != 200:
                     return engine_error(upstream.status, data)
                 if account:
-                    self._account_json(data, project, session)
+                    info["usage"] = self._account_json(data, project, session)
                 return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
         finally:
             limiter.release()
@@ -190,12 +192,16 @@ class Proxy:
         keep_all = session is not None
         seen = bytearray()
         failure: Optional[str] = None
+        info = request["slp"]
         try:
             async for chunk in upstream.content.iter_any():
+                if not seen:
+                    info["ttft"] = time.perf_counter() - request["slp_started"]
                 try:
                     await response.write(chunk)
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
                     upstream.close()  # drops the engine connection: llama-server cancels the generation
+                    info["disconnected"] = True
                     return response
                 seen += chunk
                 if not keep_all and len(seen) > 2 * _TAIL_BYTES:
@@ -213,8 +219,9 @@ class Proxy:
             except (ConnectionResetError, RuntimeError):
                 pass
             log.warning("stream for project %s ended early: %s", project.name, failure)
+            info["engine_failed"] = failure
         else:
-            self._account_stream(bytes(seen), project, session)
+            info["usage"] = self._account_stream(bytes(seen), project, session)
         try:
             await response.write_eof()
         except (ConnectionResetError, RuntimeError):
@@ -223,19 +230,22 @@ class Proxy:
 
     # ------------------------------------------------------------------ accounting (after the bytes left)
 
-    def _account_json(self, data: bytes, project: Project, session: Optional[Session]) -> None:
+    def _account_json(self, data: bytes, project: Project, session: Optional[Session]) -> Optional[dict]:
+        """Queue the usage (and the exchange, for a session) for storage; returns the usage."""
         try:
             reply = json.loads(data)
         except ValueError:
-            return
+            return None
         if not isinstance(reply, dict):
-            return
+            return None
         assistant = None
         if session and reply.get("choices"):
             assistant = reply["choices"][0].get("message")
-        self.app[keys.RECORDER].record(project.id, reply.get("usage"), session, assistant)
+        usage = merge_usage(None, reply)
+        self.app[keys.RECORDER].record(project.id, usage, session, assistant)
+        return usage
 
-    def _account_stream(self, data: bytes, project: Project, session: Optional[Session]) -> None:
+    def _account_stream(self, data: bytes, project: Project, session: Optional[Session]) -> Optional[dict]:
         usage, parts = None, []
         for line in data.split(b"\n"):
             if not line.startswith(b"data: {"):
@@ -252,6 +262,7 @@ class Proxy:
                         parts.append(delta["content"])
         assistant = {"role": "assistant", "content": "".join(parts)} if session else None
         self.app[keys.RECORDER].record(project.id, usage, session, assistant)
+        return usage
 
 
 def merge_usage(usage: Optional[dict], event: dict) -> Optional[dict]:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 
+import aiohttp
 import psutil
 from aiohttp import web
 
@@ -77,6 +78,7 @@ def status_payload(app: web.Application) -> dict:
                          "rss_bytes": memory["rss_bytes"] if memory else None},
         "gpu": gpu_description(build.get("preset"), settings.gpu_layers),
         "restarts": supervisor.restarts,
+        "config": app[keys.CONFIG],
     }
 
 
@@ -113,8 +115,32 @@ async def get_model(request: web.Request) -> web.Response:
                    param="model")
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: slp's metrics, then the engine's own (re-exported as it sends them)."""
+    app = request.app
+    m, supervisor, limiter = app[keys.METRICS], app[keys.SUPERVISOR], app[keys.LIMITER]
+    settings = app[keys.SETTINGS]
+    m.in_flight.set(limiter.in_flight)
+    m.queued.set(max(0, limiter.in_flight - settings.parallel))
+    memory = memory_of(supervisor.pid)
+    m.engine_rss.set(memory["rss_bytes"] if memory else 0)
+    m.engine_cpu.set(memory["cpu_seconds"] if memory else 0)
+    m.agent_rss.set(psutil.Process().memory_info().rss)
+    body = m.render()
+    if supervisor.state is EngineState.READY:
+        try:
+            async with app[keys.ENGINE_HTTP].get(f"{supervisor.base_url}/metrics", timeout=aiohttp.ClientTimeout(total=2),
+                                                 headers={"Authorization": app[keys.ENGINE_AUTH]}) as resp:
+                if resp.status == 200:
+                    body += b"# The engine's own metrics (llama-server /metrics):\n" + await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass  # the engine is busy or restarting: slp's own metrics still answer
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
+    app.router.add_get("/metrics", metrics)

@@ -18,6 +18,7 @@ from typing import Optional
 
 import psutil
 from aiohttp import web
+from pydantic import ValidationError
 
 import slp
 from slp.engine.binary import EngineNotFound, find_engine
@@ -27,7 +28,7 @@ from slp.models.store import ModelError, ModelStore
 from slp.projects.store import ProjectStore
 from slp.runstate import clear_state, live_state, read_state, write_state
 from slp.server import keys
-from slp.server.app import create_app
+from slp.server.app import apply_settings, create_app
 from slp.service.notify import ServiceNotifier, under_systemd
 from slp.settings import Settings, ensure_private_dir
 
@@ -73,6 +74,20 @@ def pick_model(settings: Settings) -> Path:
         return models.pull(settings.model, progress=False).path
     except ModelError as exc:
         raise AgentError(f"model {settings.model!r} is not installed and cannot be fetched: {exc}")
+
+
+def reload_config(app: web.Application) -> None:
+    """SIGHUP / `slp agent reload`: re-read the settings; a bad config keeps the old one running."""
+    try:
+        result = apply_settings(app, Settings())
+    except (ValidationError, ValueError, OSError) as exc:
+        message = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else (
+            f"{'.'.join(str(p) for p in exc.errors()[0]['loc'])}: {exc.errors()[0]['msg']}")
+        app[keys.CONFIG] = {**app[keys.CONFIG], "error": f"config not reloaded: {message}", "loaded_at": time.time()}
+        log.error("config reload failed, still running on the previous settings: %s", message)
+        return
+    log.info("config reloaded: changed %s; needs an agent restart: %s", result["changed"] or "nothing",
+             result["needs_agent_restart"] or "nothing")
 
 
 def setup_logging(settings: Settings) -> None:
@@ -140,14 +155,22 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
         write_state(paths, state)
         log.info("slp agent %s listening on %s", slp.__version__, state["url"])
 
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)  # handlers only record; the loop below acts
         app[keys.SUPERVISOR].start(model_path)
         if ready is not None:
             ready.set()
-        await stop.wait()
+        while not stop.is_set():
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if reload.is_set():
+                reload.clear()
+                reload_config(app)
         notifier.stopping()
         log.info("stopping: finishing in-flight requests (up to %.0fs), then the engine", SHUTDOWN_GRACE)
     finally:

@@ -1,0 +1,133 @@
+"""What the agent tells operators: Prometheus metrics and a structured request log.
+
+Both stay off the hot path's critical section: metric updates are a few in-memory additions, and
+request-log lines go through a queue to a writer thread (a rotating JSON-lines file), so the event
+loop never waits on the disk. Engine gauges (RSS, CPU) and the engine's own /metrics are read only
+when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import queue
+import time
+from pathlib import Path
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from slp.engine.supervisor import EngineState
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """One registry per app (tests run several apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("slp_requests", "Requests answered, by route, status and project",
+                                ["route", "status", "project"], registry=r)
+        self.latency = Histogram("slp_request_seconds", "Time to the last byte of a response", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("slp_time_to_first_token_seconds", "Time to the first streamed event", ["route"],
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("slp_tokens", "Tokens processed, by direction and project", ["direction", "project"],
+                              registry=r)
+        self.in_flight = Gauge("slp_requests_in_flight", "Requests being served or waiting for the engine",
+                               registry=r)
+        self.queued = Gauge("slp_requests_queued", "Requests beyond the engine's slots, waiting", registry=r)
+        self.disconnects = Counter("slp_client_disconnects", "Clients that left before their response ended",
+                                   ["route"], registry=r)
+        self.engine_state = Gauge("slp_engine_state", "1 for the engine's current state", ["state"], registry=r)
+        self.engine_restarts = Counter("slp_engine_restarts", "Engine restarts by reason", ["reason"], registry=r)
+        self.engine_rss = Gauge("slp_engine_rss_bytes", "Engine resident memory", registry=r)
+        self.engine_cpu = Gauge("slp_engine_cpu_seconds", "Engine CPU time (user+system)", registry=r)
+        self.agent_rss = Gauge("slp_agent_rss_bytes", "Agent resident memory", registry=r)
+        for state in EngineState:
+            self.engine_state.labels(state.value).set(0)
+
+    def engine_changed(self, state: EngineState, reason: str) -> None:
+        for s in EngineState:
+            self.engine_state.labels(s.value).set(1 if s is state else 0)
+
+    def engine_restarted(self, reason: str) -> None:
+        self.engine_restarts.labels(reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestLog:
+    """JSON lines, one per proxied request, rotated; written by a background thread."""
+
+    def __init__(self, path: Path, max_bytes: int = 20 * 1024 * 1024, backups: int = 3):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._listener = logging.handlers.QueueListener(self._queue, handler)
+        self._logger = logging.Logger("slp.requests")  # not in the global tree: never echoed to stderr
+        self._logger.addHandler(logging.handlers.QueueHandler(self._queue))
+        self._listener.start()
+
+    def write(self, **fields: object) -> None:
+        fields["time"] = round(time.time(), 3)
+        self._logger.info(json.dumps(fields, separators=(",", ":")))
+
+    def close(self) -> None:
+        self._listener.stop()
+
+
+def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: str, model: Optional[str],
+            status: int, started: float, ttft: Optional[float], usage: Optional[dict],
+            disconnected: bool = False) -> None:
+    """Record a finished proxied request's tokens, time to first token and log line (the middleware
+    counts every request and its latency)."""
+    latency = time.perf_counter() - started
+    prompt = completion = None
+    if ttft is not None:
+        metrics.ttft.labels(route).observe(ttft)
+    if usage:
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if prompt:
+            metrics.tokens.labels("in", project).inc(prompt)
+        if completion:
+            metrics.tokens.labels("out", project).inc(completion)
+    if disconnected:
+        metrics.disconnects.labels(route).inc()
+    if log is not None:
+        log.write(route=route, project=project, model=model, status=status, prompt_tokens=prompt,
+                  completion_tokens=completion, latency_ms=round(latency * 1000, 2),
+                  ttft_ms=round(ttft * 1000, 2) if ttft is not None else None, client_disconnected=disconnected)
+
+
+def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
+    """Outermost middleware: every answer is counted; proxied requests also get a request-log line."""
+    from aiohttp import web
+
+    @web.middleware
+    async def observer(request: web.Request, handler):
+        started = request["slp_started"] = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+            info = request.get("slp")
+            metrics.requests.labels(route, str(status), info["project"] if info else "-").inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+            if info is not None:
+                observe(metrics, request_log, route, info["project"], info.get("model"), status, started,
+                        info.get("ttft"), info.get("usage"), info.get("disconnected", False))
+
+    return observer

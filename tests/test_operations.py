@@ -1,0 +1,124 @@
+"""Operations: Prometheus metrics, the request log, config reload, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import wait_for
+
+CHAT = {"model": "slp-orchestra-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+
+
+def samples(agent) -> dict:
+    text = requests.get(f"{agent.url}/metrics", timeout=10).text
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def value(found: dict, name: str, **labels) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_requests_tokens_and_ttft(agent):
+    before = samples(agent)
+    response = requests.post(f"{agent.url}/v1/chat/completions", json=CHAT, timeout=60).json()
+    with requests.post(f"{agent.url}/v1/chat/completions", json={**CHAT, "stream": True}, stream=True,
+                       timeout=60) as resp:
+        list(resp.iter_lines())
+    after = samples(agent)
+    route = "/v1/chat/completions"
+    assert value(after, "slp_requests_total", route=route, status="200", project="general_chat") - \
+        value(before, "slp_requests_total", route=route, status="200", project="general_chat") == 2
+    assert value(after, "slp_tokens_total", direction="out", project="general_chat") - \
+        value(before, "slp_tokens_total", direction="out", project="general_chat") >= response["usage"]["completion_tokens"]
+    assert value(after, "slp_time_to_first_token_seconds_count", route=route) - \
+        value(before, "slp_time_to_first_token_seconds_count", route=route) == 1
+    assert value(after, "slp_engine_state", state="ready") == 1
+    assert value(after, "slp_engine_rss_bytes") > 10_000_000
+    assert any(name.startswith("llamacpp:") for name, _ in after), "the engine's own metrics are re-exported"
+
+
+def test_metrics_count_refusals_by_status(agent):
+    before = samples(agent)
+    requests.post(f"{agent.url}/v1/chat/completions", json={**CHAT, "model": "nope"}, timeout=10)
+    after = samples(agent)
+    key = dict(route="/v1/chat/completions", status="404", project="general_chat")
+    assert value(after, "slp_requests_total", **key) - value(before, "slp_requests_total", **key) == 1
+
+
+def test_request_log_has_one_json_line_per_request(agent):
+    marker = 7
+    requests.post(f"{agent.url}/v1/chat/completions", json={**CHAT, "max_tokens": marker}, timeout=60)
+    log = agent.home / "logs" / "requests.jsonl"
+
+    def line():
+        for raw in reversed(log.read_text().splitlines()):
+            entry = json.loads(raw)
+            if entry["route"] == "/v1/chat/completions" and entry["status"] == 200:
+                return entry
+        return None
+
+    entry = wait_for(line, 5, "the request log line")
+    assert entry["project"] == "general_chat" and entry["model"] == "slp-orchestra-mini"
+    assert 0 < entry["completion_tokens"] <= marker and entry["prompt_tokens"] > 0
+    assert entry["latency_ms"] > 0 and entry["client_disconnected"] is False
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+
+
+def test_agent_logs_command(agent):
+    out = agent.cli("agent", "logs", "-n", "5", check=True).stdout
+    assert out.strip()
+    engine = agent.cli("agent", "logs", "--engine", "-n", "50", check=True).stdout
+    assert "slp: starting engine" in engine or "slot" in engine
+
+
+def test_config_reload_restarts_the_engine_only_when_needed(fresh_agent):
+    agent = fresh_agent()
+    agent.start()
+    config = agent.home / "config" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    pid = agent.engine_pid()
+
+    config.write_text("health_interval = 7.5\n")
+    out = agent.cli("agent", "reload", check=True).stdout
+    assert "health_interval" in out
+    assert agent.engine_pid() == pid, "an agent-only setting does not restart the engine"
+
+    config.write_text("health_interval = 7.5\nctx_size = 2048\n")
+    agent.cli("agent", "reload", check=True)
+    wait_for(lambda: agent.status()["engine"]["state"] == "ready" and agent.engine_pid() != pid, 30,
+             "the engine to restart with the new context size")
+    status = agent.status()
+    assert status["context_window"] == 2048
+    assert "--ctx-size 2048" in (agent.home / "logs" / "engine.log").read_text()
+    assert value(samples(agent), "slp_engine_restarts_total", reason="config") == 1
+
+    config.write_text('ctx_size = "lots"\n')
+    proc = agent.cli("agent", "reload")
+    assert proc.returncode == 1 and "ctx_size" in proc.stderr and "Traceback" not in proc.stderr
+    assert agent.status()["context_window"] == 2048, "a bad config keeps the old one running"
+    assert requests.post(f"{agent.url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+
+
+def test_sighup_reloads_too(fresh_agent):
+    agent = fresh_agent()
+    agent.start()
+    before = agent.status()["config"]["loaded_at"]
+    os.kill(agent.state()["agent_pid"], signal.SIGHUP)
+    wait_for(lambda: agent.status()["config"]["loaded_at"] != before, 10, "the reload")
+    assert agent.status()["config"]["error"] is None
+
+
+def test_crash_restarts_are_counted_by_reason(fresh_agent):
+    agent = fresh_agent()
+    agent.start()
+    os.kill(agent.engine_pid(), signal.SIGKILL)
+    wait_for(lambda: value(samples(agent), "slp_engine_restarts_total", reason="crash") == 1, 20, "the crash metric")
