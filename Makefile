@@ -5,12 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup engine test-deps bench clean
+.PHONY: run test setup engine test-deps browser bench clean
 
 run: setup engine
 	$(VENV)/bin/slp agent start
 
-test: setup engine test-deps
+test: setup engine test-deps browser
 	$(PY) -m pytest
 
 # What the end-to-end tests drive besides Python, from Debian's and npm's registries when missing:
@@ -20,6 +20,10 @@ test-deps:
 		command -v systemd-analyze >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq nodejs npm curl systemd)
 	npm ci --prefix tests/js --no-audit --no-fund --silent
+
+# The browser tests/test_docs.py drives (Playwright on Debian's chromium; Playwright downloads nothing).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 setup: $(STAMP)
 

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     flash_attn: bool = Field(False, description="Enable flash attention in the engine.")
     gpu_layers: Optional[int] = Field(None, ge=-1, description="Layers to offload to the GPU (None = engine default).")
     parallel: int = Field(4, ge=1, le=256, description="Engine slots serving requests at once.")
+    embeddings: bool = Field(False, description="Also serve /v1/embeddings (mean pooling); costs some chat speed.")
     max_tokens: int = Field(2048, ge=-1, description="Tokens generated when a request sets no max_tokens (-1 = until the context is full).")
     threads: Optional[int] = Field(None, ge=1, description="Engine CPU threads (None = engine default).")
 

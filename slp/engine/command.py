@@ -22,6 +22,8 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
             "--n-predict", str(settings.max_tokens), "--metrics", "--no-webui"]
     if settings.gpu_layers is not None:
         argv += ["--n-gpu-layers", str(settings.gpu_layers)]
+    if settings.embeddings:
+        argv += ["--embeddings", "--pooling", "mean"]
     if settings.threads is not None:
         argv += ["--threads", str(settings.threads)]
     return EngineCommand(argv=argv, env={"LLAMA_API_KEY": api_key}, log_path=settings.paths.engine_log)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Optional, Union
 
+from pydantic.json_schema import SkipJsonSchema
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from slp.settings import DEFAULT_MODEL_ALIAS
@@ -55,6 +56,11 @@ class ProjectCreate(BaseModel):
     params: GenerationParams = Field(default_factory=GenerationParams)
 
 
+def _no_default(schema: dict) -> None:
+    """Optional but not nullable: leave `default: null` out of the docs (null is refused)."""
+    schema.pop("default", None)
+
+
 class ProjectUpdate(BaseModel):
     """Body of PATCH /v1/projects/{project}: only the fields given change.
 
@@ -64,9 +70,11 @@ class ProjectUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Optional[str] = Field(None, pattern=NAME_PATTERN, description="New name (not for the system project).")
+    name: Union[Annotated[str, Field(pattern=NAME_PATTERN)], SkipJsonSchema[None]] = Field(
+        None, json_schema_extra=_no_default, description="New name (not for the system project).")
     description: Optional[str] = Field(None, max_length=2000)
-    model: Optional[str] = Field(None, min_length=1, max_length=256)
+    model: Union[Annotated[str, Field(min_length=1, max_length=256)], SkipJsonSchema[None]] = Field(
+        None, json_schema_extra=_no_default)
     system_prompt: Optional[str] = Field(None, max_length=100_000)
     params: Optional[GenerationParams] = None
 

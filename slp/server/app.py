@@ -50,7 +50,6 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
         middlewares.append(make_auth(settings.api_key.get_secret_value()))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app.on_response_prepare.append(add_cors_headers)
-    app["max_body_bytes"] = settings.max_body_bytes
 
     models = ModelStore(settings.resolved_models_dir)
     projects = ProjectStore(settings.paths.db_file)
@@ -122,7 +121,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
 
 # Settings a reload can apply: the engine's own (it is restarted when they change) and the agent's timing.
-ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads", "max_tokens")
+ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads", "max_tokens", "embeddings")
 LIVE_SETTINGS = ("start_timeout", "request_wait_timeout", "health_interval", "health_timeout", "stop_grace",
                  "max_restarts", "restart_window", "max_queue", "model")
 

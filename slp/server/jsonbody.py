@@ -65,7 +65,8 @@ async def read_json_object(request: web.Request) -> dict:
 def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     """One readable line naming the field, e.g. "messages.0.role: Input should be 'system', …"."""
     err = exc.errors()[0]
-    parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p))]
+    # Drop pydantic's union/constraint tags ("str", "constrained-str", "list[str]") from the path.
+    parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p or "-" in p))]
     param = ".".join(parts) or (err.get("ctx") or {}).get("key")
     return (f"{param}: {err['msg']}" if param else err["msg"]), param
 

@@ -14,6 +14,7 @@ from typing import Awaitable, Callable, Iterable, Optional
 from aiohttp import web
 
 from slp.engine.supervisor import EngineUnavailable
+from slp.server import keys
 from slp.server.errors import APIError, error_response
 
 log = logging.getLogger("slp.server")
@@ -35,7 +36,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         if exc.status == 413:
-            message = f"request body too large (limit {request.app['max_body_bytes']} bytes)"
+            message = f"request body too large (limit {request.app[keys.SETTINGS].max_body_bytes} bytes)"
         elif exc.status == 404:
             message = f"no route for {request.method} {request.path}"
         elif exc.status == 405:

@@ -49,7 +49,16 @@ def engine_error(status: int, data: bytes) -> web.Response:
         error = {"message": str(error)}
     message = error.get("message") or data.decode("utf-8", "replace")[:500] or f"engine answered HTTP {status}"
     code = error.get("type") if isinstance(error.get("code"), int) else error.get("code")
-    return error_response(status, f"engine: {message}", code=code, type_=error.get("type"), param=error.get("param"))
+    type_ = error.get("type")
+    if status == 501:  # a feature this engine/model does not serve (embeddings off, not a reranker)
+        status, code, type_ = 400, "not_supported", "invalid_request_error"
+    elif status == 500 and any(hint in message for hint in _CLIENT_FAULTS):
+        status, code, type_ = 400, "invalid_request", "invalid_request_error"  # the request, not the engine
+    return error_response(status, f"engine: {message}", code=code, type_=type_, param=error.get("param"))
+
+
+# llama-server answers some malformed requests with a 500; these messages mean the input was at fault.
+_CLIENT_FAULTS = ("Failed to parse", "[json.exception.", "_M_range_check", "out of range", "invalid token")
 
 
 class Proxy:

@@ -52,8 +52,9 @@ def status_payload(app: web.Application) -> dict:
                 meta = installed.metadata.to_dict()
             except ModelError as exc:
                 meta = {"error": str(exc)}
-            model = {"name": installed.name, "aliases": list(installed.aliases), "path": str(installed.path),
-                     "size_bytes": installed.size_bytes, "size": human_size(installed.size_bytes), **meta}
+            meta["gguf_name"] = meta.pop("name", None)  # the file's own label; `name` is what requests use
+            model = {**meta, "name": installed.name, "aliases": list(installed.aliases), "path": str(installed.path),
+                     "size_bytes": installed.size_bytes, "size": human_size(installed.size_bytes)}
     build = app[keys.ENGINE_BUILD]
     if supervisor.state is EngineState.FAILED and engine.get("last_exit"):
         engine["log_tail"] = engine["last_exit"]["log_tail"]

@@ -10,10 +10,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 SLUG_OR_UUID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _absent_by_default(schema: dict) -> None:
+    """For optional-but-not-nullable fields: no `default: null` in the docs (it would not validate)."""
+    schema.pop("default", None)
 
 
 class _Open(BaseModel):
@@ -51,14 +57,41 @@ class _Known(_Open):
 
 class ContentPart(_Open):
     type: str = Field(..., min_length=1, max_length=64, examples=["text"])
-    text: Optional[str] = None
+    text: Union[str, SkipJsonSchema[None]] = Field(None, description="Required for `type: text`.",
+                                                   json_schema_extra=_absent_by_default)
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> "ContentPart":
+        if self.type == "text" and not isinstance(self.text, str):
+            raise PydanticCustomError("missing_text", "a text part needs a string `text`")
+        return self
 
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
         ..., description="system: sets behaviour; user: the end user; assistant: earlier replies; tool: tool output.")
-    content: Union[str, list[ContentPart], None] = Field(None, examples=["What is the capital of France?"])
-    name: Optional[str] = Field(None, max_length=256)
+    content: Union[str, list[ContentPart], None] = Field(
+        None, examples=["What is the capital of France?"], description="Only assistant messages may omit it.")
+    name: Union[Annotated[str, Field(max_length=256)], SkipJsonSchema[None]] = Field(
+        None, json_schema_extra=_absent_by_default)
+    tool_calls: Union[list[dict], SkipJsonSchema[None]] = Field(None, json_schema_extra=_absent_by_default)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        """Absent is fine, null is not: llama-server refuses `"name": null`."""
+        if isinstance(data, dict):
+            for key in ("name", "tool_calls"):
+                if key in data and data[key] is None:
+                    raise PydanticCustomError("null_field", "{key} must not be null (leave it out instead)",
+                                              {"key": key})
+        return data
+
+    @model_validator(mode="after")
+    def _content_unless_assistant(self) -> "ChatMessage":
+        if self.content is None and self.role != "assistant":
+            raise PydanticCustomError("missing_content", "{role} messages need `content`", {"role": self.role})
+        return self
 
 
 class StreamOptions(_Open):
@@ -77,7 +110,7 @@ class SamplingFields(_Known):
     min_p: Optional[float] = Field(None, ge=0, le=1)
     presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    repeat_penalty: Optional[float] = Field(None, ge=0, le=10)
+    repeat_penalty: Optional[float] = Field(None, gt=0, le=10)
     seed: Optional[int] = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)
     stop: Union[str, Annotated[list[str], Field(max_length=4)], None] = Field(None, description="Up to 4 stop sequences.")
     n: Optional[int] = Field(None, ge=1, le=1, description="Only 1 choice per request is supported.")
@@ -85,6 +118,11 @@ class SamplingFields(_Known):
     n_probs: Optional[int] = Field(None, ge=0, le=100)
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     ignore_eos: Optional[bool] = None
+    tools: Optional[list[dict]] = None
+    tool_choice: Union[str, dict, None] = None
+    response_format: Optional[dict] = None
+    logit_bias: Optional[dict] = None
+    logprobs: Optional[bool] = None
     project_id: Optional[str] = Field(None, pattern=SLUG_OR_UUID, description="slp: the project (id or name) to run in.")
 
 
