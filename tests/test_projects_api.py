@@ -344,7 +344,7 @@ def test_cli_chat_records_and_resumes(cli, server):
 
 def test_cli_sends_api_key(tmp_path, monkeypatch):
     store = ProjectStore(tmp_path / "keyed" / "slp.db")
-    app = web.Application(middlewares=[error_middleware, make_auth("sekret")])
+    app = web.Application(middlewares=[error_middleware, make_auth("sekret", {"/health"})])
     add_project_routes(app, store, lambda m: m in MODELS)
     srv = ServerThread(app).start()
     try:

@@ -21,7 +21,7 @@ from slp.models.store import ModelStore
 from slp.projects.shaping import shape_anthropic, shape_chat
 from slp.projects.store import ProjectStore
 from slp.server import keys
-from slp.server.docs import add_docs_routes
+from slp.server.docs import PUBLIC_DOC_PATHS, add_docs_routes
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import add_project_routes
 from slp.server.proxy import Limiter, Proxy, Recorder
@@ -47,7 +47,8 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     preflight, add_cors_headers = make_cors(settings.cors_origins)
     middlewares.append(preflight)
     if settings.api_key is not None:
-        middlewares.append(make_auth(settings.api_key.get_secret_value()))
+        # /health stays open for service managers and load balancers: it says ready or not, no details.
+        middlewares.append(make_auth(settings.api_key.get_secret_value(), {"/health", *PUBLIC_DOC_PATHS}))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app.on_response_prepare.append(add_cors_headers)
 

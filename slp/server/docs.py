@@ -17,7 +17,6 @@ from swagger_ui_bundle import swagger_ui_path
 
 from slp.server import keys
 from slp.server.errors import APIError
-from slp.server.middleware import PUBLIC_PATHS
 from slp.server.openapi import DOCS_STATIC_FILES, build_openapi
 
 DOCS_PATH = "/docs"
@@ -25,6 +24,9 @@ OPENAPI_PATH = "/openapi.json"
 STATIC_PREFIX = "/docs/static"
 STATIC_DIR = Path(str(swagger_ui_path))
 STATIC_FILES = DOCS_STATIC_FILES  # name -> Content-Type: only what the page uses (no listing, no traversal)
+# Readable without an API key: a browser cannot send one when it opens /docs, and these hold no data
+# (every operation tried from the page still needs the key, entered with Swagger's Authorize button).
+PUBLIC_DOC_PATHS = frozenset([OPENAPI_PATH, DOCS_PATH, *(f"{STATIC_PREFIX}/{name}" for name in STATIC_FILES)])
 
 # Relative URLs: the page lives at /docs, so "docs/static/x" is /docs/static/x, also behind a path prefix.
 PAGE = """<!DOCTYPE html>
@@ -79,5 +81,4 @@ def add_docs_routes(app: web.Application) -> None:
     app.router.add_get(OPENAPI_PATH, openapi_json)
     app.router.add_get(DOCS_PATH, docs_page)
     app.router.add_get(STATIC_PREFIX + "/{filename}", static_file)
-    # The auth middleware answers PUBLIC_PATHS without a key (exact paths: hence each file by name).
-    PUBLIC_PATHS.update([OPENAPI_PATH, DOCS_PATH, *(f"{STATIC_PREFIX}/{name}" for name in STATIC_FILES)])
+

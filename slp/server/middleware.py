@@ -21,7 +21,6 @@ log = logging.getLogger("slp.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-PUBLIC_PATHS = {"/health"}  # answered without a key: liveness for service managers, no details
 
 
 @web.middleware
@@ -90,12 +89,14 @@ def make_host_check(allowed_hosts: Iterable[str]) -> Callable:
     return host_check
 
 
-def make_auth(api_key: str) -> Callable:
+def make_auth(api_key: str, public_paths: Iterable[str]) -> Callable:
+    """Bearer-key check (constant time) on every route but `public_paths`."""
     expected = f"Bearer {api_key}".encode()
+    public = frozenset(public_paths)
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
+        if request.path not in public and request.method != "OPTIONS":
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 raise APIError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
