@@ -35,8 +35,14 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _ensure_model(settings: Settings) -> None:
-    """Fetch the embedded default model before detaching, so the user sees the progress bar."""
+def preflight(settings: Settings) -> None:
+    """What the agent would fail on, said now in one line: security, the engine binary, the model
+    (the embedded default is fetched here, before detaching, so the user sees the progress bar)."""
+    try:
+        check_security(settings)
+        find_engine(settings)
+    except (AgentError, EngineNotFound) as exc:
+        raise CliError(str(exc))
     store = ModelStore(settings.resolved_models_dir)
     if store.resolve(settings.model) is None:
         typer.echo(f"Fetching the default model {settings.model} ...")
@@ -97,11 +103,7 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
         typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}, managed by {manager}); "
                    "engine ready")
         return
-    try:
-        check_security(settings)
-        find_engine(settings)
-    except (AgentError, EngineNotFound) as exc:
-        raise CliError(str(exc))
+    preflight(settings)
     stale = read_state(settings.paths)
     if stale and kill_stale(stale.get("engine_pid"), stale.get("engine_create_time")):
         typer.echo(f"Cleaned up an engine (pid {stale['engine_pid']}) left by an agent that died")
@@ -109,7 +111,6 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
     if settings.port and not _port_free(settings.host, settings.port):
         raise CliError(f"port {settings.port} on {settings.host} is already in use by another program; "
                        "stop it or choose another port with SLP_PORT")
-    _ensure_model(settings)
 
     ensure_private_dir(settings.paths.log_dir)
     fd = os.open(settings.paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

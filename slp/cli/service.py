@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from slp.cli.agent import preflight
 from slp.cli.client import CliError, load_settings, run_cli
 from slp.service import (
     InstallResult,
@@ -25,26 +26,6 @@ app = typer.Typer(help="Run the agent as a user service that starts at login (sy
                   no_args_is_help=True)
 
 _PLATFORM_HELP = "Generate for this platform (linux or darwin) instead of the current one."
-
-
-def _preflight(settings: Settings) -> None:
-    """What the service would fail on, said now: security, engine, model (fetched here, with progress)."""
-    from slp.engine.binary import EngineNotFound, find_engine
-    from slp.models.store import ModelError, ModelStore
-    from slp.server.runner import AgentError, check_security
-
-    try:
-        check_security(settings)
-        find_engine(settings)
-    except (AgentError, EngineNotFound) as exc:
-        raise CliError(str(exc))
-    store = ModelStore(settings.resolved_models_dir)
-    if store.resolve(settings.model) is None:
-        typer.echo(f"Fetching the default model {settings.model} ...")
-        try:
-            store.pull(settings.model, progress=True)
-        except ModelError as exc:
-            raise CliError(str(exc))
 
 
 def _take_over(settings: Settings) -> None:
@@ -83,7 +64,7 @@ def install(print_: bool = typer.Option(False, "--print", help="Show the file th
             manager.query(probe)
             if probe.active and not result.changed:
                 return  # running with this very file: nothing to start
-            _preflight(settings)
+            preflight(settings)
             if not probe.active:
                 _take_over(settings)
             typer.echo(f"Starting the slp service ({manager.path.name}); waiting for the engine ...")
