@@ -130,3 +130,18 @@ def test_activation_survives_an_agent_restart(fresh_agent):
     assert re.search(r"Active project\s+writing \(id=", agent.cli("status", check=True).stdout)
     listed = agent.cli("project", "list", check=True).stdout
     assert re.search(r"\*\s*writing", listed)
+
+
+def test_a_project_change_applies_to_the_very_next_request(agent):
+    """The proxy caches projects; a PATCH (or activate) must be seen at once, never a stale copy."""
+    project = new_project(agent, params={"max_tokens": 2})
+
+    def prompt_tokens() -> int:
+        return requests.post(f"{agent.url}/v1/chat/completions", timeout=60,
+                             json={"messages": QUESTION, "project_id": project["name"]}).json()["usage"]["prompt_tokens"]
+
+    before = prompt_tokens()
+    patched = requests.patch(f"{agent.url}/v1/projects/{project['id']}", timeout=10,
+                             json={"system_prompt": "Answer as a pirate would. " * 10})
+    assert patched.status_code == 200
+    assert prompt_tokens() > before + 40

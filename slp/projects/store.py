@@ -192,6 +192,7 @@ class ProjectStore:
         ensure_private_dir(self.path.parent)
         self._create_private_file()
         self._lock = threading.RLock()
+        self.revision = 0  # bumped by every committed change to projects (not by usage or sessions)
         self._conn: Optional[sqlite3.Connection] = self._connect()
         try:
             self._migrate()
@@ -229,8 +230,9 @@ class ProjectStore:
         return conn
 
     @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """One transaction; writes take the write lock up front so they never deadlock on upgrade."""
+    def _tx(self, write: bool = False, projects_changed: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction; writes take the write lock up front so they never deadlock on upgrade.
+        `projects_changed` bumps `revision` on commit, so callers' caches of projects know to refresh."""
         with self._lock:
             if self._conn is None:
                 raise ProjectError("the project store is closed")
@@ -244,6 +246,8 @@ class ProjectStore:
                 raise
             else:
                 conn.execute("COMMIT")
+                if projects_changed:
+                    self.revision += 1
 
     def _migrate(self) -> None:
         with self._tx(write=True) as conn:
@@ -329,7 +333,7 @@ class ProjectStore:
     def create(self, data: Union[ProjectCreate, dict]) -> Project:
         spec = parse(ProjectCreate, data)
         project_id, now = str(uuid.uuid4()), _now()
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, projects_changed=True) as conn:
             try:
                 conn.execute(
                     "INSERT INTO projects (id, name, description, model, system_prompt, params, is_system,"
@@ -344,7 +348,7 @@ class ProjectStore:
     def update(self, id_or_name: str, data: Union[ProjectUpdate, dict]) -> Project:
         patch = parse(ProjectUpdate, data)
         given = patch.model_fields_set
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, projects_changed=True) as conn:
             row = self._row(conn, id_or_name)
             values = {key: row[key] for key in ("name", "description", "model", "system_prompt")}
             params = json.loads(row["params"])
@@ -385,7 +389,7 @@ class ProjectStore:
 
     def delete(self, id_or_name: str) -> Project:
         """Delete a project with its usage and sessions; the system project becomes active if it was."""
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, projects_changed=True) as conn:
             row = self._row(conn, id_or_name)
             if row["is_system"]:
                 raise ProjectConflict(f"'{row['name']}' is the built-in project and cannot be deleted",
@@ -397,7 +401,7 @@ class ProjectStore:
             return project
 
     def activate(self, id_or_name: str) -> Project:
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, projects_changed=True) as conn:
             row = self._row(conn, id_or_name)
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
                          " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (_ACTIVE_KEY, row["id"]))

@@ -24,7 +24,7 @@ from slp.server import keys
 from slp.server.docs import PUBLIC_DOC_PATHS, add_docs_routes
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import add_project_routes
-from slp.server.proxy import Limiter, Proxy, Recorder
+from slp.server.proxy import Limiter, ProjectCache, Proxy, Recorder
 from slp.server.observe import Metrics, RequestLog, make_observer
 from slp.server.routes import add_routes
 from slp.server.schemas import (
@@ -62,6 +62,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app[keys.PUBLIC_URL] = []
     app[keys.LIMITER] = Limiter(settings.parallel + settings.max_queue)
     app[keys.RECORDER] = Recorder(projects)
+    app[keys.PROJECT_CACHE] = ProjectCache(projects)
     app[keys.METRICS] = metrics
     app[keys.CONFIG] = {"loaded_at": time.time(), "error": None, "changed": [], "needs_agent_restart": []}
 

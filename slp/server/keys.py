@@ -18,6 +18,7 @@ ENGINE_HTTP = web.AppKey("engine_http", aiohttp.ClientSession)
 ENGINE_AUTH = web.AppKey("engine_auth", str)  # "Bearer <key>" for the engine's private API key
 ENGINE_BUILD = web.AppKey("engine_build", dict)  # the build record of the engine binary (may be empty)
 LIMITER = web.AppKey("limiter", object)
+PROJECT_CACHE = web.AppKey("project_cache", object)  # slp.server.proxy.ProjectCache
 RECORDER = web.AppKey("recorder", object)
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", object)  # slp.server.observe.Metrics

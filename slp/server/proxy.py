@@ -128,11 +128,8 @@ class Proxy:
     async def _project_for(self, request: web.Request, body: dict) -> Project:
         """The project a request runs in: body `project_id`, else `X-SLP-Project`, else the active one."""
         ref = body.get("project_id") or request.headers.get("X-SLP-Project")
-        store = self.app[keys.PROJECTS]
         try:
-            if ref:
-                return await asyncio.to_thread(store.get, str(ref))
-            return await asyncio.to_thread(store.active)
+            return await self.app[keys.PROJECT_CACHE].get(str(ref) if ref else None)
         except ProjectNotFound:
             raise APIError(404, f"project {ref!r} not found", code="project_not_found", param="project_id")
         except ProjectError as exc:
@@ -285,6 +282,34 @@ def merge_usage(usage: Optional[dict], event: dict) -> Optional[dict]:
         if isinstance(found.get(key), int):
             merged[key] = max(merged.get(key, 0), found[key])
     return merged
+
+
+class ProjectCache:
+    """Projects as every request needs them, without a thread hop and a query each time.
+
+    The store bumps `revision` on each committed project change (all of them go through this process),
+    which empties the cache; the revision is read before a fetch, so a change racing a fetch is never
+    cached as current.
+    """
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self, store: Any):
+        self._store = store
+        self._revision = -1
+        self._cache: dict[Optional[str], Project] = {}
+
+    async def get(self, ref: Optional[str]) -> Project:
+        """The project named `ref` (id or name), or the active one for None. Raises ProjectNotFound."""
+        if self._store.revision != self._revision:
+            self._cache.clear()
+            self._revision = self._store.revision
+        project = self._cache.get(ref)
+        if project is None:
+            project = await asyncio.to_thread(self._store.get, ref) if ref else await asyncio.to_thread(self._store.active)
+            if len(self._cache) < self.MAX_ENTRIES:
+                self._cache[ref] = project
+        return project
 
 
 class Limiter:
