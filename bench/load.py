@@ -21,9 +21,15 @@ class BenchError(Exception):
     """A target answered something other than a success: the run stops and says what."""
 
 
-def make_session(concurrency: int = 64) -> aiohttp.ClientSession:
+# llama-server (cpp-httplib) closes a keep-alive connection idle for 5 s; dropping ours sooner keeps the
+# client from sending into a connection the server is closing (a retry would blur the timings).
+KEEPALIVE_S = 3.0
+RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def make_session() -> aiohttp.ClientSession:
     """One pooled, keep-alive session for one target (no total timeout: long streams are fine)."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, force_close=False)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S, force_close=False)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                                  auto_decompress=False)
 
@@ -36,6 +42,7 @@ class Batch:
     client_cpu_s: float
     latencies_s: list[float] = field(default_factory=list)     # non-streaming: send → last byte
     streams: list["StreamResult"] = field(default_factory=list)
+    retries: int = 0  # requests sent again because a pooled connection had just been closed by the server
 
 
 @dataclass
@@ -80,9 +87,12 @@ def _content_events(reads: list[tuple[float, bytes]]) -> tuple[list[float], int,
     return times, events, usage
 
 
+REQUEST_TIMEOUT_S = 300.0  # a request not answered completely by then fails the run (a hung target must not hang it)
+
+
 async def _post_once(session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict) -> float:
     t0 = time.perf_counter()
-    async with session.post(url, data=payload, headers=headers) as resp:
+    async with asyncio.timeout(REQUEST_TIMEOUT_S), session.post(url, data=payload, headers=headers) as resp:
         body = await resp.read()
         if resp.status != 200:
             raise BenchError(f"{url} answered {resp.status}: {body[:300]!r}")
@@ -92,7 +102,9 @@ async def _post_once(session: aiohttp.ClientSession, url: str, payload: bytes, h
 async def _stream_once(session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict) -> StreamResult:
     reads: list[tuple[float, bytes]] = []
     t0 = time.perf_counter()
-    async with session.post(url, data=payload, headers=headers) as resp:
+    # The outer deadline matters: aiohttp 3.14's iter_any() can wait forever on a chunked body that
+    # turned malformed after the headers, even once the server closed the connection.
+    async with asyncio.timeout(REQUEST_TIMEOUT_S), session.post(url, data=payload, headers=headers) as resp:
         if resp.status != 200:
             raise BenchError(f"{url} answered {resp.status}: {(await resp.read())[:300]!r}")
         async for chunk in resp.content.iter_any():
@@ -114,15 +126,32 @@ async def run_batch(session: aiohttp.ClientSession, url: str, body: dict, header
     todo = iter(range(requests))
     batch = Batch(wall_s=0.0, client_cpu_s=0.0)
 
+    async def once() -> None:
+        if stream:
+            batch.streams.append(await _stream_once(session, url, payload, headers))
+        else:
+            batch.latencies_s.append(await _post_once(session, url, payload, headers))
+
     async def worker() -> None:
         for _ in todo:  # shared iterator: the loop is single-threaded, so each index is taken once
-            if stream:
-                batch.streams.append(await _stream_once(session, url, payload, headers))
-            else:
-                batch.latencies_s.append(await _post_once(session, url, payload, headers))
+            try:
+                try:
+                    await once()
+                except RETRYABLE:  # the server closed a pooled connection as we reused it: once more, timed anew
+                    batch.retries += 1
+                    await once()
+            except TimeoutError:
+                raise BenchError(f"{url} did not answer completely within {REQUEST_TIMEOUT_S:.0f} s")
+            except aiohttp.ClientError as exc:
+                raise BenchError(f"{url} failed: {exc.__class__.__name__}: {str(exc)[:300]}")
 
     cpu0, t0 = os.times(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, requests))))
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, requests))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:  # one failed: stop the others instead of leaving them running
+            task.cancel()
     cpu1 = os.times()
     batch.wall_s = time.perf_counter() - t0
     batch.client_cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
@@ -132,5 +161,10 @@ async def run_batch(session: aiohttp.ClientSession, url: str, body: dict, header
 async def first_token_s(session: aiohttp.ClientSession, url: str, body: dict, headers: dict) -> float:
     """Seconds from now until the first content token of one streamed request arrives."""
     payload = json.dumps(body).encode()
-    result = await _stream_once(session, url, payload, {"Content-Type": "application/json", **headers})
+    try:
+        result = await _stream_once(session, url, payload, {"Content-Type": "application/json", **headers})
+    except TimeoutError:
+        raise BenchError(f"{url} did not answer completely within {REQUEST_TIMEOUT_S:.0f} s")
+    except aiohttp.ClientError as exc:
+        raise BenchError(f"{url} failed: {exc.__class__.__name__}: {str(exc)[:300]}")
     return result.ttft_s

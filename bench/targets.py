@@ -148,13 +148,14 @@ class Agent(Target):
             self.agent_pid = self.engine_pid = None
 
     def kill_leftovers(self) -> None:
-        """Last resort on an aborted run: SIGKILL the agent and engine this run started, if still alive."""
-        for pid in (self.engine_pid, self.agent_pid):
-            if pid:
-                try:
-                    psutil.Process(pid).kill()
-                except psutil.Error:
-                    pass
+        """Last resort on an aborted run: SIGKILL whatever still runs with this run's SLP_HOME (the agent
+        and its engine), e.g. an agent that was still starting when the run was interrupted."""
+        for proc in psutil.process_iter(["environ"]):
+            try:
+                if (proc.info["environ"] or {}).get("SLP_HOME") == str(self.home) and proc.pid != os.getpid():
+                    proc.kill()
+            except psutil.Error:
+                continue
 
     @property
     def pid(self) -> Optional[int]:
@@ -205,6 +206,7 @@ def process_rss(pid: Optional[int]) -> Optional[int]:
 
 
 def agent_env(home: Path, port: int, models_dir: Path) -> dict:
-    env = {**os.environ, "SLP_HOME": str(home), "SLP_PORT": str(port), "SLP_MODELS_DIR": str(models_dir)}
+    env = {**os.environ, "SLP_HOME": str(home), "SLP_HOST": "127.0.0.1", "SLP_PORT": str(port),
+           "SLP_MODELS_DIR": str(models_dir)}
     env.pop("SLP_API_KEY", None)  # the agent listens on loopback; no client key, like the direct engine's own
     return env
