@@ -76,10 +76,16 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         http = aiohttp.ClientSession(
-            # llama-server (cpp-httplib) drops idle keep-alive connections after 5 s: let ours go first.
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4, enable_cleanup_closed=True),
+            # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
+            # its accept queue in no order. Waiting in our pool instead is first come, first served.
+            # It drops idle keep-alive connections after 5 s: let ours go first.
+            connector=aiohttp.TCPConnector(limit=settings.parallel + 4, keepalive_timeout=4,
+                                           enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), auto_decompress=False)
+        # Health probes and metrics scrapes must never queue behind requests in that pool.
+        control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=4))
         app[keys.ENGINE_HTTP] = http
+        app[keys.ENGINE_CONTROL_HTTP] = control
 
         def make_command(model_path: Path, port: int):
             alias = models.resolve(model_path.stem)
@@ -88,7 +94,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
             return engine_command(app[keys.SETTINGS], engine_bin, model_path, port, engine_key, name)
 
         app[keys.SUPERVISOR] = Supervisor(
-            make_command, http, start_timeout=settings.start_timeout, health_interval=settings.health_interval,
+            make_command, control, start_timeout=settings.start_timeout, health_interval=settings.health_interval,
             health_timeout=settings.health_timeout, stop_grace=settings.stop_grace,
             max_restarts=settings.max_restarts, restart_window=settings.restart_window,
             log_path=settings.paths.engine_log, on_change=engine_changed, on_restart=metrics.engine_restarted)
@@ -99,6 +105,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
             await app[keys.SUPERVISOR].stop()
             await app[keys.RECORDER].stop()
             await http.close()
+            await control.close()
             projects.close()
             request_log.close()
 

@@ -35,6 +35,7 @@ from slp.server.schemas import (
 log = logging.getLogger("slp.proxy")
 
 _DONE = b"data: [DONE]"
+STALE_RETRIES = 4
 _TAIL_BYTES = 16384  # the usage chunk is the last event before [DONE]; this much tail always holds it
 Session = tuple[str, list]  # (session_id, the caller's messages) of a request to store as a conversation
 
@@ -176,13 +177,14 @@ class Proxy:
 
     @staticmethod
     async def _post(http: aiohttp.ClientSession, url: str, payload: bytes, headers: dict) -> aiohttp.ClientResponse:
-        """POST to the engine, retrying once when a pooled keep-alive connection turns out to have been
-        closed by the engine just before we used it (nothing was processed then)."""
-        for attempt in (1, 2):
+        """POST to the engine, retrying when a pooled keep-alive connection turns out to have been closed
+        by the engine just before we used it (the request was not processed then). Under a burst several
+        pooled connections can be stale at once, hence a few tries, each taking the next connection."""
+        for attempt in range(1, STALE_RETRIES + 1):
             try:
                 return await http.post(url, data=payload, headers=headers)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == 2:
+                if attempt == STALE_RETRIES:
                     raise EngineUnavailable(f"engine connection failed: {exc}", EngineState.RESTARTING, 2)
             except (aiohttp.ClientError, OSError) as exc:
                 raise EngineUnavailable(f"engine connection failed: {exc}", EngineState.RESTARTING, 2)
@@ -357,14 +359,25 @@ class Recorder:
         await self._queue.join()
 
     async def _drain(self) -> None:
+        """Write whatever has queued up in one thread hop: a hop costs more than the writes."""
         while True:
-            item = await self._queue.get()
+            batch = [await self._queue.get()]
+            while len(batch) < 512 and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
-                await asyncio.to_thread(self._write, *item)
+                await asyncio.to_thread(self._write_all, batch)
             except Exception:  # noqa: BLE001 - a bad record must not stop accounting for the rest
                 log.exception("could not record usage")
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _write_all(self, batch: list) -> None:
+        for item in batch:
+            try:
+                self._write(*item)
+            except Exception:  # noqa: BLE001
+                log.exception("could not record usage for project %s", item[0])
 
     def _write(self, project_id: str, usage: Optional[dict], session: Optional[Session],
                assistant: Optional[dict]) -> None:

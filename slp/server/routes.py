@@ -130,7 +130,7 @@ async def metrics(request: web.Request) -> web.Response:
     body = m.render()
     if supervisor.state is EngineState.READY:
         try:
-            async with app[keys.ENGINE_HTTP].get(f"{supervisor.base_url}/metrics", timeout=aiohttp.ClientTimeout(total=2),
+            async with app[keys.ENGINE_CONTROL_HTTP].get(f"{supervisor.base_url}/metrics", timeout=aiohttp.ClientTimeout(total=2),
                                                  headers={"Authorization": app[keys.ENGINE_AUTH]}) as resp:
                 if resp.status == 200:
                     body += b"# The engine's own metrics (llama-server /metrics):\n" + await resp.read()

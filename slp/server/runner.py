@@ -65,10 +65,6 @@ def pick_model(settings: Settings) -> Path:
     for name in wanted:
         found = models.resolve(name)
         if found is not None:
-            try:
-                found.metadata  # warm the metadata cache now (seconds), not on the first status request
-            except ModelError:
-                pass  # a damaged file: the engine's own failure will say so
             return found.path
     try:
         return models.pull(settings.model, progress=False).path
@@ -88,6 +84,15 @@ def reload_config(app: web.Application) -> None:
         return
     log.info("config reloaded: changed %s; needs an agent restart: %s", result["changed"] or "nothing",
              result["needs_agent_restart"] or "nothing")
+
+
+def warm_metadata(models: ModelStore, model_path: Path) -> None:
+    found = models.resolve(model_path.stem)
+    if found is not None:
+        try:
+            found.metadata
+        except ModelError:
+            pass  # a damaged file: the engine's own failure says so
 
 
 def setup_logging(settings: Settings) -> None:
@@ -161,6 +166,9 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)  # handlers only record; the loop below acts
         app[keys.SUPERVISOR].start(model_path)
+        # Reading GGUF metadata takes seconds (the whole vocabulary is parsed): do it while the engine
+        # loads, so neither the engine's start nor the first `slp status` waits for it.
+        loop.run_in_executor(None, warm_metadata, app[keys.MODELS], model_path)
         if ready is not None:
             ready.set()
         while not stop.is_set():
