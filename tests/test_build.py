@@ -16,6 +16,7 @@ from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("slp_build", REPO / "build.py")
 build = importlib.util.module_from_spec(spec)
+sys.modules["slp_build"] = build  # dataclasses look their module up while the class is made
 spec.loader.exec_module(build)
 
 
