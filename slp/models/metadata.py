@@ -7,6 +7,7 @@ status and model-list calls then cost a `stat()`.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import Counter
@@ -84,22 +85,55 @@ _cache: dict[tuple[str, int, int], Union[ModelMetadata, ModelError]] = {}
 _cache_lock = threading.Lock()
 
 
+def _sidecar(path: Path) -> Path:
+    """Where a model's parsed metadata is kept beside it (a dot file: the store never lists it)."""
+    return path.with_name(f".{path.name}.meta.json")
+
+
+def _load_sidecar(path: Path, version: list[int]) -> Optional[ModelMetadata]:
+    try:
+        saved = json.loads(_sidecar(path).read_text())
+        if saved.get("version") == version:
+            return ModelMetadata(**saved["metadata"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
+def _save_sidecar(path: Path, version: list[int], meta: ModelMetadata) -> None:
+    target = _sidecar(path)
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"version": version, "metadata": meta.to_dict()}))
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only store just parses again next time
+
+
 def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
-    """`read_metadata`, remembered (errors too) until the file's mtime or size changes."""
+    """`read_metadata`, remembered (errors too) until the file's mtime or size changes.
+
+    gguf's reader parses the whole vocabulary (seconds of GIL-holding Python for a 49k-token model),
+    so a result is also kept on disk beside the model: each file version is parsed once per machine.
+    Concurrent callers wait for one parse instead of each doing their own.
+    """
     path = Path(path)
     try:
         st = path.stat()
     except OSError as exc:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    version = [st.st_mtime_ns, st.st_size]
     with _cache_lock:
         hit = _cache.get(key)
-    if hit is None:
-        try:
-            hit = read_metadata(path)
-        except ModelError as exc:
-            hit = exc
-        with _cache_lock:
+        if hit is None:
+            hit = _load_sidecar(path, version)
+            if hit is None:
+                try:
+                    hit = read_metadata(path)
+                    _save_sidecar(path, version, hit)
+                except ModelError as exc:
+                    hit = exc
             for old in [k for k in _cache if k[0] == key[0]]:
                 del _cache[old]
             _cache[key] = hit

@@ -182,6 +182,7 @@ class ModelStore:
             pass
         except OSError as exc:
             raise ModelError(f"cannot remove {model.path}: {exc.strerror or exc}") from None
+        model.path.with_name(f".{model.path.name}.meta.json").unlink(missing_ok=True)  # metadata's cache
         with _verified_lock:
             _verified.pop(str(model.path), None)
         return model

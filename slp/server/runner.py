@@ -130,7 +130,15 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
 
     notifier = ServiceNotifier()  # systemd Type=notify (READY=1, STATUS=, STOPPING=1); no-op without NOTIFY_SOCKET
 
+    warmed: set[Path] = set()
+
     def on_engine_change(engine_state: EngineState, reason: str) -> None:
+        if engine_state is EngineState.READY and (model := app[keys.SUPERVISOR].model_path) not in warmed:
+            # Reading GGUF metadata takes seconds of GIL-holding Python (gguf parses the whole vocabulary).
+            # Done while the engine loads, it starved the readiness probe; done once it is ready, it
+            # only delays the first `slp status`.
+            warmed.add(model)
+            asyncio.get_running_loop().run_in_executor(None, warm_metadata, app[keys.MODELS], model)
         notifier.engine_changed(engine_state, reason)
         pid = app[keys.SUPERVISOR].pid if keys.SUPERVISOR in app else None
         if pid != state["engine_pid"] and state["url"]:
@@ -166,9 +174,6 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)  # handlers only record; the loop below acts
         app[keys.SUPERVISOR].start(model_path)
-        # Reading GGUF metadata takes seconds (the whole vocabulary is parsed): do it while the engine
-        # loads, so neither the engine's start nor the first `slp status` waits for it.
-        loop.run_in_executor(None, warm_metadata, app[keys.MODELS], model_path)
         if ready is not None:
             ready.set()
         while not stop.is_set():
