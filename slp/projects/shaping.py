@@ -25,11 +25,21 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _base(body: dict, project: Project) -> dict:
-    """Copy without the agent's own fields, with the project's model and params filled in."""
-    shaped = {key: copy.deepcopy(value) for key, value in body.items() if key not in AGENT_FIELDS}
+def shape_plain(body: dict, project: Project) -> dict:
+    """A new body without the agent's own fields, on the project's model unless it names one.
+
+    Copies are shallow on purpose (this runs on every request): shaping only ever replaces top-level
+    values, never edits nested ones, so the caller's objects stay as they were.
+    """
+    shaped = {key: value for key, value in body.items() if key not in AGENT_FIELDS}
     if not shaped.get("model"):
         shaped["model"] = project.model
+    return shaped
+
+
+def _base(body: dict, project: Project) -> dict:
+    """`shape_plain`, with the project's params filled in where the request left them unset."""
+    shaped = shape_plain(body, project)
     for key, value in project.params.values().items():
         if shaped.get(key) is not None:
             continue
@@ -72,9 +82,7 @@ _ANTHROPIC_PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "t
 
 
 def _fill(body: dict, project: Project, names: dict[str, str]) -> dict:
-    shaped = {key: copy.deepcopy(value) for key, value in body.items() if key not in AGENT_FIELDS}
-    if not shaped.get("model"):
-        shaped["model"] = project.model
+    shaped = shape_plain(body, project)
     for ours, theirs in names.items():
         value = project.params.values().get(ours)
         if value is not None and shaped.get(theirs) is None:

@@ -18,7 +18,7 @@ from aiohttp import web
 from slp.engine.command import engine_command
 from slp.engine.supervisor import EngineState, Supervisor
 from slp.models.store import ModelStore
-from slp.projects.shaping import shape_anthropic, shape_chat
+from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
 from slp.projects.store import ProjectStore
 from slp.server import keys
 from slp.server.docs import PUBLIC_DOC_PATHS, add_docs_routes
@@ -29,6 +29,10 @@ from slp.server.observe import Metrics, RequestLog, make_observer
 from slp.server.routes import add_routes
 from slp.server.schemas import (
     AnthropicCountTokensRequest,
+    AnthropicMessagesRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
     ApplyTemplateRequest,
     DetokenizeRequest,
     RerankRequest,
@@ -113,16 +117,19 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
     proxy = Proxy(app)
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
-    app.router.add_post("/v1/completions", proxy.completions)
-    app.router.add_post("/v1/embeddings", proxy.embeddings)
-    app.router.add_post("/v1/responses", proxy.responses)
-    app.router.add_post("/v1/messages", proxy.anthropic_messages)
-    app.router.add_post("/v1/messages/count_tokens",
-                        proxy.passthrough("/v1/messages/count_tokens", AnthropicCountTokensRequest, shape_anthropic))
-    app.router.add_post("/v1/rerank", proxy.passthrough("/v1/rerank", RerankRequest))
-    app.router.add_post("/tokenize", proxy.passthrough("/tokenize", TokenizeRequest))
-    app.router.add_post("/detokenize", proxy.passthrough("/detokenize", DetokenizeRequest))
-    app.router.add_post("/apply-template", proxy.passthrough("/apply-template", ApplyTemplateRequest, shape_chat))
+    app.router.add_post("/v1/completions", proxy.route("/v1/completions", CompletionRequest, shape_completion))
+    app.router.add_post("/v1/embeddings", proxy.route("/v1/embeddings", EmbeddingRequest))
+    app.router.add_post("/v1/responses", proxy.route("/v1/responses", ResponsesRequest, shape_responses,
+                                                     end_marker=b"response.completed"))
+    app.router.add_post("/v1/messages", proxy.route("/v1/messages", AnthropicMessagesRequest, shape_anthropic,
+                                                    end_marker=b"message_stop"))
+    app.router.add_post("/v1/messages/count_tokens", proxy.route(
+        "/v1/messages/count_tokens", AnthropicCountTokensRequest, shape_anthropic, account=False))
+    app.router.add_post("/v1/rerank", proxy.route("/v1/rerank", RerankRequest, account=False))
+    app.router.add_post("/tokenize", proxy.route("/tokenize", TokenizeRequest, account=False))
+    app.router.add_post("/detokenize", proxy.route("/detokenize", DetokenizeRequest, account=False))
+    app.router.add_post("/apply-template", proxy.route("/apply-template", ApplyTemplateRequest, shape_chat,
+                                                       account=False))
     add_routes(app)
     add_project_routes(app, projects, lambda name: models.resolve(name) is not None)
     add_docs_routes(app)

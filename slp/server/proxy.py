@@ -19,18 +19,12 @@ from aiohttp import web
 
 from slp.engine.supervisor import EngineState, EngineUnavailable
 from slp.projects.schema import Project
-from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
+from slp.projects.shaping import shape_chat, shape_plain
 from slp.projects.store import ProjectError, ProjectNotFound
 from slp.server import keys
 from slp.server.errors import APIError, error_response
 from slp.server.jsonbody import read_json_object, validate
-from slp.server.schemas import (
-    AnthropicMessagesRequest,
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    ResponsesRequest,
-)
+from slp.server.schemas import ChatCompletionRequest
 
 log = logging.getLogger("slp.proxy")
 
@@ -78,48 +72,17 @@ class Proxy:
         body = shape_chat(body, project)
         return await self._forward(request, "/v1/chat/completions", body, project, session)
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json_object(request)
-        validate(CompletionRequest, body)
-        project = await self._project_for(request, body)
-        body = shape_completion(body, project)
-        return await self._forward(request, "/v1/completions", body, project, None)
-
-    async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json_object(request)
-        validate(EmbeddingRequest, body)
-        project = await self._project_for(request, body)
-        body = {k: v for k, v in body.items() if k != "project_id"}
-        body.setdefault("model", project.model)
-        return await self._forward(request, "/v1/embeddings", body, project, None)
-
-    async def responses(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json_object(request)
-        validate(ResponsesRequest, body)
-        project = await self._project_for(request, body)
-        return await self._forward(request, "/v1/responses", shape_responses(body, project), project, None,
-                                   end_marker=b"response.completed")
-
-    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json_object(request)
-        validate(AnthropicMessagesRequest, body)
-        project = await self._project_for(request, body)
-        return await self._forward(request, "/v1/messages", shape_anthropic(body, project), project, None,
-                                   end_marker=b"message_stop")
-
-    def passthrough(self, path: str, schema: type, shape=None) -> Callable:
-        """A handler for an engine route that needs no accounting: validate, pick the engine, forward."""
+    def route(self, path: str, schema: type, shape: Callable[[dict, Project], dict] = shape_plain,
+              end_marker: bytes = _DONE, account: bool = True) -> Callable:
+        """A handler for one of the engine's routes: read and validate the body, apply the project with
+        `shape`, forward. `end_marker` is how the route's streams end; `account`: count its usage."""
 
         async def handler(request: web.Request) -> web.StreamResponse:
             body = await read_json_object(request)
             validate(schema, body)
             project = await self._project_for(request, body)
-            if shape is not None:
-                body = shape(body, project)
-            else:
-                body = {k: v for k, v in body.items() if k != "project_id"}
-                body.setdefault("model", project.model)
-            return await self._forward(request, path, body, project, None, account=False)
+            return await self._forward(request, path, shape(body, project), project, None,
+                                       end_marker=end_marker, account=account)
 
         handler.__doc__ = schema.__doc__
         return handler
