@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -63,3 +65,19 @@ def agent_url(settings: Settings) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{settings.port}"
+
+
+def agent_health(url: str, timeout: float = 3.0) -> tuple[int, dict]:
+    """(HTTP status, body) of the agent's /health: 200 when its engine is ready, 503 with the engine's
+    state and reason otherwise, (0, {}) when nothing answers. /health needs no key."""
+    request = urllib.request.Request(url.rstrip("/") + "/health", headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {}
+    except (OSError, ValueError):
+        return 0, {}

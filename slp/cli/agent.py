@@ -16,7 +16,7 @@ from slp.cli.client import AgentClient, CliError, load_settings, run_cli
 from slp.engine.binary import EngineNotFound, find_engine
 from slp.engine.process import kill_stale, tail_lines
 from slp.models.store import ModelError, ModelStore
-from slp.runstate import clear_state, live_state, read_state
+from slp.runstate import agent_health, clear_state, live_state, read_state
 from slp.server.runner import SHUTDOWN_GRACE, AgentError, check_security
 from slp.service import ServiceError, installed_service, managed_by_service, service_start, service_stop
 from slp.settings import Settings, ensure_private_dir
@@ -62,13 +62,13 @@ def _wait_until_ready(settings: Settings, proc: subprocess.Popen, timeout: float
             raise CliError(f"the agent exited during start-up: {lines[-1] if lines else 'see ' + str(log)}")
         state = live_state(settings.paths)
         if state and state.get("url"):
-            try:
-                health = AgentClient(state["url"], settings=settings, timeout=2).request("GET", "/health")
-                if health.get("status") == "ok":
-                    return state
-            except CliError as exc:
-                if "failed" in str(exc):
-                    raise CliError(f"the engine failed to start: {exc}; see `slp agent logs --engine`")
+            _, health = agent_health(state["url"], timeout=2)
+            if health.get("status") == "ok":
+                return state
+            engine = health.get("engine") or {}
+            if engine.get("state") == "failed":
+                raise CliError(f"the engine failed to start: {engine.get('reason')}; "
+                               "see `slp agent logs --engine`")
         time.sleep(0.1)
     raise CliError(f"the agent did not become ready within {timeout:.0f}s; see `slp agent logs`")
 

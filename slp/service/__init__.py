@@ -317,40 +317,19 @@ def installed_service(platform: Optional[str] = None) -> Optional[str]:
     return None
 
 
-def _health(url: str, api_key: Optional[str]) -> tuple[int, dict]:
-    import json
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url.rstrip("/") + "/health", headers={"Accept": "application/json"})
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=3) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
-            return exc.code, {}
-    except (OSError, ValueError):
-        return 0, {}
-
-
 def wait_ready(settings: "Settings", manager: ServiceManager, timeout: float) -> dict:
     """Wait until the service's agent has written its run state and its engine is healthy; return the state.
 
     Raises ServiceError when the engine failed, the service stopped, or time ran out.
     """
-    from slp.runstate import live_state
+    from slp.runstate import agent_health, live_state
 
-    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     deadline = time.monotonic() + timeout
     checked = 0.0
     while True:
         state = live_state(settings.paths)
         if state and state.get("url"):
-            code, body = _health(state["url"], api_key)
+            code, body = agent_health(state["url"])
             if code == 200:
                 return state
             engine = body.get("engine") if isinstance(body, dict) else None
