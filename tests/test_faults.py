@@ -177,17 +177,19 @@ def test_graceful_stop_lets_an_inflight_stream_finish(fresh_agent):
     agent.start()
     agent_pid = agent.state()["agent_pid"]
     lines: list[bytes] = []
+    streaming = threading.Event()
 
     def consume():
         with requests.post(f"{agent.url}/v1/chat/completions", stream=True, timeout=60,
                            json={**CHAT, "stream": True, "max_tokens": 60, "ignore_eos": True}) as resp:
-            lines.extend(l for l in resp.iter_lines() if l.startswith(b"data: "))
+            for line in resp.iter_lines():
+                if line.startswith(b"data: "):
+                    lines.append(line)
+                    streaming.set()
 
     reader = threading.Thread(target=consume)
     reader.start()
-    wait_for(lambda: len(processes_under(agent.home)) == 2 and agent.status()["engine"]["state"] == "ready", 10,
-             "agent ready")
-    time.sleep(0.3)  # let the stream start before the signal (the assertion below is on its completion)
+    assert streaming.wait(30), "the stream started"
     os.kill(agent_pid, signal.SIGTERM)
     reader.join(60)
     assert lines and lines[-1] == b"data: [DONE]", "the in-flight stream completed"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from slp.engine.supervisor import EngineState
@@ -128,7 +129,6 @@ def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: st
 
 def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
     """Outermost middleware: every answer is counted; proxied requests also get a request-log line."""
-    from aiohttp import web
 
     @web.middleware
     async def observer(request: web.Request, handler):
