@@ -5,13 +5,20 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup engine test-deps browser bench clean
+.PHONY: run test test-gpu setup engine test-deps browser bench clean
 
 run: setup engine
 	$(VENV)/bin/slp agent start
 
 test: setup engine test-deps browser
 	$(PY) -m pytest
+
+# On a machine with an NVIDIA GPU: build the CUDA engine and run the GPU tests plus the end-to-end suites
+# over it (CI has no GPU, so `make test` leaves these out).
+test-gpu: setup test-deps
+	$(PY) build.py --preset cuda
+	$(PY) -m pytest -m gpu tests/test_gpu.py
+	$(PY) -m pytest tests/test_agent_e2e.py tests/test_projects_e2e.py tests/test_engine_apis.py tests/test_faults.py tests/test_load.py
 
 # What the end-to-end tests drive besides Python, from Debian's and npm's registries when missing:
 # Node.js + the openai npm package (the seed's JavaScript example), curl, systemd-analyze (the unit check).

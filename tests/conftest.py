@@ -70,6 +70,18 @@ def engine_binary() -> Path:
     return builds[0][1]
 
 
+def expected_gpu_row(binary: Path) -> str:
+    """What `slp status` must print as GPU for this engine build, read independently of slp's code:
+    the CPU preset says so, a CUDA build names the card nvidia-smi reports."""
+    record = json.loads((binary.parent.parent / "build.json").read_text())
+    if record["preset"] == "cpu":
+        return "None (CPU only)"
+    assert record["preset"] == "cuda", f"no expectation written for preset {record['preset']!r}"
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                         text=True, check=True, timeout=30)
+    return out.stdout.splitlines()[0].strip()
+
+
 @dataclass
 class Agent:
     """A real `slp agent` started through the CLI, with its own SLP_HOME and port."""

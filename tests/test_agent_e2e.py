@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import REPO, wait_for
+from conftest import REPO, expected_gpu_row, wait_for
 
 SEED_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -107,7 +107,7 @@ def test_completions_route(client):
     assert response.choices[0].text is not None and response.usage.completion_tokens <= 4
 
 
-def test_slp_status_table_has_the_seed_rows(agent):
+def test_slp_status_table_has_the_seed_rows(agent, engine_binary):
     proc = agent.cli("status", check=True)
     rows = {}
     for line in proc.stdout.splitlines()[2:]:
@@ -123,13 +123,15 @@ def test_slp_status_table_has_the_seed_rows(agent):
     assert rows["Flash attention"] == "False"
     assert rows["Model size"] == "98.4 MB"
     assert re.fullmatch(r"\d+(\.\d)?%", rows["Memory usage"])
-    assert rows["GPU"] == "None (CPU only)"
+    assert rows["GPU"] == expected_gpu_row(engine_binary)
     match = re.fullmatch(r"general_chat \(id=([0-9a-f-]{36})\)", rows["Active project"])
     assert match and uuid.UUID(match.group(1)).version == 4
 
 
-def test_slp_status_json_and_agent_status(agent):
+def test_slp_status_json_and_agent_status(agent, engine_binary):
     info = json.loads(agent.cli("status", "--json", check=True).stdout)
+    if expected_gpu_row(engine_binary) == "None (CPU only)":
+        assert info["memory_usage"]["gpu_bytes"] is None and info["engine"]["memory"]["gpu_bytes"] is None
     assert info["engine"]["state"] == "ready" and info["engine"]["pid"] > 0
     assert info["model"]["context_length"] == 8192 and info["context_window"] == 4096
     assert info["memory_usage"]["rss_bytes"] > 10_000_000

@@ -1,4 +1,4 @@
-"""Which accelerator the engine uses, in words for `slp status`."""
+"""Which accelerator the engine uses, in words for `slp status`, and how much of its memory the engine holds."""
 
 from __future__ import annotations
 
@@ -20,6 +20,25 @@ def nvidia_device_name() -> Optional[str]:
         return None
     names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
     return names[0] if out.returncode == 0 and names else None
+
+
+def gpu_memory_of(pid: Optional[int]) -> Optional[int]:
+    """Bytes of NVIDIA GPU memory process `pid` holds (nvidia-smi's per-process view), or None when there is
+    no NVIDIA driver or the process holds none. A subprocess call: keep it off the event loop."""
+    smi = shutil.which("nvidia-smi")
+    if not smi or not pid:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    total = 0
+    for line in out.stdout.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            total += int(fields[1]) * 1024 * 1024  # MiB
+    return total or None
 
 
 def gpu_description(preset: Optional[str], gpu_layers: Optional[int]) -> str:

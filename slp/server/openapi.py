@@ -217,6 +217,7 @@ class EngineMemory(_Open):
     rss_bytes: int
     percent: float
     cpu_seconds: float
+    gpu_bytes: Optional[int] = Field(None, description="NVIDIA GPU memory the engine holds (CUDA builds).")
 
 
 class EngineEvent(_Open):
@@ -264,8 +265,11 @@ class ModelInfo(_Open):
 
 
 class MemoryUsage(_Open):
+    """The engine's share of system memory; `gpu_bytes` is its NVIDIA GPU memory (null on CPU builds)."""
+
     percent: Optional[float]
     rss_bytes: Optional[int]
+    gpu_bytes: Optional[int] = None
 
 
 class ActiveProject(_Open):

@@ -11,7 +11,7 @@ import psutil
 from aiohttp import web
 
 import slp
-from slp.engine.gpu import gpu_description
+from slp.engine.gpu import gpu_description, gpu_memory_of
 from slp.engine.process import memory_of, tail_lines
 from slp.engine.supervisor import EngineState
 from slp.models.store import ModelError
@@ -44,6 +44,10 @@ def status_payload(app: web.Application) -> dict:
     settings, supervisor = app[keys.SETTINGS], app[keys.SUPERVISOR]
     engine = supervisor.snapshot()
     memory = memory_of(supervisor.pid)
+    build = app[keys.ENGINE_BUILD]
+    gpu_bytes = gpu_memory_of(supervisor.pid) if build.get("preset") in ("cuda", "vulkan") else None
+    if memory is not None:
+        memory["gpu_bytes"] = gpu_bytes
     model = None
     if supervisor.model_path is not None:
         installed = app[keys.MODELS].resolve(supervisor.model_path.stem)
@@ -55,7 +59,6 @@ def status_payload(app: web.Application) -> dict:
             meta["gguf_name"] = meta.pop("name", None)  # the file's own label; `name` is what requests use
             model = {**meta, "name": installed.name, "aliases": list(installed.aliases), "path": str(installed.path),
                      "size_bytes": installed.size_bytes, "size": human_size(installed.size_bytes)}
-    build = app[keys.ENGINE_BUILD]
     if supervisor.state is EngineState.FAILED and engine.get("last_exit"):
         engine["log_tail"] = engine["last_exit"]["log_tail"]
     elif supervisor.state is not EngineState.READY:
@@ -76,7 +79,8 @@ def status_payload(app: web.Application) -> dict:
         "flash_attention": settings.flash_attn,
         "model_size": (model or {}).get("size"),
         "memory_usage": {"percent": memory["percent"] if memory else None,
-                         "rss_bytes": memory["rss_bytes"] if memory else None},
+                         "rss_bytes": memory["rss_bytes"] if memory else None,
+                         "gpu_bytes": gpu_bytes},
         "gpu": gpu_description(build.get("preset"), settings.gpu_layers),
         "restarts": supervisor.restarts,
         "config": app[keys.CONFIG],
