@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     embeddings: bool = Field(False, description="Also serve /v1/embeddings (mean pooling); costs some chat speed.")
     max_tokens: int = Field(2048, ge=-1, description="Tokens generated when a request sets no max_tokens (-1 = until the context is full).")
     threads: Optional[int] = Field(None, ge=1, description="Engine CPU threads (None = engine default).")
+    poll: int = Field(0, ge=0, le=100, description="How hard idle engine threads busy-wait for work (llama.cpp --poll, "
+                      "its default 50); 0 lets them sleep, leaving the CPU to the agent and its clients.")
 
     start_timeout: float = Field(60.0, gt=0, description="Seconds the engine may take to become healthy.")
     request_wait_timeout: float = Field(30.0, ge=0, description="Seconds a request waits for a (re)starting engine.")

@@ -42,7 +42,7 @@ from slp.service.notify import ServiceNotifier, notify
 from slp.service.systemd import SystemdManager, quote
 from slp.settings import Settings
 
-FOREGROUND = [sys.executable, "-m", "slp", "agent", "start", "--foreground"]
+FOREGROUND = [sys.executable, "-m", "slp.server"]
 
 
 def unit_lines(text: str) -> list[str]:
@@ -97,7 +97,7 @@ def test_unit_with_odd_interpreter_path_passes_verify(tmp_path, odd_env):
     unit.write_text(text)
     proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), f"{proc.stdout}{proc.stderr}\n{text}"
-    assert f"ExecStart={quote(str(python))} -m slp agent start --foreground" in text
+    assert f"ExecStart={quote(str(python))} -m slp.server" in text
     assert "%%Q dir/python" in text and "$$" not in text  # no $$: systemd does not expand the path
     # systemd refuses quotes and backslashes in an executable's path whatever the quoting: say so up front.
     with pytest.raises(ServiceError, match="quotes, backslashes"):
@@ -419,4 +419,4 @@ def test_install_drives_systemctl_only_as_needed(fake_systemctl, monkeypatch):
 
 def test_spec_uses_given_interpreter():
     spec = build_spec(Settings(), executable="/opt/py/bin/python3", platform="linux")
-    assert spec.program[:3] == ["/opt/py/bin/python3", "-m", "slp"]
+    assert spec.program == ["/opt/py/bin/python3", "-m", "slp.server"]

@@ -17,7 +17,7 @@ from slp.engine.binary import EngineNotFound, find_engine
 from slp.engine.process import kill_stale, tail_lines
 from slp.models.store import ModelError, ModelStore
 from slp.runstate import agent_health, clear_state, live_state, read_state
-from slp.server.runner import SHUTDOWN_GRACE, AgentError, check_security
+from slp.server.preflight import SHUTDOWN_GRACE, AgentError, check_security
 from slp.service import ServiceError, installed_service, managed_by_service, service_start, service_stop
 from slp.settings import Settings, ensure_private_dir
 
@@ -116,7 +116,7 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
     fd = os.open(settings.paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # not a service's child
-        proc = subprocess.Popen([sys.executable, "-m", "slp", "agent", "start", "--foreground"],
+        proc = subprocess.Popen([sys.executable, "-m", "slp.server"],
                                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
                                 close_fds=True, env=env)
     finally:

@@ -14,12 +14,13 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
 
     The key travels in the environment (LLAMA_API_KEY), not argv, so other local users cannot read it
     from `ps` and bypass the agent. All slots share one KV buffer (--kv-unified) so a single long
-    request can use the whole context window.
+    request can use the whole context window. `--poll 0` (our default) stops idle compute threads from
+    spinning: on a small machine the spin took the cores the agent and the client needed to answer.
     """
     argv = [str(binary), "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
             "--alias", alias, "--ctx-size", str(settings.ctx_size), "--parallel", str(settings.parallel),
             "--kv-unified", "--flash-attn", "on" if settings.flash_attn else "off",
-            "--n-predict", str(settings.max_tokens), "--metrics", "--no-webui"]
+            "--n-predict", str(settings.max_tokens), "--poll", str(settings.poll), "--metrics", "--no-webui"]
     if settings.gpu_layers is not None:
         argv += ["--n-gpu-layers", str(settings.gpu_layers)]
     if settings.embeddings:

@@ -2,22 +2,26 @@
 
 Reading a GGUF parses its whole key/value table (tokenizer vocabularies included), which takes
 seconds on a slow CPU, so `cached_metadata` remembers results per (path, mtime, size): the agent's
-status and model-list calls then cost a `stat()`.
+status and model-list calls then cost a `stat()`. The agent parses in a child process
+(`isolate_parsing`), so gguf and numpy (about 20 MB) never stay resident in it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
-
-import gguf
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from slp.models.store import ModelError
+
+if TYPE_CHECKING:
+    import gguf
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,15 @@ class ModelMetadata:
         return asdict(self)
 
 
-def _field(reader: gguf.GGUFReader, key: str) -> Any:
+def _field(reader: "gguf.GGUFReader", key: str) -> Any:
     field = reader.get_field(key)
     return field.contents() if field is not None else None
 
 
-def _quantization(reader: gguf.GGUFReader) -> str:
+def _quantization(reader: "gguf.GGUFReader") -> str:
     """llama.cpp's name for general.file_type (3 -> Q4_1), else the most common tensor type."""
+    import gguf
+
     file_type = _field(reader, "general.file_type")
     if isinstance(file_type, int):
         try:
@@ -57,6 +63,8 @@ def _quantization(reader: gguf.GGUFReader) -> str:
 
 def read_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
     """Parse `path` as GGUF; anything that is not a complete GGUF file raises ModelError."""
+    import gguf
+
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -79,6 +87,28 @@ def read_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
         size_bytes=size,
         size_label=_field(reader, "general.size_label"),
     )
+
+
+def read_metadata_isolated(path: Union[os.PathLike, str]) -> ModelMetadata:
+    """`read_metadata` in a child process (`python -m slp.models.metadata PATH`)."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "slp.models.metadata", str(path)], capture_output=True,
+                              text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ModelError(f"cannot read {path}: the metadata reader failed ({exc})") from None
+    if proc.returncode == 0:
+        return ModelMetadata(**json.loads(proc.stdout))
+    lines = proc.stderr.strip().splitlines()
+    raise ModelError(lines[-1] if lines else f"cannot read {path}: the metadata reader exited {proc.returncode}")
+
+
+_parse: Callable[[Union[os.PathLike, str]], ModelMetadata] = read_metadata
+
+
+def isolate_parsing() -> None:
+    """From now on parse in a child process (the agent calls this; short-lived commands need not)."""
+    global _parse
+    _parse = read_metadata_isolated
 
 
 _cache: dict[tuple[str, int, int], Union[ModelMetadata, ModelError]] = {}
@@ -130,7 +160,7 @@ def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
             hit = _load_sidecar(path, version)
             if hit is None:
                 try:
-                    hit = read_metadata(path)
+                    hit = _parse(path)
                     _save_sidecar(path, version, hit)
                 except ModelError as exc:
                     hit = exc
@@ -140,3 +170,11 @@ def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
     if isinstance(hit, ModelError):
         raise ModelError(str(hit))
     return hit
+
+
+if __name__ == "__main__":
+    try:
+        print(json.dumps(read_metadata(sys.argv[1]).to_dict()))
+    except ModelError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)

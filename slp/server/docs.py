@@ -17,13 +17,18 @@ from swagger_ui_bundle import swagger_ui_path
 
 from slp.server import keys
 from slp.server.errors import APIError
-from slp.server.openapi import DOCS_STATIC_FILES, build_openapi
 
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
 STATIC_PREFIX = "/docs/static"
 STATIC_DIR = Path(str(swagger_ui_path))
-STATIC_FILES = DOCS_STATIC_FILES  # name -> Content-Type: only what the page uses (no listing, no traversal)
+# Swagger UI's files the page uses, name -> Content-Type: served by name only (no listing, no traversal).
+STATIC_FILES = {
+    "swagger-ui.css": "text/css",
+    "swagger-ui-bundle.js": "text/javascript",
+    "favicon-32x32.png": "image/png",
+    "favicon-16x16.png": "image/png",
+}
 # Readable without an API key: a browser cannot send one when it opens /docs, and these hold no data
 # (every operation tried from the page still needs the key, entered with Swagger's Authorize button).
 PUBLIC_DOC_PATHS = frozenset([OPENAPI_PATH, DOCS_PATH, *(f"{STATIC_PREFIX}/{name}" for name in STATIC_FILES)])
@@ -63,10 +68,14 @@ PAGE = """<!DOCTYPE html>
 def add_docs_routes(app: web.Application) -> None:
     """Register /openapi.json, /docs and /docs/static/… on `app` (call after every other route)."""
     settings = app[keys.SETTINGS]
-    spec = json.dumps(build_openapi(api_key_required=settings.api_key is not None)).encode()
+    spec: list[bytes] = []  # built on first request: the document's models cost memory nobody else needs
 
     async def openapi_json(request: web.Request) -> web.Response:
-        return web.Response(body=spec, content_type="application/json", headers={"Cache-Control": "no-cache"})
+        if not spec:
+            from slp.server.openapi import build_openapi
+
+            spec.append(json.dumps(build_openapi(api_key_required=settings.api_key is not None)).encode())
+        return web.Response(body=spec[0], content_type="application/json", headers={"Cache-Control": "no-cache"})
 
     async def docs_page(request: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html", headers={"Cache-Control": "no-cache"})

@@ -8,6 +8,7 @@ when /metrics is scraped.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.handlers
@@ -20,6 +21,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from slp.engine.supervisor import EngineState
+
+log = logging.getLogger("slp.server")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -104,11 +107,10 @@ class RequestLog:
 
 
 def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: str, model: Optional[str],
-            status: int, started: float, ttft: Optional[float], usage: Optional[dict],
+            status: int, latency: float, ttft: Optional[float], usage: Optional[dict],
             disconnected: bool = False) -> None:
     """Record a finished proxied request's tokens, time to first token and log line (the middleware
     counts every request and its latency)."""
-    latency = time.perf_counter() - started
     prompt = completion = None
     if ttft is not None:
         metrics.ttft.labels(route).observe(ttft)
@@ -128,7 +130,23 @@ def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: st
 
 
 def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
-    """Outermost middleware: every answer is counted; proxied requests also get a request-log line."""
+    """Outermost middleware: every answer is counted; proxied requests also get a request-log line.
+
+    The counting, the usage accounting (parsing the engine's reply, queueing it for the store) and the
+    log line run in a callback scheduled for after the response has been written, so none of it sits
+    between the engine's last byte and the client's."""
+
+    def after(route: str, status: int, latency: float, info: Optional[dict]) -> None:
+        try:
+            metrics.requests.labels(route, str(status), info["project"] if info else "-").inc()
+            metrics.latency.labels(route).observe(latency)
+            if info is not None:
+                usage_from = info.get("usage_from")
+                usage = usage_from() if usage_from is not None else None
+                observe(metrics, request_log, route, info["project"], info.get("model"), status, latency,
+                        info.get("ttft"), usage, info.get("disconnected", False))
+        except Exception:  # noqa: BLE001 - bookkeeping must never take the agent down
+            log.exception("could not account for a %s request", route)
 
     @web.middleware
     async def observer(request: web.Request, handler):
@@ -142,12 +160,8 @@ def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
             status = exc.status
             raise
         finally:
+            latency = time.perf_counter() - started
             route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-            info = request.get("slp")
-            metrics.requests.labels(route, str(status), info["project"] if info else "-").inc()
-            metrics.latency.labels(route).observe(time.perf_counter() - started)
-            if info is not None:
-                observe(metrics, request_log, route, info["project"], info.get("model"), status, started,
-                        info.get("ttft"), info.get("usage"), info.get("disconnected", False))
+            asyncio.get_running_loop().call_soon(after, route, status, latency, request.get("slp"))
 
     return observer

@@ -27,6 +27,7 @@ from slp.projects.schema import (
     SessionDetail,
     SessionSummary,
 )
+from slp.server.docs import STATIC_FILES
 from slp.server.schemas import (
     ENGINE_FIELDS,
     AnthropicCountTokensRequest,
@@ -46,13 +47,7 @@ from slp.settings import DEFAULT_MODEL_ALIAS
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
 EXAMPLE_PROJECT = "general_chat"
-# Swagger UI's files the /docs page uses, served by name under /docs/static/ (see slp.server.docs).
-DOCS_STATIC_FILES = {
-    "swagger-ui.css": "text/css",
-    "swagger-ui-bundle.js": "text/javascript",
-    "favicon-32x32.png": "image/png",
-    "favicon-16x16.png": "image/png",
-}
+DOCS_STATIC_FILES = STATIC_FILES  # Swagger UI's files the /docs page uses, served by slp.server.docs
 
 
 def ref(name: str) -> dict:

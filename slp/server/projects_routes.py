@@ -21,6 +21,7 @@ from slp.projects.store import (
     ProjectStore,
     parse,
 )
+from slp.server import keys
 from slp.server.errors import APIError
 from slp.server.jsonbody import read_json_object
 
@@ -50,6 +51,13 @@ def _validate(model: type, body: dict) -> Any:
         return parse(model, body)
     except ProjectInvalid as exc:
         raise _api_error(exc) from None
+
+
+async def _settled(request: web.Request) -> None:
+    """Let the usage recorder write what it holds, so reads include every answered request."""
+    recorder = request.app.get(keys.RECORDER)  # absent where only the project routes are mounted
+    if recorder is not None:
+        await recorder.flush()
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -87,6 +95,7 @@ def add_project_routes(app: web.Application, store: ProjectStore, model_exists: 
         return _json(project.model_dump(mode="json"))
 
     async def delete_project(request: web.Request) -> web.Response:
+        await _settled(request)
         project = await _call(store.delete, request.match_info["project"])
         return _json({"id": project.id, "object": "project.deleted", "deleted": True})
 
@@ -95,14 +104,17 @@ def add_project_routes(app: web.Application, store: ProjectStore, model_exists: 
         return _json(project.model_dump(mode="json"))
 
     async def project_usage(request: web.Request) -> web.Response:
+        await _settled(request)
         usage = await _call(store.usage, request.match_info["project"])
         return _json(usage.model_dump(mode="json"))
 
     async def list_sessions(request: web.Request) -> web.Response:
+        await _settled(request)
         sessions = await _call(store.sessions, request.match_info["project"])
         return _json({"object": "list", "data": [s.model_dump(mode="json") for s in sessions]})
 
     async def get_session(request: web.Request) -> web.Response:
+        await _settled(request)
         detail = await _call(store.session, request.match_info["project"], request.match_info["session_id"])
         return _json(detail.model_dump(mode="json"))
 

@@ -9,9 +9,11 @@ after they were sent, and stored by a background writer, off the request path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import aiohttp
@@ -61,6 +63,7 @@ class Proxy:
 
     def __init__(self, app: web.Application):
         self.app = app
+        self._resolved: dict[str, tuple[int, Path]] = {}  # model name -> (models folder mtime, file)
 
     # ------------------------------------------------------------------ handlers
 
@@ -99,15 +102,32 @@ class Proxy:
         except ProjectError as exc:
             raise APIError(400, str(exc), code=exc.code, param=exc.param)
 
-    async def _engine_for(self, model_name: str) -> str:
-        """Make sure the engine serves `model_name` and is ready; returns its base URL."""
-        model = self.app[keys.MODELS].resolve(model_name)
+    def _model_path(self, model_name: str) -> Path:
+        """The file behind a model name; remembered until the models folder changes (one stat instead
+        of a resolve per request). Unknown names are an OpenAI-style 404."""
+        store = self.app[keys.MODELS]
+        try:
+            stamp = store.root.stat().st_mtime_ns
+        except OSError:
+            stamp = -1
+        known = self._resolved.get(model_name)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        model = store.resolve(model_name)
         if model is None:
             raise APIError(404, f"The model '{model_name}' does not exist or is not installed; "
                            "see GET /v1/models or `slp model list`", code="model_not_found", param="model")
+        if len(self._resolved) > 256:
+            self._resolved.clear()
+        self._resolved[model_name] = (stamp, model.path)
+        return model.path
+
+    async def _engine_for(self, model_name: str) -> str:
+        """Make sure the engine serves `model_name` and is ready; returns its base URL."""
+        path = self._model_path(model_name)
         supervisor = self.app[keys.SUPERVISOR]
-        if supervisor.model_path != model.path:
-            supervisor.use_model(model.path)  # one engine at a time: switching restarts it; requests wait
+        if supervisor.model_path != path:
+            supervisor.use_model(path)  # one engine at a time: switching restarts it; requests wait
         if supervisor.state is not EngineState.READY:
             await supervisor.wait_ready(self.app[keys.SETTINGS].request_wait_timeout)
         return supervisor.base_url
@@ -132,8 +152,8 @@ class Proxy:
                 data = await upstream.read()
                 if upstream.status != 200:
                     return engine_error(upstream.status, data)
-                if account:
-                    info["usage"] = self._account_json(data, project, session)
+                if account:  # parsed after the response has left (see observe.make_observer)
+                    info["usage_from"] = functools.partial(self._account_json, data, project, session)
                 return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
         finally:
             limiter.release()
@@ -192,7 +212,7 @@ class Proxy:
             log.warning("stream for project %s ended early: %s", project.name, failure)
             info["engine_failed"] = failure
         else:
-            info["usage"] = self._account_stream(bytes(seen), project, session)
+            info["usage_from"] = functools.partial(self._account_stream, bytes(seen), project, session)
         try:
             await response.write_eof()
         except (ConnectionResetError, RuntimeError):
@@ -295,12 +315,20 @@ class Limiter:
 
 
 class Recorder:
-    """Stores usage and conversations in the project store from one background task, in order."""
+    """Stores usage and conversations in the project store from one background task, in order.
+
+    Records are written in batches, one thread hop each, at most BATCH_SECONDS after the first of a
+    batch: a hop per request cost more agent CPU than the writes. Readers call `flush()` first, so a
+    usage or session read always includes every answered request.
+    """
+
+    BATCH_SECONDS = 0.25
 
     def __init__(self, store: Any):
         self._store = store
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
         self._task: Optional[asyncio.Task] = None
+        self._now = asyncio.Event()
 
     def record(self, project_id: str, usage: Optional[dict], session: Optional[Session],
                assistant: Optional[dict]) -> None:
@@ -314,17 +342,24 @@ class Recorder:
 
     async def stop(self) -> None:
         """Write what is queued, then stop (graceful shutdown keeps every acknowledged exchange)."""
-        await self._queue.join()
+        await self.flush()
         if self._task:
             self._task.cancel()
 
     async def flush(self) -> None:
+        """Return once everything recorded so far is in the store."""
+        self._now.set()
         await self._queue.join()
 
     async def _drain(self) -> None:
-        """Write whatever has queued up in one thread hop: a hop costs more than the writes."""
         while True:
             batch = [await self._queue.get()]
+            if not self._now.is_set():
+                try:
+                    await asyncio.wait_for(self._now.wait(), self.BATCH_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+            self._now.clear()
             while len(batch) < 512 and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 import signal
@@ -29,32 +28,11 @@ from slp.projects.store import ProjectStore
 from slp.runstate import clear_state, live_state, read_state, write_state
 from slp.server import keys
 from slp.server.app import apply_settings, create_app
+from slp.server.preflight import SHUTDOWN_GRACE, AgentError, check_security  # noqa: F401 - re-exported
 from slp.service.notify import ServiceNotifier, under_systemd
 from slp.settings import Settings, ensure_private_dir
 
 log = logging.getLogger("slp.agent")
-
-SHUTDOWN_GRACE = 10.0  # seconds in-flight responses get to finish on stop
-
-
-class AgentError(Exception):
-    """The agent cannot start: one line that says why and what to do."""
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost",):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_security(settings: Settings) -> None:
-    if not is_loopback(settings.host) and settings.api_key is None:
-        raise AgentError(f"refusing to listen on {settings.host} without an API key: anyone on the network "
-                         "could use it; set SLP_API_KEY (clients send 'Authorization: Bearer <key>')")
-
 
 def pick_model(settings: Settings) -> Path:
     """The model the engine starts with: the active project's, else `settings.model` (fetched if it is
@@ -193,7 +171,10 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
 
 
 def run_foreground(settings: Settings) -> None:
-    """Blocking entry point for `slp agent start --foreground` (and services)."""
+    """Blocking entry point for `python -m slp.server` and `slp agent start --foreground`."""
+    from slp.models.metadata import isolate_parsing
+
+    isolate_parsing()  # a long-lived process: keep gguf and numpy out of it
     setup_logging(settings)
     try:
         import uvloop

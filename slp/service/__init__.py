@@ -112,12 +112,12 @@ def service_environment(environ: Optional[Mapping[str, str]] = None, platform: O
 
 def build_spec(settings: "Settings", environ: Optional[Mapping[str, str]] = None,
                executable: Optional[str] = None, platform: Optional[str] = None) -> ServiceSpec:
-    from slp.server.runner import SHUTDOWN_GRACE
+    from slp.server.preflight import SHUTDOWN_GRACE
 
     python = os.path.abspath(executable or sys.executable)  # not resolved: a venv's python is a symlink
     start = MODEL_FETCH_ALLOWANCE + (settings.max_restarts + 1) * (settings.start_timeout + 5)
     stop = SHUTDOWN_GRACE + settings.stop_grace + STOP_MARGIN
-    return ServiceSpec(program=[python, "-m", "slp", "agent", "start", "--foreground"],
+    return ServiceSpec(program=[python, "-m", "slp.server"],  # the agent alone, without the CLI
                        environment=service_environment(environ, platform),
                        agent_log=settings.paths.agent_log,
                        start_timeout=int(math.ceil(start)), stop_timeout=int(math.ceil(stop)))

@@ -1,0 +1,39 @@
+"""`python -m slp.server`: the agent process itself, as `slp agent start` and the services run it.
+
+It skips the CLI (typer, rich and every command module), so the long-lived process holds only what
+serving needs. Problems the user must fix end as one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pydantic import ValidationError
+
+from slp.server.runner import AgentError, run_foreground
+from slp.settings import Settings, paths
+
+
+def main() -> int:
+    os.umask(0o077)  # as the CLI: every file the agent and its engine create is the user's only
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(part) for part in err.get("loc", ())) or "settings"
+        print(f"Error: invalid setting '{field}': {err['msg']}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:  # an unreadable or malformed config.toml
+        print(f"Error: cannot read {paths().config_file}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        run_foreground(settings)
+    except AgentError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
