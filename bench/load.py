@@ -118,6 +118,27 @@ async def _stream_once(session: aiohttp.ClientSession, url: str, payload: bytes,
                         events=events, total_s=end - t0, decode_s=times[-1] - times[0])
 
 
+async def _measured(batch: Batch, session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict,
+                    stream: bool) -> None:
+    """One request into `batch`; a pooled connection the server had just closed is retried once."""
+    async def once() -> None:
+        if stream:
+            batch.streams.append(await _stream_once(session, url, payload, headers))
+        else:
+            batch.latencies_s.append(await _post_once(session, url, payload, headers))
+
+    try:
+        try:
+            await once()
+        except RETRYABLE:  # the server closed a pooled connection as we reused it: once more, timed anew
+            batch.retries += 1
+            await once()
+    except TimeoutError:
+        raise BenchError(f"{url} did not answer completely within {REQUEST_TIMEOUT_S:.0f} s")
+    except aiohttp.ClientError as exc:
+        raise BenchError(f"{url} failed: {exc.__class__.__name__}: {str(exc)[:300]}")
+
+
 async def run_batch(session: aiohttp.ClientSession, url: str, body: dict, headers: dict, requests: int,
                     concurrency: int, stream: bool) -> Batch:
     """`requests` requests by `concurrency` workers; each worker sends its next one as soon as it is done."""
@@ -126,24 +147,9 @@ async def run_batch(session: aiohttp.ClientSession, url: str, body: dict, header
     todo = iter(range(requests))
     batch = Batch(wall_s=0.0, client_cpu_s=0.0)
 
-    async def once() -> None:
-        if stream:
-            batch.streams.append(await _stream_once(session, url, payload, headers))
-        else:
-            batch.latencies_s.append(await _post_once(session, url, payload, headers))
-
     async def worker() -> None:
         for _ in todo:  # shared iterator: the loop is single-threaded, so each index is taken once
-            try:
-                try:
-                    await once()
-                except RETRYABLE:  # the server closed a pooled connection as we reused it: once more, timed anew
-                    batch.retries += 1
-                    await once()
-            except TimeoutError:
-                raise BenchError(f"{url} did not answer completely within {REQUEST_TIMEOUT_S:.0f} s")
-            except aiohttp.ClientError as exc:
-                raise BenchError(f"{url} failed: {exc.__class__.__name__}: {str(exc)[:300]}")
+            await _measured(batch, session, url, payload, headers, stream)
 
     cpu0, t0 = os.times(), time.perf_counter()
     tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, requests))]
@@ -156,6 +162,27 @@ async def run_batch(session: aiohttp.ClientSession, url: str, body: dict, header
     batch.wall_s = time.perf_counter() - t0
     batch.client_cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return batch
+
+
+async def run_alternating(targets: list[tuple[aiohttp.ClientSession, str, dict, dict]], requests: int,
+                          stream: bool) -> list[Batch]:
+    """Concurrency 1, request by request, taking turns: A B, B A, A B, ... Drift in the machine's speed
+    (other load, frequency, the engines' caches) then hits every target alike, which batches of one
+    target after the other cannot promise. `targets`: (session, url, headers, body) each. Returns one
+    Batch per target (wall_s: the time its own requests took)."""
+    payloads = [json.dumps(body).encode() for *_, body in targets]
+    batches = [Batch(wall_s=0.0, client_cpu_s=0.0) for _ in targets]
+    for i in range(requests):
+        order = list(range(len(targets))) if i % 2 == 0 else list(reversed(range(len(targets))))
+        for k in order:
+            session, url, headers, _ = targets[k]
+            cpu0, t0 = os.times(), time.perf_counter()
+            await _measured(batches[k], session, url, payloads[k], {"Content-Type": "application/json", **headers},
+                            stream)
+            cpu1 = os.times()
+            batches[k].wall_s += time.perf_counter() - t0
+            batches[k].client_cpu_s += (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return batches
 
 
 async def first_token_s(session: aiohttp.ClientSession, url: str, body: dict, headers: dict) -> float:

@@ -42,6 +42,7 @@ def _rows() -> list[Row]:
                      higher_is_better=True),
                  Row("b", f"stream, c={c}: tokens/s per stream (decode)", f"b.c{c}.stream_tokens_per_s", "tok/s",
                      higher_is_better=True)]
+    rows += [Row("b", "time to first token, c=1, short streams taking turns (p50)", "b.ttft_ms", "ms")]
     rows += [Row("c", "CPU seconds per 1,000 tiny requests", "c.cpu_s_per_1k_requests", "s", COST),
              Row("c", "CPU seconds per 10,000 streamed chunks", "c.cpu_s_per_10k_chunks", "s", COST),
              Row("c", "RSS just after start", "c.rss_start_mb", "MB", COST),
@@ -114,7 +115,7 @@ GOALS = [
          lambda v: v >= 0.98, lambda v: f"{v * 100:.1f} %"),
     Goal("stream tokens/s, c=8, vs direct", "≥ 98 %", lambda s: s.ratio("agent", "b.c8.tokens_per_s"),
          lambda v: v >= 0.98, lambda v: f"{v * 100:.1f} %"),
-    Goal("added time to first token, c=1", "≤ 2 ms", lambda s: s.added("agent", "b.c1.ttft_ms"),
+    Goal("added time to first token, c=1", "≤ 2 ms", lambda s: s.added("agent", "b.ttft_ms"),
          lambda v: v <= 2.0, lambda v: f"{v:+.2f} ms"),
     Goal("agent idle RSS", "≤ 60 MB", lambda s: s.median("agent", "c.rss_idle_mb"),
          lambda v: v <= 60.0, lambda v: f"{v:.1f} MB"),

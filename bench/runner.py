@@ -8,6 +8,7 @@ both sides equally. Summaries are taken per repeat, then medians over repeats (r
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import statistics
@@ -16,14 +17,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from slp.engine.binary import EngineNotFound, find_engine
 from slp.models.store import ModelStore
 from slp.settings import Settings
 
 from bench.facts import machine_facts
-from bench.load import Batch, BenchError, first_token_s, run_batch
+from bench.load import Batch, BenchError, first_token_s, run_alternating, run_batch
 from bench.targets import Agent, DirectEngine, External, Target, agent_env, engine_alias, free_port, \
     process_cpu_s, process_rss
 
@@ -37,7 +38,8 @@ MB = 1024 * 1024
 class Options:
     repeats: int = 3
     requests: int = 60           # tiny requests per (concurrency, target, repeat); at least 2x the concurrency
-    stream_requests: int = 2     # streamed requests per target and repeat at c=1 (c=8 sends 8)
+    stream_requests: int = 3     # streamed requests per target and repeat at c=1 (c=8 sends 8)
+    ttft_requests: int = 16      # short streams per target and repeat for time to first token (c=1)
     max_tokens: int = 128
     cold_repeats: int = 3
     only: tuple[str, ...] = WORKLOADS
@@ -49,7 +51,8 @@ class Options:
 
     @classmethod
     def quick_mode(cls, **kw) -> "Options":
-        return cls(repeats=2, requests=8, stream_requests=1, max_tokens=16, cold_repeats=1, quick=True, **kw)
+        return cls(repeats=2, requests=8, stream_requests=1, ttft_requests=4, max_tokens=16, cold_repeats=1,
+                   quick=True, **kw)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -141,6 +144,24 @@ class Bench:
             self.peaks[target.name] = max(self.peaks.get(target.name, 0), sampler.peak)
         return result, cpu
 
+    async def measure(self, targets: list[Target], repeat: int, body: Callable[[str], dict], requests: int,
+                      concurrency: int, stream: bool) -> list[tuple[Target, Batch, Optional[float]]]:
+        """(target, batch, its process's CPU seconds) for each target. At concurrency 1 the targets take
+        turns request by request (see run_alternating); above it, each runs its batch in turn."""
+        ordered = self.ordered(targets, repeat)
+        if concurrency > 1:
+            return [(t, *await self.batch(t, body(t.model), requests, concurrency, stream)) for t in ordered]
+        cpu0 = [process_cpu_s(t.pid) for t in ordered]
+        batches = await run_alternating([(t.open_session(), t.base + "/chat/completions", t.headers, body(t.model))
+                                         for t in ordered], requests, stream)
+        out = []
+        for t, b, c0 in zip(ordered, batches, cpu0):
+            c1 = process_cpu_s(t.pid)
+            if b.retries:
+                self.retries[t.name] = self.retries.get(t.name, 0) + b.retries
+            out.append((t, b, c1 - c0 if c0 is not None and c1 is not None else None))
+        return out
+
     @staticmethod
     def ordered(targets: list[Target], repeat: int) -> list[Target]:
         """direct, agent on even repeats; agent, direct on odd ones; extra targets after them."""
@@ -153,8 +174,7 @@ class Bench:
         cost: dict[str, list[float]] = {}  # target -> [CPU seconds, requests]
         for conc in TINY_CONCURRENCY:
             n = max(self.opts.requests, conc if self.opts.quick else 2 * conc)
-            for target in self.ordered(targets, repeat):
-                b, cpu = await self.batch(target, self.tiny_body(target.model), n, conc, stream=False)
+            for target, b, cpu in await self.measure(targets, repeat, self.tiny_body, n, conc, stream=False):
                 lat_ms = [x * 1000 for x in b.latencies_s]
                 self.put(target.name, f"a.c{conc}.p50_ms", percentile(lat_ms, 50))
                 self.put(target.name, f"a.c{conc}.p99_ms", percentile(lat_ms, 99))
@@ -171,8 +191,7 @@ class Bench:
         cost: dict[str, list[float]] = {}  # target -> [CPU seconds, SSE events]
         for conc in STREAM_CONCURRENCY:
             n = max(self.opts.stream_requests, conc)
-            for target in self.ordered(targets, repeat):
-                b, cpu = await self.batch(target, self.stream_body(target.model), n, conc, stream=True)
+            for target, b, cpu in await self.measure(targets, repeat, self.stream_body, n, conc, stream=True):
                 s = b.streams
                 tokens = sum(x.completion_tokens or x.tokens for x in s)
                 gaps_ms = [g * 1000 for x in s for g in x.gaps_s]
@@ -192,6 +211,10 @@ class Bench:
                     c[1] += sum(x.events for x in s)
         for name, (cpu, chunks) in cost.items():
             self.put(name, "c.cpu_s_per_10k_chunks", cpu / chunks * 10000)
+        # Time to first token wants many samples: short streams, the targets taking turns.
+        short = functools.partial(self.stream_body, max_tokens=4)
+        for target, b, _ in await self.measure(targets, repeat, short, self.opts.ttft_requests, 1, stream=True):
+            self.put(target.name, "b.ttft_ms", statistics.median(x.ttft_s * 1000 for x in b.streams))
 
     async def cold_start(self, direct: DirectEngine, agent: Agent, repeat: int) -> None:
         body = self.stream_body(agent.model, max_tokens=4)

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,27 @@ def test_truncated_gguf_is_refused(tmp_path, real_gguf):
         out.write(src.read(real_gguf.stat().st_size - 100))
     with pytest.raises(ModelError, match=r"truncated\.gguf is not a valid GGUF model: "):
         read_metadata(truncated)
+
+
+def test_isolated_reader_gives_the_same_facts_in_a_child_process(tmp_path, real_gguf):
+    from slp.models.metadata import read_metadata_isolated
+
+    assert read_metadata_isolated(real_gguf) == read_metadata(real_gguf)
+    truncated = tmp_path / "truncated.gguf"
+    with open(real_gguf, "rb") as src, open(truncated, "wb") as out:
+        out.write(src.read(4096))
+    with pytest.raises(ModelError, match=r"truncated\.gguf is not a valid GGUF model: "):
+        read_metadata_isolated(truncated)
+
+
+def test_the_agent_entry_point_loads_neither_the_cli_nor_gguf():
+    """The long-lived agent process imports only what serving needs (idle memory is a target)."""
+    code = ("import sys, slp.server.__main__, slp.server.app; "
+            "print(sorted(m for m in ('numpy', 'gguf', 'typer', 'rich', 'slp.cli', 'slp.server.openapi') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 # --- store ---------------------------------------------------------------------------------------

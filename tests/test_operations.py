@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
+import psutil
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -122,3 +124,39 @@ def test_crash_restarts_are_counted_by_reason(fresh_agent):
     agent.start()
     os.kill(agent.engine_pid(), signal.SIGKILL)
     wait_for(lambda: value(samples(agent), "slp_engine_restarts_total", reason="crash") == 1, 20, "the crash metric")
+
+
+def test_engine_threads_do_not_spin_by_default_and_poll_is_a_setting(fresh_agent):
+    """--poll 0 by default: idle engine threads sleep instead of taking the cores the agent needs."""
+    from slp.engine.command import engine_command
+    from slp.settings import Settings
+
+    argv = engine_command(Settings(), Path("llama-server"), Path("m.gguf"), 1, "k", "a").argv
+    assert argv[argv.index("--poll") + 1] == "0"
+    argv = engine_command(Settings(poll=50), Path("llama-server"), Path("m.gguf"), 1, "k", "a").argv
+    assert argv[argv.index("--poll") + 1] == "50"
+    agent = fresh_agent(poll="25")
+    agent.start()
+    engine = psutil.Process(agent.engine_pid())
+    cmdline = engine.cmdline()
+    assert cmdline[cmdline.index("--poll") + 1] == "25"
+
+
+def test_agent_reads_a_new_model_s_metadata_without_loading_gguf(fresh_agent, default_model, tmp_path):
+    """A model the agent has never seen: status still reports its GGUF facts, parsed in a child process,
+    and the agent itself never maps numpy (gguf's dependency) into memory."""
+    models = tmp_path / "models"
+    models.mkdir()
+    try:
+        os.link(default_model, models / default_model.name)
+    except OSError:
+        import shutil
+
+        shutil.copy2(default_model, models / default_model.name)
+    agent = fresh_agent(models_dir=str(models))
+    agent.start()
+    info = agent.status()
+    assert info["quantization"] == "Q4_1" and info["model"]["context_length"] == 8192
+    assert (models / f".{default_model.name}.meta.json").is_file()
+    maps = Path(f"/proc/{agent.state()['agent_pid']}/maps").read_text()
+    assert "numpy" not in maps and "_pydantic_core" in maps  # the check would see a mapped extension
