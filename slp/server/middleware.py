@@ -6,6 +6,7 @@ OpenAI envelope; the host check runs before auth so a rebinding page learns noth
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -77,11 +78,15 @@ def host_is_allowed(host_header: str, allowed: Iterable[str]) -> bool:
 def make_host_check(allowed_hosts: Iterable[str]) -> Callable:
     allowed = tuple(allowed_hosts)
 
+    @functools.lru_cache(maxsize=256)  # clients send the same few Host values: parse each once
+    def allowed_host(host_header: str) -> bool:
+        return host_is_allowed(host_header, allowed)
+
     @web.middleware
     async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse requests whose Host is not ours: a web page that rebinds a DNS name to 127.0.0.1
         would otherwise reach the agent with the browser's credentials-free fetches."""
-        if not host_is_allowed(request.host or "", allowed):
+        if not allowed_host(request.host or ""):
             raise APIError(403, f"Host {request.host!r} is not allowed; add it to SLP_ALLOWED_HOSTS",
                            code="host_not_allowed")
         return await handler(request)
