@@ -22,6 +22,7 @@ from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, 
 from slp.projects.store import ProjectStore
 from slp.server import keys
 from slp.server.docs import PUBLIC_DOC_PATHS, add_docs_routes
+from slp.server.engine_client import EngineClient
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import add_project_routes
 from slp.server.proxy import Limiter, ProjectCache, Proxy, Recorder
@@ -79,13 +80,9 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app[keys.ENGINE_AUTH] = f"Bearer {engine_key}"
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        http = aiohttp.ClientSession(
-            # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
-            # its accept queue in no order. Waiting in our pool instead is first come, first served.
-            # It drops idle keep-alive connections after 5 s: let ours go first.
-            connector=aiohttp.TCPConnector(limit=settings.parallel + 4, keepalive_timeout=4,
-                                           enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), auto_decompress=False)
+        # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
+        # its accept queue in no order. Waiting in our client instead is first come, first served.
+        http = EngineClient(limit=settings.parallel + 4)
         # Health probes and metrics scrapes must never queue behind requests in that pool.
         control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=4))
         app[keys.ENGINE_HTTP] = http
@@ -159,6 +156,7 @@ def apply_settings(app: web.Application, new: Settings) -> dict:
                          health_timeout=applied.health_timeout, stop_grace=applied.stop_grace,
                          max_restarts=applied.max_restarts, restart_window=applied.restart_window)
     app[keys.LIMITER].limit = applied.parallel + applied.max_queue
+    app[keys.ENGINE_HTTP].limit = applied.parallel + 4
     if any(name in ENGINE_SETTINGS for name in changed):
         supervisor.restart("config")
     result = {"loaded_at": time.time(), "error": None, "changed": [n for n in changed if n not in fixed],

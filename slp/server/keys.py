@@ -8,13 +8,14 @@ from aiohttp import web
 from slp.engine.supervisor import Supervisor
 from slp.models.store import ModelStore
 from slp.projects.store import ProjectStore
+from slp.server.engine_client import EngineClient
 from slp.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 MODELS = web.AppKey("models", ModelStore)
 PROJECTS = web.AppKey("projects", ProjectStore)
-ENGINE_HTTP = web.AppKey("engine_http", aiohttp.ClientSession)  # requests (a pool the size of the engine's)
+ENGINE_HTTP = web.AppKey("engine_http", EngineClient)  # requests (as many at once as the engine serves)
 ENGINE_CONTROL_HTTP = web.AppKey("engine_control_http", aiohttp.ClientSession)  # health probes, /metrics
 ENGINE_AUTH = web.AppKey("engine_auth", str)  # "Bearer <key>" for the engine's private API key
 ENGINE_BUILD = web.AppKey("engine_build", dict)  # the build record of the engine binary (may be empty)

@@ -24,6 +24,7 @@ from slp.projects.schema import Project
 from slp.projects.shaping import shape_chat, shape_plain
 from slp.projects.store import ProjectError, ProjectNotFound
 from slp.server import keys
+from slp.server.engine_client import EngineConnectionError, EngineResponse, EngineStreamError
 from slp.server.errors import APIError, error_response
 from slp.server.jsonbody import read_json_object, validate
 from slp.server.schemas import ChatCompletionRequest
@@ -31,7 +32,6 @@ from slp.server.schemas import ChatCompletionRequest
 log = logging.getLogger("slp.proxy")
 
 _DONE = b"data: [DONE]"
-STALE_RETRIES = 4
 _TAIL_BYTES = 16384  # the usage chunk is the last event before [DONE]; this much tail always holds it
 Session = tuple[str, list]  # (session_id, the caller's messages) of a request to store as a conversation
 
@@ -122,15 +122,15 @@ class Proxy:
         self._resolved[model_name] = (stamp, model.path)
         return model.path
 
-    async def _engine_for(self, model_name: str) -> str:
-        """Make sure the engine serves `model_name` and is ready; returns its base URL."""
+    async def _engine_for(self, model_name: str) -> int:
+        """Make sure the engine serves `model_name` and is ready; returns its port."""
         path = self._model_path(model_name)
         supervisor = self.app[keys.SUPERVISOR]
         if supervisor.model_path != path:
             supervisor.use_model(path)  # one engine at a time: switching restarts it; requests wait
         if supervisor.state is not EngineState.READY:
             await supervisor.wait_ready(self.app[keys.SETTINGS].request_wait_timeout)
-        return supervisor.base_url
+        return supervisor.port
 
     async def _forward(self, request: web.Request, path: str, body: dict, project: Project,
                        session: Optional[Session], end_marker: bytes = _DONE,
@@ -141,15 +141,20 @@ class Proxy:
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
         info = request["slp"] = {"project": project.name, "model": body.get("model") or project.model}
         try:
-            base = await self._engine_for(info["model"])
+            port = await self._engine_for(info["model"])
             payload = json.dumps(body).encode()
-            http: aiohttp.ClientSession = self.app[keys.ENGINE_HTTP]
             headers = {"Content-Type": "application/json", "Authorization": self.app[keys.ENGINE_AUTH]}
-            upstream = await self._post(http, base + path, payload, headers)
+            try:
+                upstream = await self.app[keys.ENGINE_HTTP].post("127.0.0.1", port, path, payload, headers)
+            except EngineConnectionError as exc:
+                raise EngineUnavailable(str(exc), EngineState.RESTARTING, 2)
             async with upstream:
                 if body.get("stream") and upstream.status == 200:
                     return await self._stream(request, upstream, project, session, end_marker)
-                data = await upstream.read()
+                try:
+                    data = await upstream.read()
+                except EngineStreamError as exc:
+                    raise EngineUnavailable(str(exc), EngineState.RESTARTING, 2)
                 if upstream.status != 200:
                     return engine_error(upstream.status, data)
                 if account:  # parsed after the response has left (see observe.make_observer)
@@ -158,22 +163,7 @@ class Proxy:
         finally:
             limiter.release()
 
-    @staticmethod
-    async def _post(http: aiohttp.ClientSession, url: str, payload: bytes, headers: dict) -> aiohttp.ClientResponse:
-        """POST to the engine, retrying when a pooled keep-alive connection turns out to have been closed
-        by the engine just before we used it (the request was not processed then). Under a burst several
-        pooled connections can be stale at once, hence a few tries, each taking the next connection."""
-        for attempt in range(1, STALE_RETRIES + 1):
-            try:
-                return await http.post(url, data=payload, headers=headers)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == STALE_RETRIES:
-                    raise EngineUnavailable(f"engine connection failed: {exc}", EngineState.RESTARTING, 2)
-            except (aiohttp.ClientError, OSError) as exc:
-                raise EngineUnavailable(f"engine connection failed: {exc}", EngineState.RESTARTING, 2)
-        raise AssertionError("unreachable")
-
-    async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse, project: Project,
+    async def _stream(self, request: web.Request, upstream: EngineResponse, project: Project,
                       session: Optional[Session], end_marker: bytes) -> web.StreamResponse:
         """Pass SSE bytes through as they arrive. Client gone: close upstream so the engine stops.
         Engine gone: end the stream with an error event, never a silently truncated success."""
@@ -185,7 +175,7 @@ class Proxy:
         failure: Optional[str] = None
         info = request["slp"]
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.iter_chunks():
                 if not seen:
                     info["ttft"] = time.perf_counter() - request["slp_started"]
                 try:
@@ -197,7 +187,7 @@ class Proxy:
                 seen += chunk
                 if not keep_all and len(seen) > 2 * _TAIL_BYTES:
                     del seen[:-_TAIL_BYTES]
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        except (EngineStreamError, asyncio.TimeoutError) as exc:
             failure = f"engine stream broke: {exc.__class__.__name__}"
         if failure is None and end_marker not in seen[-4096:]:
             failure = f"engine stream ended before {end_marker.decode()}"

@@ -1,0 +1,230 @@
+"""The agent's HTTP/1.1 client for its own engine: pooled keep-alive connections over asyncio streams.
+
+Why not aiohttp's ClientSession here: its per-request machinery (URL objects, cookie jar, tracing hooks,
+header multidicts, response objects) was about 0.4 ms of the agent's 1.3 ms at concurrency 1 on the
+2-core reference machine (bench/, README "Performance"). The peer is always one llama-server on
+loopback, speaking plain HTTP/1.1 with Content-Length or chunked bodies, so a small client covers it.
+Everything else the agent fetches (health probes, metrics) still goes through aiohttp.
+
+- At most `limit` requests at once (the engine's HTTP threads); later ones wait here, first come first
+  served, rather than in the engine's accept queue in no order.
+- An idle connection is dropped after KEEPALIVE_S, before the engine's own 5 s idle timeout closes it;
+  one the engine closed anyway is noticed before any response byte arrives, and the request is sent
+  again on another connection (it was never processed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import AsyncIterator, Optional
+
+KEEPALIVE_S = 4.0
+CONNECT_TIMEOUT_S = 5.0
+STALE_RETRIES = 4
+_MAX_HEAD = 64 * 1024
+
+
+class EngineConnectionError(Exception):
+    """The engine could not be reached, or hung up before answering."""
+
+
+class EngineStreamError(Exception):
+    """The engine's reply broke off (connection lost or malformed framing) after it had begun."""
+
+
+class _Connection:
+    __slots__ = ("key", "reader", "writer", "idle_since")
+
+    def __init__(self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.key, self.reader, self.writer, self.idle_since = key, reader, writer, 0.0
+
+    def usable(self) -> bool:
+        return (not self.writer.is_closing() and not self.reader.at_eof()
+                and time.monotonic() - self.idle_since < KEEPALIVE_S)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class EngineResponse:
+    """One reply: `status`, `content_type`, then `read()` or `iter_chunks()` (never both), and
+    `close()` to drop the connection early (the engine then stops generating)."""
+
+    def __init__(self, client: "EngineClient", conn: _Connection, status: int, headers: dict[str, str]):
+        self._client, self._conn = client, conn
+        self.status, self.headers = status, headers
+        self.content_type = headers.get("content-type", "").split(";", 1)[0].strip()
+        self._done = False
+
+    async def __aenter__(self) -> "EngineResponse":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def read(self) -> bytes:
+        try:
+            if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                body = b"".join([chunk async for chunk in self._chunks()])
+            elif "content-length" in self.headers:
+                body = await self._conn.reader.readexactly(int(self.headers["content-length"]))
+                self._finish(reusable=self.headers.get("connection", "").lower() != "close")
+            else:
+                body = await self._conn.reader.read()  # until the engine closes the connection
+                self._finish(reusable=False)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            self.close()
+            raise EngineStreamError(f"engine reply broke off: {exc.__class__.__name__}") from None
+        return body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (for a chunked reply: each chunk's data, framing removed)."""
+        if self.headers.get("transfer-encoding", "").lower() != "chunked":
+            yield await self.read()
+            return
+        try:
+            async for chunk in self._chunks():
+                yield chunk
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            self.close()
+            raise EngineStreamError(f"engine stream broke off: {exc.__class__.__name__}") from None
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        reader = self._conn.reader
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0], 16)
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
+                    pass
+                self._finish(reusable=self.headers.get("connection", "").lower() != "close")
+                return
+            data = await reader.readexactly(size + 2)
+            if data[-2:] != b"\r\n":
+                raise ValueError("chunk not followed by CRLF")
+            yield data[:-2]
+
+    def _finish(self, reusable: bool) -> None:
+        if not self._done:
+            self._done = True
+            self._client._release(self._conn, reusable)
+
+    def close(self) -> None:
+        """Done with this reply: a fully read one returns its connection to the pool, else it is closed."""
+        if not self._done:
+            self._conn.close()
+            self._finish(reusable=False)
+
+
+class EngineClient:
+    """POSTs to one engine at a time (its port changes when it restarts: connections to an old port
+    are simply never reused)."""
+
+    def __init__(self, limit: int):
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._slots = asyncio.Semaphore(limit)
+        self._limit = limit
+        self._shrink = 0  # slots to withhold as requests end, after the limit was lowered
+        self._closed = False
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        """Resize (config reload): growing frees slots at once, shrinking takes effect as requests end."""
+        for _ in range(value - self._limit):
+            self._slots.release()
+        self._shrink += max(0, self._limit - value)
+        self._limit = value
+
+    async def post(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> EngineResponse:
+        """Send; return once the status line and headers are in. Raises EngineConnectionError."""
+        if self._closed:
+            raise EngineConnectionError("engine client closed")
+        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        await self._slots.acquire()
+        try:
+            for attempt in range(1, STALE_RETRIES + 1):
+                conn, reused = await self._connection(host, port)
+                try:
+                    conn.writer.write(request)
+                    status, fields = await self._read_head(conn.reader)
+                except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+                    conn.close()
+                    if reused and attempt < STALE_RETRIES:
+                        continue  # the engine had closed it: the request was not processed
+                    raise EngineConnectionError(f"engine connection failed: {exc.__class__.__name__}") from None
+                except ValueError as exc:
+                    conn.close()
+                    raise EngineConnectionError(f"engine sent a malformed reply: {exc}") from None
+                except BaseException:  # cancelled: the connection is in an unknown state
+                    conn.close()
+                    raise
+                return EngineResponse(self, conn, status, fields)
+            raise AssertionError("unreachable")
+        except BaseException:
+            self._give_slot()  # the response that would have given it back was never made
+            raise
+
+    async def _connection(self, host: str, port: int) -> tuple[_Connection, bool]:
+        key = (host, port)
+        if key not in self._idle:  # a new engine (restarts pick a new port): the old one's are useless
+            for old in self._idle.values():
+                while old:
+                    old.pop().close()
+            self._idle = {key: deque()}
+        idle = self._idle[key]
+        while idle:
+            conn = idle.pop()  # most recently used first: the least likely to have been closed
+            if conn.usable():
+                return conn, True
+            conn.close()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=_MAX_HEAD),
+                                                    CONNECT_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise EngineConnectionError(f"engine connection failed: {exc.__class__.__name__}: {exc}") from None
+        return _Connection(key, reader, writer), False
+
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise ValueError("reply headers too large") from None
+        lines = raw.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+            raise ValueError(f"bad status line {lines[0][:80]!r}")
+        fields = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                fields[name.strip().lower()] = value.strip()
+        return int(parts[1]), fields
+
+    def _release(self, conn: _Connection, reusable: bool) -> None:
+        if reusable and not self._closed and not conn.writer.is_closing() and conn.key in self._idle:
+            conn.idle_since = time.monotonic()
+            self._idle[conn.key].append(conn)
+        else:
+            conn.close()
+        self._give_slot()
+
+    def _give_slot(self) -> None:
+        if self._shrink > 0:
+            self._shrink -= 1
+        else:
+            self._slots.release()
+
+    async def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
