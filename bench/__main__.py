@@ -24,6 +24,8 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--repeats", type=int, help="repeats of every workload (default 3; quick 2)")
     p.add_argument("--requests", type=int, help="tiny requests per concurrency level, target and repeat "
                                                 "(at least 2x the concurrency; default 60; quick 8)")
+    p.add_argument("--c1-requests", type=int, help="tiny requests per target and repeat at concurrency 1, "
+                   "the targets taking turns (default 200; quick 8)")
     p.add_argument("--stream-requests", type=int, help="streamed requests per target and repeat at c=1 "
                                                        "(c=8 sends at least 8; default 3; quick 1)")
     p.add_argument("--ttft-requests", type=int, help="short streams per target and repeat for time to first "
@@ -58,7 +60,8 @@ def parse_args(argv: list[str]) -> Options:
             p.error(f"--target-key wants NAME=KEY; got {spec!r}")
         keys[name] = key
     opts = Options.quick_mode() if a.quick else Options()
-    for field in ("repeats", "requests", "stream_requests", "ttft_requests", "max_tokens", "cold_repeats"):
+    for field in ("repeats", "requests", "c1_requests", "stream_requests", "ttft_requests", "max_tokens",
+                  "cold_repeats"):
         value = getattr(a, field)
         if value is not None:
             if value < 1:
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; nothing written", file=sys.stderr)
         return 130
     result["options"] = {"quick": opts.quick, "repeats": opts.repeats, "requests": opts.requests,
-                         "stream_requests": opts.stream_requests, "ttft_requests": opts.ttft_requests,
+                         "c1_requests": opts.c1_requests, "stream_requests": opts.stream_requests, "ttft_requests": opts.ttft_requests,
                          "max_tokens": opts.max_tokens,
                          "cold_repeats": opts.cold_repeats, "only": list(opts.only),
                          "targets": [n for n, _ in opts.targets]}

@@ -179,11 +179,13 @@ def markdown(doc: dict) -> str:
             f"{f.get('cpu_busy_pct_before')} % CPU busy",
             f"- engine: llama-server commit {str(b.get('commit', '?'))[:12]}, preset {b.get('preset', '?')}, "
             f"built {b.get('built_at', '?')}; model {f.get('model')}; {f.get('engine_settings')}",
-            f"- slp {f.get('slp_version')}; {o.get('repeats')} repeats, {o.get('requests')} tiny requests per cell, "
+            f"- slp {f.get('slp_version')}; {o.get('repeats')} repeats, {o.get('requests')} tiny requests per cell "
+            f"({o.get('c1_requests')} at c=1), {o.get('ttft_requests')} short streams for time to first token, "
             f"{o.get('max_tokens')} streamed tokens per request{' (quick mode)' if o.get('quick') else ''}; "
             f"run took {doc.get('duration_s')} s",
             "- medians over repeats; ratio and difference are paired per repeat (direct and agent ran back to "
-            "back, order alternating), then the median is taken", ""]
+            "back, order alternating; at concurrency 1 they take turns request by request), then the median "
+            "is taken", ""]
     out += ["## Targets", "", "| target | limit | measured | result |", "|---|---|---|---|"]
     for g in doc["goals"]:
         result = "not run" if g["pass"] is None else ("pass" if g["pass"] else "**FAIL**")

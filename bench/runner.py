@@ -38,6 +38,7 @@ MB = 1024 * 1024
 class Options:
     repeats: int = 3
     requests: int = 60           # tiny requests per (concurrency, target, repeat); at least 2x the concurrency
+    c1_requests: int = 200       # tiny requests per target and repeat at c=1 (taking turns): p99 wants many
     stream_requests: int = 3     # streamed requests per target and repeat at c=1 (c=8 sends 8)
     ttft_requests: int = 16      # short streams per target and repeat for time to first token (c=1)
     max_tokens: int = 128
@@ -51,8 +52,8 @@ class Options:
 
     @classmethod
     def quick_mode(cls, **kw) -> "Options":
-        return cls(repeats=2, requests=8, stream_requests=1, ttft_requests=4, max_tokens=16, cold_repeats=1,
-                   quick=True, **kw)
+        return cls(repeats=2, requests=8, c1_requests=8, stream_requests=1, ttft_requests=4, max_tokens=16,
+                   cold_repeats=1, quick=True, **kw)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -173,7 +174,7 @@ class Bench:
     async def tiny(self, targets: list[Target], repeat: int) -> None:
         cost: dict[str, list[float]] = {}  # target -> [CPU seconds, requests]
         for conc in TINY_CONCURRENCY:
-            n = max(self.opts.requests, conc if self.opts.quick else 2 * conc)
+            n = self.opts.c1_requests if conc == 1 else max(self.opts.requests, conc if self.opts.quick else 2 * conc)
             for target, b, cpu in await self.measure(targets, repeat, self.tiny_body, n, conc, stream=False):
                 lat_ms = [x * 1000 for x in b.latencies_s]
                 self.put(target.name, f"a.c{conc}.p50_ms", percentile(lat_ms, 50))
