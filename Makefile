@@ -18,7 +18,8 @@ test: setup engine test-deps browser
 test-gpu: setup test-deps
 	$(PY) build.py --preset cuda
 	$(PY) -m pytest -m gpu tests/test_gpu.py
-	$(PY) -m pytest tests/test_agent_e2e.py tests/test_projects_e2e.py tests/test_engine_apis.py tests/test_faults.py tests/test_load.py
+	$(PY) -m pytest tests/test_engine_client.py tests/test_agent_e2e.py tests/test_projects_e2e.py \
+		tests/test_engine_apis.py tests/test_faults.py tests/test_load.py
 
 # What the end-to-end tests drive besides Python, from Debian's and npm's registries when missing:
 # Node.js + the openai npm package (the seed's JavaScript example), curl, systemd-analyze (the unit check).
