@@ -136,9 +136,14 @@ class EngineClient:
     @limit.setter
     def limit(self, value: int) -> None:
         """Resize (config reload): growing frees slots at once, shrinking takes effect as requests end."""
-        for _ in range(value - self._limit):
-            self._slots.release()
-        self._shrink += max(0, self._limit - value)
+        delta = value - self._limit
+        if delta > 0:
+            undone = min(delta, self._shrink)  # first cancel a shrink that has not happened yet
+            self._shrink -= undone
+            for _ in range(delta - undone):
+                self._slots.release()
+        else:
+            self._shrink -= delta
         self._limit = value
 
     async def post(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> EngineResponse:
