@@ -1,7 +1,7 @@
 """`create_app(settings, ...)`: the aiohttp application, its middlewares, routes and long-lived parts.
 
-`cleanup_ctx` pairs each start-up with its clean-up: the one pooled client session to the engine,
-the engine supervisor and the usage recorder are created with the app and torn down after in-flight
+`cleanup_ctx` pairs each start-up with its clean-up: the engine client (requests) and the aiohttp
+session for probes and metrics, the engine supervisor and the usage recorder are created with the app and torn down after in-flight
 requests have finished (graceful shutdown).
 """
 
@@ -83,7 +83,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
         # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
         # its accept queue in no order. Waiting in our client instead is first come, first served.
         http = EngineClient(limit=settings.parallel + 4)
-        # Health probes and metrics scrapes must never queue behind requests in that pool.
+        # Health probes and metrics scrapes must never queue behind requests for the engine's slots.
         control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=4))
         app[keys.ENGINE_HTTP] = http
         app[keys.ENGINE_CONTROL_HTTP] = control
