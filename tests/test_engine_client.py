@@ -47,101 +47,95 @@ def engine(engine_binary, default_model, tmp_path):
         log.close()
 
 
-async def test_reply_and_stream_then_the_connection_is_reused(engine):
-    _, port = engine
+@pytest.fixture
+async def client():
     client = EngineClient(limit=4)
-    try:
-        async with await client.post("127.0.0.1", port, "/v1/chat/completions", body(4), HEADERS) as reply:
-            assert reply.status == 200 and reply.content_type == "application/json"
-            data = json.loads(await reply.read())
-        assert data["usage"]["completion_tokens"] == 4
-        async with await client.post("127.0.0.1", port, "/v1/chat/completions", body(8, True), HEADERS) as reply:
-            assert reply.status == 200 and reply.content_type == "text/event-stream"
-            streamed = b"".join([chunk async for chunk in reply.iter_chunks()])
-        events = [line for line in streamed.split(b"\n") if line.startswith(b"data: ")]
-        assert events[-1] == b"data: [DONE]" and len(events) >= 9
-        assert len(client._idle[("127.0.0.1", port)]) == 1  # one connection served both, kept alive
-    finally:
-        await client.close()
+    yield client
+    await client.close()
 
 
-async def test_an_error_reply_is_read_like_any_other(engine):
+def chat(client: EngineClient, port: int, data: bytes):
+    return client.post("127.0.0.1", port, "/v1/chat/completions", data, HEADERS)
+
+
+async def test_reply_and_stream_then_the_connection_is_reused(engine, client):
     _, port = engine
-    client = EngineClient(limit=4)
-    try:
-        bad = json.dumps({"messages": "not a list"}).encode()
-        async with await client.post("127.0.0.1", port, "/v1/chat/completions", bad, HEADERS) as reply:
-            assert reply.status >= 400
-            assert "error" in json.loads(await reply.read())
-    finally:
-        await client.close()
+    async with await chat(client, port, body(4)) as reply:
+        assert reply.status == 200 and reply.content_type == "application/json"
+        data = json.loads(await reply.read())
+    assert data["usage"]["completion_tokens"] == 4
+    async with await chat(client, port, body(8, True)) as reply:
+        assert reply.status == 200 and reply.content_type == "text/event-stream"
+        streamed = b"".join([chunk async for chunk in reply.iter_chunks()])
+    events = [line for line in streamed.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]" and len(events) >= 9
+    assert len(client._idle[("127.0.0.1", port)]) == 1  # one connection served both, kept alive
 
 
-async def test_a_connection_the_engine_closed_while_idle_is_retried(engine, monkeypatch):
+async def test_an_error_reply_is_read_like_any_other(engine, client):
+    _, port = engine
+    bad = json.dumps({"messages": "not a list"}).encode()
+    async with await chat(client, port, bad) as reply:
+        assert reply.status >= 400
+        assert "error" in json.loads(await reply.read())
+
+
+async def test_a_connection_the_engine_closed_while_idle_is_retried(engine, client, monkeypatch):
     """llama-server drops keep-alive connections idle for 5 s. The client normally lets them go first;
     with that disabled here, the engine really closes them, and requests must still succeed."""
     _, port = engine
     monkeypatch.setattr(engine_client, "KEEPALIVE_S", 60.0)
-    client = EngineClient(limit=4)
-    try:
-        async with await client.post("127.0.0.1", port, "/v1/chat/completions", body(1), HEADERS) as reply:
-            await reply.read()
-        await asyncio.sleep(6)
-        taken = []
-        connection = client._connection
+    async with await chat(client, port, body(1)) as reply:
+        await reply.read()
+    await asyncio.sleep(6)
+    taken = []
+    connection = client._connection
 
-        async def recording(host, port):
-            conn, reused = await connection(host, port)
-            taken.append(reused)
-            return conn, reused
+    async def recording(host, port):
+        conn, reused = await connection(host, port)
+        taken.append(reused)
+        return conn, reused
 
-        client._connection = recording
-        async with await client.post("127.0.0.1", port, "/v1/chat/completions", body(1), HEADERS) as reply:
-            assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
-        assert taken == [False]  # the engine's close had arrived: the pooled one was dropped unused
-        # Now the race: the close arrives only as the connection is reused. Skipping the check makes the
-        # client really send into the closed connection; it must notice and send again on a new one.
-        await asyncio.sleep(6)
-        monkeypatch.setattr(engine_client._Connection, "usable", lambda self: True)
-        taken.clear()
-        async with await client.post("127.0.0.1", port, "/v1/chat/completions", body(1), HEADERS) as reply:
-            assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
-        assert taken == [True, False]
-    finally:
-        await client.close()
+    client._connection = recording
+    async with await chat(client, port, body(1)) as reply:
+        assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
+    assert taken == [False]  # the engine's close had arrived: the pooled one was dropped unused
+    # Now the race: the close arrives only as the connection is reused. Skipping the check makes the
+    # client really send into the closed connection; it must notice and send again on a new one.
+    await asyncio.sleep(6)
+    monkeypatch.setattr(engine_client._Connection, "usable", lambda self: True)
+    taken.clear()
+    async with await chat(client, port, body(1)) as reply:
+        assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
+    assert taken == [True, False]
 
 
-async def test_engine_death_mid_stream_is_an_error_not_an_end(engine):
+async def test_engine_death_mid_stream_is_an_error_not_an_end(engine, client):
     proc, port = engine
-    client = EngineClient(limit=4)
-    try:
-        async with await client.post("127.0.0.1", port, "/v1/chat/completions", body(2000, True), HEADERS) as reply:
-            chunks = reply.iter_chunks()
-            await chunks.__anext__()
-            proc.send_signal(signal.SIGKILL)
-            with pytest.raises(EngineStreamError):
-                async for _ in chunks:
-                    pass
-    finally:
-        await client.close()
+    async with await chat(client, port, body(2000, True)) as reply:
+        chunks = reply.iter_chunks()
+        await chunks.__anext__()
+        proc.send_signal(signal.SIGKILL)
+        with pytest.raises(EngineStreamError):
+            async for _ in chunks:
+                pass
 
 
 async def test_requests_beyond_the_limit_wait_their_turn(engine):
     _, port = engine
     client = EngineClient(limit=1)
     try:
-        first = await client.post("127.0.0.1", port, "/v1/chat/completions", body(2000, True), HEADERS)
+        first = await chat(client, port, body(2000, True))
         chunks = first.iter_chunks()
         await chunks.__anext__()
-        second = asyncio.ensure_future(client.post("127.0.0.1", port, "/v1/chat/completions", body(1), HEADERS))
+        second = asyncio.ensure_future(chat(client, port, body(1)))
         await asyncio.sleep(0.5)
         assert not second.done()  # waiting for the only slot
         first.close()  # as when a client disconnects: the engine stops that generation
         async with await asyncio.wait_for(second, 30) as reply:
             assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
         client.limit = 2  # a config reload that raises the limit frees a slot at once
-        held = [await client.post("127.0.0.1", port, "/v1/chat/completions", body(2000, True), HEADERS)
-                for _ in range(2)]
+        held = [await chat(client, port, body(2000, True)) for _ in range(2)]
         for reply in held:
             reply.close()
     finally:
