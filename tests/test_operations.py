@@ -126,6 +126,20 @@ def test_crash_restarts_are_counted_by_reason(fresh_agent):
     wait_for(lambda: value(samples(agent), "slp_engine_restarts_total", reason="crash") == 1, 20, "the crash metric")
 
 
+def test_every_setting_the_engine_command_reads_restarts_the_engine_on_reload():
+    """ENGINE_SETTINGS (what a reload restarts the engine for) is exactly what engine_command reads."""
+    from slp.engine.command import ENGINE_SETTINGS, engine_command
+    from slp.settings import Settings
+
+    changed = {"ctx_size": 8192, "flash_attn": True, "gpu_layers": 3, "parallel": 2, "threads": 1,
+               "max_tokens": 7, "embeddings": True, "poll": 50}
+    base = engine_command(Settings(), Path("llama-server"), Path("m.gguf"), 1, "k", "a").argv
+    readers = {name for name, value in changed.items()
+               if engine_command(Settings(**{name: value}), Path("llama-server"), Path("m.gguf"), 1, "k",
+                                 "a").argv != base}
+    assert readers == set(changed) == set(ENGINE_SETTINGS)
+
+
 def test_engine_threads_do_not_spin_by_default_and_poll_is_a_setting(fresh_agent):
     """--poll 0 by default: idle engine threads sleep instead of taking the cores the agent needs."""
     from slp.engine.command import engine_command

@@ -8,6 +8,10 @@ from slp.engine.process import EngineCommand
 from slp.settings import Settings
 
 
+# Every setting engine_command reads: changing one (config reload) restarts the engine.
+ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads", "max_tokens", "embeddings", "poll")
+
+
 def engine_command(settings: Settings, binary: Path, model_path: Path, port: int, api_key: str,
                    alias: str) -> EngineCommand:
     """The argv for one engine: loopback only, on the agent's private port, guarded by `api_key`.

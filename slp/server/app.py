@@ -15,7 +15,7 @@ from typing import AsyncIterator, Callable, Optional
 import aiohttp
 from aiohttp import web
 
-from slp.engine.command import engine_command
+from slp.engine.command import ENGINE_SETTINGS, engine_command
 from slp.engine.supervisor import EngineState, Supervisor
 from slp.models.store import ModelStore
 from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
@@ -134,7 +134,6 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
 
 # Settings a reload can apply: the engine's own (it is restarted when they change) and the agent's timing.
-ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads", "max_tokens", "embeddings")
 LIVE_SETTINGS = ("start_timeout", "request_wait_timeout", "health_interval", "health_timeout", "stop_grace",
                  "max_restarts", "restart_window", "max_queue", "model")
 
