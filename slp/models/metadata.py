@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from slp.models.store import ModelError
+from slp.models.store import ModelError, metadata_sidecar
 
 if TYPE_CHECKING:
     import gguf
@@ -112,17 +112,13 @@ def isolate_parsing() -> None:
 
 
 _cache: dict[tuple[str, int, int], Union[ModelMetadata, ModelError]] = {}
-_cache_lock = threading.Lock()
-
-
-def _sidecar(path: Path) -> Path:
-    """Where a model's parsed metadata is kept beside it (a dot file: the store never lists it)."""
-    return path.with_name(f".{path.name}.meta.json")
+_file_locks: dict[str, threading.Lock] = {}  # one per model file: a parse blocks only lookups of that file
+_locks_lock = threading.Lock()
 
 
 def _load_sidecar(path: Path, version: list[int]) -> Optional[ModelMetadata]:
     try:
-        saved = json.loads(_sidecar(path).read_text())
+        saved = json.loads(metadata_sidecar(path).read_text())
         if saved.get("version") == version:
             return ModelMetadata(**saved["metadata"])
     except (OSError, ValueError, TypeError, KeyError):
@@ -131,7 +127,7 @@ def _load_sidecar(path: Path, version: list[int]) -> Optional[ModelMetadata]:
 
 
 def _save_sidecar(path: Path, version: list[int], meta: ModelMetadata) -> None:
-    target = _sidecar(path)
+    target = metadata_sidecar(path)
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps({"version": version, "metadata": meta.to_dict()}))
@@ -145,7 +141,8 @@ def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
 
     gguf's reader parses the whole vocabulary (seconds of GIL-holding Python for a 49k-token model),
     so a result is also kept on disk beside the model: each file version is parsed once per machine.
-    Concurrent callers wait for one parse instead of each doing their own.
+    Concurrent callers for one file wait for one parse instead of each doing their own; other files'
+    lookups do not wait on it.
     """
     path = Path(path)
     try:
@@ -154,7 +151,9 @@ def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     version = [st.st_mtime_ns, st.st_size]
-    with _cache_lock:
+    with _locks_lock:
+        file_lock = _file_locks.setdefault(key[0], threading.Lock())
+    with file_lock:
         hit = _cache.get(key)
         if hit is None:
             hit = _load_sidecar(path, version)

@@ -84,6 +84,11 @@ def _matches_catalog(path: Path, entry: CatalogEntry) -> bool:
     return True
 
 
+def metadata_sidecar(path: Path) -> Path:
+    """Where a model's parsed metadata is kept beside it (a dot file: the store never lists it)."""
+    return path.with_name(f".{path.name}.meta.json")
+
+
 class ModelStore:
     """GGUF models under `root`, one `<name>.gguf` each; the folder is created private on first pull."""
 
@@ -182,7 +187,7 @@ class ModelStore:
             pass
         except OSError as exc:
             raise ModelError(f"cannot remove {model.path}: {exc.strerror or exc}") from None
-        model.path.with_name(f".{model.path.name}.meta.json").unlink(missing_ok=True)  # metadata's cache
+        metadata_sidecar(model.path).unlink(missing_ok=True)
         with _verified_lock:
             _verified.pop(str(model.path), None)
         return model
