@@ -130,8 +130,11 @@ def test_slp_status_table_has_the_seed_rows(agent, engine_binary):
 
 def test_slp_status_json_and_agent_status(agent, engine_binary):
     info = json.loads(agent.cli("status", "--json", check=True).stdout)
+    gpu_bytes = (info["memory_usage"]["gpu_bytes"], info["engine"]["memory"]["gpu_bytes"])
     if expected_gpu_row(engine_binary) == "None (CPU only)":
-        assert info["memory_usage"]["gpu_bytes"] is None and info["engine"]["memory"]["gpu_bytes"] is None
+        assert gpu_bytes == (None, None)
+    else:
+        assert gpu_bytes[0] == gpu_bytes[1] > 0
     assert info["engine"]["state"] == "ready" and info["engine"]["pid"] > 0
     assert info["model"]["context_length"] == 8192 and info["context_window"] == 4096
     assert info["memory_usage"]["rss_bytes"] > 10_000_000

@@ -32,6 +32,7 @@ def engine(engine_binary, default_model, tmp_path):
                              "--port", str(port), "--parallel", "2", "--no-webui"], stdout=log, stderr=log)
 
     def healthy() -> bool:
+        assert proc.poll() is None, f"llama-server exited with {proc.returncode}"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
                 return resp.status == 200
@@ -134,9 +135,14 @@ async def test_requests_beyond_the_limit_wait_their_turn(engine):
         first.close()  # as when a client disconnects: the engine stops that generation
         async with await asyncio.wait_for(second, 30) as reply:
             assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
-        client.limit = 2  # a config reload that raises the limit frees a slot at once
-        held = [await chat(client, port, body(2000, True)) for _ in range(2)]
-        for reply in held:
-            reply.close()
+        # A config reload that raises the limit lets a waiting request in at once.
+        held = await chat(client, port, body(2000, True))
+        third = asyncio.ensure_future(chat(client, port, body(1)))
+        await asyncio.sleep(0.5)
+        assert not third.done()
+        client.limit = 2
+        async with await asyncio.wait_for(third, 30) as reply:
+            assert reply.status == 200
+        held.close()
     finally:
         await client.close()

@@ -37,7 +37,9 @@ def test_the_engine_holds_the_model_in_gpu_memory(agent, default_model):
     held = {int(p): int(m) * 2**20 for p, m in (line.split(",") for line in out.splitlines() if line.strip())}
     assert pid in held, f"engine pid {pid} holds no GPU memory: {out!r}"
     assert held[pid] > default_model.stat().st_size
-    assert info["memory_usage"]["gpu_bytes"] == info["engine"]["memory"]["gpu_bytes"] > default_model.stat().st_size
+    reported = info["memory_usage"]["gpu_bytes"]
+    assert reported == info["engine"]["memory"]["gpu_bytes"]
+    assert abs(reported - held[pid]) <= 0.05 * held[pid]  # read a moment apart: allow a little drift
 
 
 def test_status_names_the_card(agent, engine_binary):
