@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import multiprocessing
 import sqlite3
@@ -331,3 +332,32 @@ def test_messages_not_mutated_by_merge():
     snapshot = copy.deepcopy(body)
     shape_chat(body, _project(system_prompt="P"))
     assert body == snapshot
+
+
+# ----------------------------------------------------------------------------- the proxy's usage recorder
+
+async def test_recorder_flush_returns_under_steady_traffic(store):
+    """flush() waits for what was recorded before it, not for a queue that never empties."""
+    from slp.server.proxy import Recorder
+
+    project = store.active()
+    recorder = Recorder(store)
+    recorder.start()
+    busy = True
+
+    async def traffic() -> None:
+        while busy:  # faster than batches are written: the queue never empties
+            for _ in range(20):
+                recorder.record(project.id, {"prompt_tokens": 1, "completion_tokens": 1}, None, None)
+            await asyncio.sleep(0.001)
+
+    feeder = asyncio.ensure_future(traffic())
+    try:
+        await asyncio.sleep(0.1)
+        recorder.record(project.id, {"prompt_tokens": 1000, "completion_tokens": 0}, None, None)
+        await asyncio.wait_for(recorder.flush(), 10)
+        assert store.usage(project.id).prompt_tokens >= 1000
+    finally:
+        busy = False
+        await feeder
+        await recorder.stop()

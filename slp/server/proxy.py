@@ -337,9 +337,14 @@ class Recorder:
             self._task.cancel()
 
     async def flush(self) -> None:
-        """Return once everything recorded so far is in the store."""
+        """Return once everything recorded before this call is in the store (later records do not
+        hold it up: it waits for a marker queued behind them, not for an empty queue)."""
+        if self._task is None or self._task.done():
+            return
+        written = asyncio.get_running_loop().create_future()
         self._now.set()
-        await self._queue.join()
+        await self._queue.put(written)
+        await written
 
     async def _drain(self) -> None:
         while True:
@@ -352,13 +357,15 @@ class Recorder:
             self._now.clear()
             while len(batch) < 512 and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            records = [item for item in batch if not isinstance(item, asyncio.Future)]
             try:
-                await asyncio.to_thread(self._write_all, batch)
-            except Exception:  # noqa: BLE001 - a bad record must not stop accounting for the rest
+                if records:
+                    await asyncio.to_thread(self._write_all, records)
+            except Exception:  # noqa: BLE001 - the thread hop itself failed; accounting goes on
                 log.exception("could not record usage")
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            for marker in batch:
+                if isinstance(marker, asyncio.Future) and not marker.done():
+                    marker.set_result(None)
 
     def _write_all(self, batch: list) -> None:
         for item in batch:
