@@ -132,19 +132,17 @@ def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: st
 def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
     """Outermost middleware: every answer is counted; proxied requests also get a request-log line.
 
-    The counting, the usage accounting (parsing the engine's reply, queueing it for the store) and the
-    log line run in a callback scheduled for after the response has been written, so none of it sits
-    between the engine's last byte and the client's."""
+    The counting and the log line run in a callback scheduled for after the response has been written
+    (as the proxy's usage accounting does, which runs first), so none of it sits between the engine's
+    last byte and the client's. A client gone before its answer counts as 499, not as a failure."""
 
     def after(route: str, status: int, latency: float, info: Optional[dict]) -> None:
         try:
             metrics.requests.labels(route, str(status), info["project"] if info else "-").inc()
             metrics.latency.labels(route).observe(latency)
             if info is not None:
-                usage_from = info.get("usage_from")
-                usage = usage_from() if usage_from is not None else None
                 observe(metrics, request_log, route, info["project"], info.get("model"), status, latency,
-                        info.get("ttft"), usage, info.get("disconnected", False))
+                        info.get("ttft"), info.get("usage"), info.get("disconnected", False))
         except Exception:  # noqa: BLE001 - bookkeeping must never take the agent down
             log.exception("could not account for a %s request", route)
 
@@ -158,6 +156,9 @@ def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499
             raise
         finally:
             latency = time.perf_counter() - started

@@ -9,7 +9,6 @@ after they were sent, and stored by a background writer, off the request path.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -157,8 +156,8 @@ class Proxy:
                     raise EngineUnavailable(str(exc), EngineState.RESTARTING, 2)
                 if upstream.status != 200:
                     return engine_error(upstream.status, data)
-                if account:  # parsed after the response has left (see observe.make_observer)
-                    info["usage_from"] = functools.partial(self._account_json, data, project, session)
+                if account:
+                    self._account_later(info, self._account_json, data, project, session)
                 return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
         finally:
             limiter.release()
@@ -187,7 +186,7 @@ class Proxy:
                 seen += chunk
                 if not keep_all and len(seen) > 2 * _TAIL_BYTES:
                     del seen[:-_TAIL_BYTES]
-        except (EngineStreamError, asyncio.TimeoutError) as exc:
+        except EngineStreamError as exc:
             failure = f"engine stream broke: {exc.__class__.__name__}"
         if failure is None and end_marker not in seen[-4096:]:
             failure = f"engine stream ended before {end_marker.decode()}"
@@ -202,7 +201,7 @@ class Proxy:
             log.warning("stream for project %s ended early: %s", project.name, failure)
             info["engine_failed"] = failure
         else:
-            info["usage_from"] = functools.partial(self._account_stream, bytes(seen), project, session)
+            self._account_later(info, self._account_stream, bytes(seen), project, session)
         try:
             await response.write_eof()
         except (ConnectionResetError, RuntimeError):
@@ -210,6 +209,19 @@ class Proxy:
         return response
 
     # ------------------------------------------------------------------ accounting (after the bytes left)
+
+    @staticmethod
+    def _account_later(info: dict, account: Callable[..., Optional[dict]], *args: Any) -> None:
+        """Parse the reply's usage and queue it for the store once the response has been written (the
+        handler returns first); `info["usage"]` is then set before the observer's callback reads it,
+        since the loop runs callbacks in the order they were scheduled."""
+        def run() -> None:
+            try:
+                info["usage"] = account(*args)
+            except Exception:  # noqa: BLE001 - accounting must never take the agent down
+                log.exception("could not account for a reply")
+
+        asyncio.get_running_loop().call_soon(run)
 
     def _account_json(self, data: bytes, project: Project, session: Optional[Session]) -> Optional[dict]:
         """Queue the usage (and the exchange, for a session) for storage; returns the usage."""
