@@ -99,3 +99,20 @@ def test_bad_input_to_the_new_routes(agent):
         resp = requests.post(f"{agent.url}{path}", json=body, timeout=10)
         assert resp.status_code == 400, (path, resp.text)
         assert json.loads(resp.text)["error"]["param"]
+
+
+def test_a_long_responses_stream_ends_cleanly_and_is_counted(agent):
+    """Responses' final event carries the whole output: past a few KB it must still be seen as the end
+    (no error event appended) and its usage still counted."""
+    project = agent.get("/v1/status")["active_project"]["id"]
+    before = agent.get(f"/v1/projects/{project}/usage")["completion_tokens"]
+    resp = requests.post(f"{agent.url}/v1/responses", timeout=300, stream=True, json={
+        "model": "slp-orchestra-mini", "input": "Write a very long story about a lighthouse.",
+        "max_output_tokens": 1200, "ignore_eos": True, "stream": True})
+    body = resp.content
+    assert resp.status_code == 200
+    final = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert final.startswith(b"event: response.completed") and len(final) > 4096
+    assert b"engine_failed" not in body
+    after = agent.get(f"/v1/projects/{project}/usage")["completion_tokens"]
+    assert after - before == 1200

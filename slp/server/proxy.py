@@ -31,8 +31,15 @@ from slp.server.schemas import ChatCompletionRequest
 log = logging.getLogger("slp.proxy")
 
 _DONE = b"data: [DONE]"
-_TAIL_BYTES = 16384  # the usage chunk is the last event before [DONE]; this much tail always holds it
+_TAIL_BYTES = 16384  # tail of a stream kept for its usage event and end marker (see _stream)
 Session = tuple[str, list]  # (session_id, the caller's messages) of a request to store as a conversation
+
+
+def _last_event(stream: bytearray) -> bytes:
+    """The last SSE event of a stream (events end with a blank line)."""
+    body = bytes(stream).rstrip(b"\n")
+    start = body.rfind(b"\n\n")
+    return body[start + 2:] if start >= 0 else body
 
 
 def engine_error(status: int, data: bytes) -> web.Response:
@@ -185,10 +192,14 @@ class Proxy:
                     return response
                 seen += chunk
                 if not keep_all and len(seen) > 2 * _TAIL_BYTES:
-                    del seen[:-_TAIL_BYTES]
+                    # Keep the last _TAIL_BYTES from an event's start on: the final event (usage, the end
+                    # marker) stays whole however long it is (Responses' carries the full output).
+                    cut = seen.rfind(b"\n\n", 0, len(seen) - _TAIL_BYTES)
+                    if cut >= 0:
+                        del seen[:cut + 2]
         except EngineStreamError as exc:
             failure = f"engine stream broke: {exc.__class__.__name__}"
-        if failure is None and end_marker not in seen[-4096:]:
+        if failure is None and end_marker not in _last_event(seen):
             failure = f"engine stream ended before {end_marker.decode()}"
         if failure is not None:
             supervisor = self.app[keys.SUPERVISOR]
