@@ -299,13 +299,15 @@ class ProjectCache:
 
     async def get(self, ref: Optional[str]) -> Project:
         """The project named `ref` (id or name), or the active one for None. Raises ProjectNotFound."""
-        if self._store.revision != self._revision:
+        revision = self._store.revision
+        if revision != self._revision:
             self._cache.clear()
-            self._revision = self._store.revision
+            self._revision = revision
         project = self._cache.get(ref)
         if project is None:
             project = await asyncio.to_thread(self._store.get, ref) if ref else await asyncio.to_thread(self._store.active)
-            if len(self._cache) < self.MAX_ENTRIES:
+            # Cache it only if no change committed while it was read (it may predate that change).
+            if self._store.revision == revision == self._revision and len(self._cache) < self.MAX_ENTRIES:
                 self._cache[ref] = project
         return project
 
