@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -163,3 +163,10 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.paths.default_models_dir
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """A bad setting in one line, the same everywhere: "invalid setting 'port': Input should be …"."""
+    err = exc.errors()[0]
+    field = ".".join(str(part) for part in err.get("loc", ())) or "settings"
+    return f"invalid setting '{field}': {err['msg']}"

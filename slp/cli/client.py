@@ -17,19 +17,13 @@ import typer
 from pydantic import ValidationError
 
 from slp.runstate import agent_url
-from slp.settings import Settings, paths
+from slp.settings import Settings, describe_settings_error, paths
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CliError(Exception):
     """A user-facing failure: printed as `Error: <message>`, exit code 1, no traceback."""
-
-
-def _settings_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    field = ".".join(str(part) for part in err.get("loc", ())) or "settings"
-    return f"invalid setting '{field}': {err['msg']}"
 
 
 def load_settings() -> Settings:
@@ -58,7 +52,7 @@ def run_cli(fn: F) -> F:
         except CliError as exc:
             fail(str(exc))
         except ValidationError as exc:
-            fail(_settings_error(exc))
+            fail(describe_settings_error(exc))
 
     return wrapper  # type: ignore[return-value]
 

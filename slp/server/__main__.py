@@ -12,7 +12,7 @@ import sys
 from pydantic import ValidationError
 
 from slp.server.runner import AgentError, run_foreground
-from slp.settings import Settings, paths
+from slp.settings import Settings, describe_settings_error, paths
 
 
 def main() -> int:
@@ -20,9 +20,7 @@ def main() -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(part) for part in err.get("loc", ())) or "settings"
-        print(f"Error: invalid setting '{field}': {err['msg']}", file=sys.stderr)
+        print(f"Error: {describe_settings_error(exc)}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:  # an unreadable or malformed config.toml
         print(f"Error: cannot read {paths().config_file}: {exc}", file=sys.stderr)

@@ -47,7 +47,6 @@ from slp.settings import DEFAULT_MODEL_ALIAS
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
 EXAMPLE_PROJECT = "general_chat"
-DOCS_STATIC_FILES = STATIC_FILES  # Swagger UI's files the /docs page uses, served by slp.server.docs
 
 
 def ref(name: str) -> dict:
@@ -837,10 +836,10 @@ def _docs_operations() -> dict:
                            "Answered without an API key.",
             "security": [],
             "parameters": [{"name": "filename", "in": "path", "required": True,
-                            "schema": {"type": "string", "enum": sorted(DOCS_STATIC_FILES)},
+                            "schema": {"type": "string", "enum": sorted(STATIC_FILES)},
                             "example": "swagger-ui.css"}],
             "responses": {200: {"description": "The file.",
-                                "content": {ctype: {"schema": {}} for ctype in sorted({*DOCS_STATIC_FILES.values()})}},
+                                "content": {ctype: {"schema": {}} for ctype in sorted({*STATIC_FILES.values()})}},
                           304: {"description": "Not modified (the ETag matched)."},
                           401: error(401, "Not one of the files, and the agent has an API key (any other name is "
                                           "an unknown path, which needs the key like every path)."),

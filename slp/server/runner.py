@@ -30,7 +30,7 @@ from slp.server import keys
 from slp.server.app import apply_settings, create_app
 from slp.server.preflight import SHUTDOWN_GRACE, AgentError, check_security  # noqa: F401 - re-exported
 from slp.service.notify import ServiceNotifier, under_systemd
-from slp.settings import Settings, ensure_private_dir
+from slp.settings import Settings, describe_settings_error, ensure_private_dir
 
 log = logging.getLogger("slp.agent")
 
@@ -55,8 +55,7 @@ def reload_config(app: web.Application) -> None:
     try:
         result = apply_settings(app, Settings())
     except (ValidationError, ValueError, OSError) as exc:
-        message = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else (
-            f"{'.'.join(str(p) for p in exc.errors()[0]['loc'])}: {exc.errors()[0]['msg']}")
+        message = describe_settings_error(exc) if isinstance(exc, ValidationError) else str(exc).splitlines()[0]
         app[keys.CONFIG] = {**app[keys.CONFIG], "error": f"config not reloaded: {message}", "loaded_at": time.time()}
         log.error("config reload failed, still running on the previous settings: %s", message)
         return
