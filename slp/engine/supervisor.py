@@ -221,8 +221,6 @@ class Supervisor:
                     continue
                 self.last_exit = ended
                 self.restarts += 1
-                if self._on_restart:
-                    self._on_restart(ended.reason)
                 now = time.monotonic()
                 crashes.append(now)
                 while crashes and now - crashes[0] > self._restart_window:
@@ -233,6 +231,8 @@ class Supervisor:
                     await self._wait_for_intent(None)
                     crashes.clear()
                     continue
+                if self._on_restart:  # only when a restart follows, not when giving up
+                    self._on_restart(ended.reason)
                 delay = min(BACKOFF_FIRST * 2 ** (len(crashes) - 1), BACKOFF_MAX)
                 self._set(EngineState.RESTARTING, f"{ended.reason}: {ended.detail}; restarting in {delay:.2f}s")
                 await self._wait_for_intent(delay)
@@ -308,7 +308,7 @@ class Supervisor:
             cpu_before = cpu_now
             if failures >= (HANG_PROBES_BUSY if busy else HANG_PROBES):
                 await terminate(proc, 0)  # a hung (e.g. stopped) process gets SIGKILL at once
-                return ExitInfo("hang", f"no answer to {HANG_PROBES} health probes "
+                return ExitInfo("hang", f"no answer to {failures} health probes "
                                 f"({self._health_timeout:g}s timeout); killed", signal=None,
                                 log_tail=tail_lines(self._log_path))
 
