@@ -103,7 +103,6 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
         typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}, managed by {manager}); "
                    "engine ready")
         return
-    preflight(settings)
     stale = read_state(settings.paths)
     if stale and kill_stale(stale.get("engine_pid"), stale.get("engine_create_time")):
         typer.echo(f"Cleaned up an engine (pid {stale['engine_pid']}) left by an agent that died")
@@ -111,6 +110,7 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
     if settings.port and not _port_free(settings.host, settings.port):
         raise CliError(f"port {settings.port} on {settings.host} is already in use by another program; "
                        "stop it or choose another port with SLP_PORT")
+    preflight(settings)  # last: it may fetch the default model, which no one should wait for in vain
 
     ensure_private_dir(settings.paths.log_dir)
     fd = os.open(settings.paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
