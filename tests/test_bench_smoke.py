@@ -31,7 +31,11 @@ def test_quick_bench_writes_a_complete_report(tmp_path, default_model, engine_bi
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # lets the harness stop the agent and engines it started
-        stdout, stderr = proc.communicate(timeout=60)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
         pytest.fail(f"bench --quick still running after 300 s:\n{stderr[-4000:]}")
     assert proc.returncode == 0, f"bench failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
 
