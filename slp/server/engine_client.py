@@ -9,8 +9,9 @@ Everything else the agent fetches (health probes, metrics) still goes through ai
 - At most `limit` requests at once (the engine's HTTP threads); later ones wait here, first come first
   served, rather than in the engine's accept queue in no order.
 - An idle connection is dropped after KEEPALIVE_S, before the engine's own 5 s idle timeout closes it;
-  one the engine closed anyway is noticed before any response byte arrives, and the request is sent
-  again on another connection (it was never processed).
+  one the engine closed anyway fails at once, before any response byte, and the request is sent again
+  on another connection (it was never processed). A connection lost later is an error, not a retry:
+  the engine may have run the request already.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import AsyncIterator
 KEEPALIVE_S = 4.0
 CONNECT_TIMEOUT_S = 5.0
 STALE_RETRIES = 4
+STALE_WINDOW_S = 1.0  # a closed idle connection fails at once; later, the engine may have run the request
 _MAX_HEAD = 64 * 1024
 
 
@@ -157,12 +159,13 @@ class EngineClient:
         try:
             for attempt in range(1, STALE_RETRIES + 1):
                 conn, reused = await self._connection(host, port)
+                sent = time.monotonic()
                 try:
                     conn.writer.write(request)
                     status, fields = await self._read_head(conn.reader)
                 except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                     conn.close()
-                    if reused and attempt < STALE_RETRIES:
+                    if reused and attempt < STALE_RETRIES and time.monotonic() - sent < STALE_WINDOW_S:
                         continue  # the engine had closed it: the request was not processed
                     raise EngineConnectionError(f"engine connection failed: {exc.__class__.__name__}") from None
                 except ValueError as exc:
