@@ -117,6 +117,18 @@ class Settings(BaseSettings):
     poll: int = Field(0, ge=0, le=100, description="How hard idle engine threads busy-wait for work (llama.cpp --poll, "
                       "its default 50); 0 lets them sleep, leaving the CPU to the agent and its clients.")
 
+    memory_budget: Optional[str] = Field(
+        None, description="Memory the loaded engines may use together: bytes, a size such as '8GiB', or a share "
+        "of this machine's RAM such as '75%' (None = 75% of RAM).")
+    keep_alive: str = Field("10m", description="How long an idle engine stays loaded: a duration ('300', '90s', "
+                            "'10m', '1h'), '0' = unload after each reply, '-1' = never.")
+    stall_timeout: float = Field(30.0, gt=0, description="Seconds an engine with work in flight may deliver nothing "
+                                 "while using no CPU before it counts as stalled and is replaced.")
+    workers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="llama.cpp RPC workers (host:port, comma-separated) the engines offload to.")
+    strict: bool = Field(False, description="Refuse request fields the OpenAI API does not define (catches typos) "
+                         "instead of passing them to the engine.")
+
     start_timeout: float = Field(60.0, gt=0, description="Seconds the engine may take to become healthy.")
     request_wait_timeout: float = Field(30.0, ge=0, description="Seconds a request waits for a (re)starting engine.")
     health_interval: float = Field(5.0, gt=0, description="Seconds between watchdog health probes.")
@@ -132,7 +144,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Browser origins allowed by CORS (comma-separated; none by default).")
 
-    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @field_validator("allowed_hosts", "cors_origins", "workers", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
