@@ -35,6 +35,11 @@ class ModelMetadata:
     parameters: int
     size_bytes: int
     size_label: Optional[str]
+    # What the KV cache costs per token of context (the memory budget's estimate); None when unknown.
+    block_count: Optional[int] = None
+    head_count_kv: Optional[int] = None
+    key_length: Optional[int] = None
+    value_length: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +83,17 @@ def read_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
     if not isinstance(architecture, str):
         raise ModelError(f"{path} is not a valid GGUF model: it has no general.architecture")
     context = _field(reader, f"{architecture}.context_length")
+    heads = _field(reader, f"{architecture}.attention.head_count")
+    heads_kv = _field(reader, f"{architecture}.attention.head_count_kv")
+    if isinstance(heads_kv, list):  # per-layer counts in some architectures
+        heads_kv = max(heads_kv) if heads_kv else None
+    if isinstance(heads, list):
+        heads = max(heads) if heads else None
+    embedding = _field(reader, f"{architecture}.embedding_length")
+    head_dim = int(embedding) // int(heads) if embedding and heads else None
+    key_length = _field(reader, f"{architecture}.attention.key_length") or head_dim
+    value_length = _field(reader, f"{architecture}.attention.value_length") or head_dim
+    blocks = _field(reader, f"{architecture}.block_count")
     return ModelMetadata(
         architecture=architecture,
         name=_field(reader, "general.name"),
@@ -86,6 +102,10 @@ def read_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
         parameters=int(sum(int(t.n_elements) for t in reader.tensors)),
         size_bytes=size,
         size_label=_field(reader, "general.size_label"),
+        block_count=int(blocks) if blocks is not None else None,
+        head_count_kv=int(heads_kv if heads_kv is not None else heads) if (heads_kv or heads) else None,
+        key_length=int(key_length) if key_length else None,
+        value_length=int(value_length) if value_length else None,
     )
 
 
