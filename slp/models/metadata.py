@@ -131,6 +131,8 @@ def isolate_parsing() -> None:
     _parse = read_metadata_isolated
 
 
+SIDECAR_FORMAT = 2  # bumped when ModelMetadata gains fields, so older sidecars are parsed again
+
 _cache: dict[tuple[str, int, int], Union[ModelMetadata, ModelError]] = {}
 _file_locks: dict[str, threading.Lock] = {}  # one per model file: a parse blocks only lookups of that file
 _locks_lock = threading.Lock()
@@ -170,7 +172,7 @@ def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
     except OSError as exc:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    version = [st.st_mtime_ns, st.st_size]
+    version = [st.st_mtime_ns, st.st_size, SIDECAR_FORMAT]
     with _locks_lock:
         file_lock = _file_locks.setdefault(key[0], threading.Lock())
     with file_lock:
