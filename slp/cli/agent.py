@@ -13,8 +13,9 @@ import psutil
 import typer
 
 from slp.cli.client import AgentClient, CliError, load_settings, run_cli
+from slp.cli.progress import Bars
 from slp.engine.binary import EngineNotFound, find_engine
-from slp.engine.process import kill_stale, tail_lines
+from slp.engine.process import kill_stale_engines, tail_lines
 from slp.models.store import ModelError, ModelStore
 from slp.runstate import agent_health, clear_state, live_state, read_state
 from slp.server.preflight import SHUTDOWN_GRACE, AgentError, check_security
@@ -47,7 +48,8 @@ def preflight(settings: Settings) -> None:
     if store.resolve(settings.model) is None:
         typer.echo(f"Fetching the default model {settings.model} ...")
         try:
-            store.pull(settings.model, progress=True)
+            with Bars() as bars:
+                store.pull(settings.model, progress=bars)
         except ModelError as exc:
             raise CliError(str(exc))
 
@@ -103,9 +105,8 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
         typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}, managed by {manager}); "
                    "engine ready")
         return
-    stale = read_state(settings.paths)
-    if stale and kill_stale(stale.get("engine_pid"), stale.get("engine_create_time")):
-        typer.echo(f"Cleaned up an engine (pid {stale['engine_pid']}) left by an agent that died")
+    for pid in kill_stale_engines(read_state(settings.paths)):
+        typer.echo(f"Cleaned up an engine (pid {pid}) left by an agent that died")
     clear_state(settings.paths)
     if settings.port and not _port_free(settings.host, settings.port):
         raise CliError(f"port {settings.port} on {settings.host} is already in use by another program; "
@@ -134,7 +135,7 @@ def stop_agent(settings: Settings) -> bool:
     if not state:
         stale = read_state(settings.paths)
         if stale:
-            kill_stale(stale.get("engine_pid"), stale.get("engine_create_time"))
+            kill_stale_engines(stale)
             clear_state(settings.paths)
         return False
     pid = state["agent_pid"]
@@ -146,7 +147,7 @@ def stop_agent(settings: Settings) -> bool:
         agent.kill()
     except psutil.NoSuchProcess:
         pass
-    kill_stale(state.get("engine_pid"), state.get("engine_create_time"))
+    kill_stale_engines(state)
     clear_state(settings.paths, agent_pid=pid)
     return True
 

@@ -120,6 +120,20 @@ def kill_stale(pid: Optional[int], create_time: Optional[float], grace: float = 
     return True
 
 
+def kill_stale_engines(state: Optional[dict]) -> list[int]:
+    """Reap every engine a dead agent's state file names (`engines`, and the older `engine_pid`);
+    returns the PIDs killed."""
+    if not state:
+        return []
+    recorded = [(e.get("pid"), e.get("create_time")) for e in state.get("engines") or () if isinstance(e, dict)]
+    recorded.append((state.get("engine_pid"), state.get("engine_create_time")))
+    killed = []
+    for pid, create_time in dict.fromkeys(recorded):
+        if kill_stale(pid, create_time):
+            killed.append(pid)
+    return killed
+
+
 def memory_of(pid: Optional[int]) -> Optional[dict]:
     """RSS in bytes and as a percentage of system memory, or None if the process is gone."""
     if not pid:

@@ -6,6 +6,12 @@ idempotent. Readiness races the health probe against the process exiting, a dead
 once ready, a watchdog treats a process that exists but does not answer as hung and replaces it.
 Crashes restart with exponential backoff until `max_restarts` happen within `restart_window`; then
 the state is `failed` (with the exit code/signal and the log tail) until someone asks again.
+
+Liveness is judged by progress, not only by `/health`: llama.cpp can wedge mid-decode while its HTTP
+threads still answer `/health`. Callers report work (`work_begin`/`work_end`) and every byte the engine
+sends back (`progress`); the watchdog also counts the engine's CPU time as progress, which is how a long
+prompt being processed (no bytes yet, cores busy) is told apart from a wedge (no bytes, cores idle). Work
+in flight with neither for `stall_timeout` seconds is a stall: the engine is killed and restarted.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ HANG_PROBES = 2  # consecutive failed health probes that make an idle process "h
 # hung: it gets many more probes before it is replaced, so load never gets a healthy engine killed.
 HANG_PROBES_BUSY = 12
 BUSY_CPU_SECONDS = 0.05
+BUSY_CPU_SHARE = 0.1  # of one core over a watchdog interval: more is work (e.g. prompt processing)
 
 
 class EngineState(str, enum.Enum):
@@ -48,7 +55,7 @@ class EngineState(str, enum.Enum):
 
 @dataclass
 class ExitInfo:
-    """Why an engine ended: `reason` is one of crash, hang, start-timeout, spawn-failed."""
+    """Why an engine ended: `reason` is one of crash, hang, stall, start-timeout, spawn-failed."""
 
     reason: str
     detail: str
@@ -99,12 +106,15 @@ class Supervisor:
     def __init__(self, make_command: CommandFactory, http: aiohttp.ClientSession, *,
                  start_timeout: float, health_interval: float, health_timeout: float,
                  stop_grace: float, max_restarts: int, restart_window: float, log_path: Path,
+                 stall_timeout: float = 30.0, name: str = "engine",
                  on_change: Optional[Callable[[EngineState, str], None]] = None,
                  on_restart: Optional[Callable[[str], None]] = None):
         self._make_command = make_command
         self._http = http
+        self.name = name
         self.configure(start_timeout=start_timeout, health_interval=health_interval, health_timeout=health_timeout,
-                       stop_grace=stop_grace, max_restarts=max_restarts, restart_window=restart_window)
+                       stop_grace=stop_grace, max_restarts=max_restarts, restart_window=restart_window,
+                       stall_timeout=stall_timeout)
         self._log_path = log_path
         self._on_change = on_change
         self._on_restart = on_restart
@@ -119,6 +129,9 @@ class Supervisor:
         self.restarts = 0
         self.last_exit: Optional[ExitInfo] = None
         self.history: deque[dict] = deque(maxlen=50)
+        self.in_flight = 0  # requests sent to this engine and not yet answered in full
+        self.last_progress = time.monotonic()  # last byte from the engine, or last busy watchdog interval
+        self.stalls = 0
 
         self._want_running = False
         self._want_restart = False
@@ -150,10 +163,26 @@ class Supervisor:
         self._wake.set()
 
     def configure(self, *, start_timeout: float, health_interval: float, health_timeout: float,
-                  stop_grace: float, max_restarts: int, restart_window: float) -> None:
+                  stop_grace: float, max_restarts: int, restart_window: float, stall_timeout: float = 30.0) -> None:
         """New timings (config reload); they apply from the next wait, probe or crash on."""
         self._start_timeout, self._health_interval, self._health_timeout = start_timeout, health_interval, health_timeout
         self._stop_grace, self._max_restarts, self._restart_window = stop_grace, max_restarts, restart_window
+        self._stall_timeout = stall_timeout
+
+    # ------------------------------------------------------------------ progress (called per request)
+
+    def work_begin(self) -> None:
+        """A request was sent to the engine; from now on it must make progress."""
+        if self.in_flight == 0:
+            self.last_progress = time.monotonic()
+        self.in_flight += 1
+
+    def work_end(self) -> None:
+        self.in_flight -= 1
+
+    def progress(self) -> None:
+        """The engine sent bytes back."""
+        self.last_progress = time.monotonic()
 
     async def stop(self) -> None:
         """Stop the engine (SIGTERM, grace, SIGKILL) and the owner task; blocks until both are gone."""
@@ -180,6 +209,17 @@ class Supervisor:
             except asyncio.TimeoutError:
                 pass
 
+    async def settle(self, timeout: float) -> None:
+        """After a request saw the engine fail: wait (briefly) until the owner has noticed it too, so an
+        error message can say why (crash, stall) instead of "ready"."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.state is EngineState.READY and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                return
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -189,7 +229,7 @@ class Supervisor:
         return {
             "state": self.state.value, "reason": self.reason, "pid": self.pid, "port": self.port,
             "model_path": str(self.model_path) if self.model_path else None,
-            "restarts": self.restarts,
+            "restarts": self.restarts, "stalls": self.stalls, "in_flight": self.in_flight,
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at and self.state is EngineState.READY else None,
             "last_exit": asdict(self.last_exit) if self.last_exit else None,
         }
@@ -199,7 +239,7 @@ class Supervisor:
     def _set(self, state: EngineState, reason: str) -> None:
         self.state, self.reason = state, reason
         self.history.append({"at": time.time(), "state": state.value, "reason": reason})
-        log.info("engine %s: %s", state.value, reason)
+        log.info("%s %s: %s", self.name, state.value, reason)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()  # wake every waiter; later waiters wait on the fresh event
         if self._on_change:
@@ -286,7 +326,8 @@ class Supervisor:
         self.started_at = time.time()
         self._set(EngineState.READY, f"serving {self.model_path.name} on 127.0.0.1:{self.port} (pid {proc.pid})")
         failures = 0
-        cpu_before = cpu_seconds(proc.pid)
+        cpu_before, checked = cpu_seconds(proc.pid), loop.time()
+        self.last_progress = time.monotonic()
         while True:
             self._wake.clear()
             if self._intent_changed():
@@ -299,18 +340,33 @@ class Supervisor:
                 return self._exit_info(proc, "crash", "exited")
             if self._intent_changed():
                 return None
+            cpu_now = cpu_seconds(proc.pid)
+            busy = cpu_now - cpu_before > max(BUSY_CPU_SECONDS, BUSY_CPU_SHARE * (loop.time() - checked))
+            cpu_before, checked = cpu_now, loop.time()
+            if busy:
+                self.last_progress = time.monotonic()
+            stalled = self._stalled()
+            if stalled:
+                self.stalls += 1
+                await terminate(proc, 0)  # a wedged process gets SIGKILL at once: its requests end now
+                return ExitInfo("stall", stalled, log_tail=tail_lines(self._log_path))
             if await self._probe(self._health_timeout):
                 failures = 0
                 continue
             failures += 1
-            cpu_now = cpu_seconds(proc.pid)
-            busy = cpu_now - cpu_before > BUSY_CPU_SECONDS
-            cpu_before = cpu_now
             if failures >= (HANG_PROBES_BUSY if busy else HANG_PROBES):
                 await terminate(proc, 0)  # a hung (e.g. stopped) process gets SIGKILL at once
                 return ExitInfo("hang", f"no answer to {failures} health probes "
                                 f"({self._health_timeout:g}s timeout); killed", signal=None,
                                 log_tail=tail_lines(self._log_path))
+
+    def _stalled(self) -> Optional[str]:
+        """Why the engine counts as stalled now, or None: work in flight, no byte and no CPU for too long."""
+        quiet = time.monotonic() - self.last_progress
+        if self.in_flight > 0 and quiet > self._stall_timeout:
+            return (f"no progress for {quiet:.0f}s with {self.in_flight} request(s) in flight (no bytes, CPU idle; "
+                    f"stall timeout {self._stall_timeout:g}s); killed")
+        return None
 
     def _exit_info(self, proc: asyncio.subprocess.Process, reason: str, what: str) -> ExitInfo:
         code, sig, words = describe_exit(proc.returncode)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic.json_schema import SkipJsonSchema
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from slp.settings import DEFAULT_MODEL_ALIAS
 
@@ -37,6 +37,18 @@ class GenerationParams(BaseModel):
     presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
     repeat_penalty: Optional[float] = Field(None, ge=0)
+    keep_alive: Optional[Union[int, str]] = Field(
+        None, description="How long the model stays loaded after this project's requests: '10m', seconds, "
+        "0 (unload after the reply) or -1 (never). Not sent to the engine.")
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: Optional[Union[int, str]]) -> Optional[Union[int, str]]:
+        from slp.engine.pool import parse_keep_alive
+
+        if value is not None:
+            parse_keep_alive(value)  # ValueError names the accepted forms
+        return value
 
     def values(self) -> dict[str, Any]:
         """Only the params that are set: what gets stored and merged into requests."""

@@ -41,14 +41,29 @@ def _base(body: dict, project: Project) -> dict:
     """`shape_plain`, with the project's params filled in where the request left them unset."""
     shaped = shape_plain(body, project)
     for key, value in project.params.values().items():
-        if shaped.get(key) is not None:
+        if shaped.get(key) is not None or key == "keep_alive":  # keep_alive is the agent's, not the engine's
             continue
         if key == "max_tokens" and shaped.get("max_completion_tokens") is not None:
             continue
         shaped[key] = copy.deepcopy(value)
-    if shaped.get("stream") is True and "stream_options" not in shaped:
-        shaped["stream_options"] = {"include_usage": True}  # so streamed requests are counted too
+    if shaped.get("stream") is True and not wants_usage(shaped):
+        # So streamed requests are counted too; the proxy keeps the usage event from a caller that did
+        # not ask for it (see added_usage).
+        options = shaped.get("stream_options")
+        shaped["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
+            "include_usage": True}
     return shaped
+
+
+def wants_usage(body: dict) -> bool:
+    """Whether a request asks for a stream's usage event (`stream_options.include_usage`)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def added_usage(caller: dict, shaped: dict) -> bool:
+    """Whether shaping asked the engine for a usage event the caller did not ask for."""
+    return wants_usage(shaped) and not wants_usage(caller)
 
 
 def merge_system(messages: list, system_prompt: str) -> list:

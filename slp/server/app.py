@@ -7,6 +7,7 @@ requests have finished (graceful shutdown).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from pathlib import Path
@@ -15,14 +16,20 @@ from typing import AsyncIterator, Callable, Optional
 import aiohttp
 from aiohttp import web
 
+from slp.engine.budget import COMPUTE_BUFFER_BYTES, ComputeGate, cpu_cores, estimate_bytes, memory_budget_bytes
 from slp.engine.command import ENGINE_SETTINGS, engine_command
+from slp.engine.gpu import gpu_memory_of
+from slp.engine.pool import Engine, EnginePool, parse_keep_alive
+from slp.engine.process import memory_of
 from slp.engine.supervisor import EngineState, Supervisor
-from slp.models.store import ModelStore
+from slp.models.metadata import cached_metadata
+from slp.models.store import ModelError, ModelStore
 from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
 from slp.projects.store import ProjectStore
 from slp.server import keys
 from slp.server.docs import PUBLIC_DOC_PATHS, add_docs_routes
 from slp.server.engine_client import EngineClient
+from slp.server.engines_routes import add_engine_routes
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import add_project_routes
 from slp.server.proxy import Limiter, ProjectCache, Proxy, Recorder
@@ -40,10 +47,12 @@ from slp.server.schemas import (
     TokenizeRequest,
 )
 from slp.settings import Settings
+from slp.worker.metrics import WorkerCollector
+from slp.worker.pool import WorkerPool
 
 
 def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict],
-               on_engine_change: Optional[Callable[[EngineState, str], None]] = None) -> web.Application:
+               on_engine_change: Optional[Callable[[Engine, EngineState, str], None]] = None) -> web.Application:
     """Build the agent app. The engine is created stopped; the runner starts it once the socket is bound."""
     metrics = Metrics()
     request_log = RequestLog(settings.paths.request_log)
@@ -70,42 +79,87 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app[keys.PROJECT_CACHE] = ProjectCache(projects)
     app[keys.METRICS] = metrics
     app[keys.CONFIG] = {"loaded_at": time.time(), "error": None, "changed": [], "needs_agent_restart": []}
-
-    def engine_changed(state: EngineState, reason: str) -> None:
-        metrics.engine_changed(state, reason)
-        if on_engine_change is not None:
-            on_engine_change(state, reason)
+    workers = app[keys.WORKERS] = WorkerPool()  # RPC workers: checked before each engine start
+    metrics.registry.register(WorkerCollector(workers))
 
     engine_key = secrets.token_urlsafe(32)
     app[keys.ENGINE_AUTH] = f"Bearer {engine_key}"
+    cpu_build = (engine_build or {}).get("preset", "cpu") == "cpu"
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
-        # its accept queue in no order. Waiting in our client instead is first come, first served.
-        http = EngineClient(limit=settings.parallel + 4)
-        # Health probes and metrics scrapes must never queue behind requests for the engine's slots.
-        control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=4))
-        app[keys.ENGINE_HTTP] = http
+        # Health probes and metrics scrapes must never queue behind requests for the engines' slots.
+        control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=4))
         app[keys.ENGINE_CONTROL_HTTP] = control
 
-        def make_command(model_path: Path, port: int):
-            alias = models.resolve(model_path.stem)
-            name = alias.aliases[0] if alias and alias.aliases else model_path.stem
-            # Read at each spawn: a config reload changes what the next engine gets.
-            return engine_command(app[keys.SETTINGS], engine_bin, model_path, port, engine_key, name)
+        def make_engine(name: str, path: Path) -> Engine:
+            current = app[keys.SETTINGS]
+            engine: Optional[Engine] = None
+            asked = time.monotonic()
 
-        app[keys.SUPERVISOR] = Supervisor(
-            make_command, control, start_timeout=settings.start_timeout, health_interval=settings.health_interval,
-            health_timeout=settings.health_timeout, stop_grace=settings.stop_grace,
-            max_restarts=settings.max_restarts, restart_window=settings.restart_window,
-            log_path=settings.paths.engine_log, on_change=engine_changed, on_restart=metrics.engine_restarted)
+            def make_command(model_path: Path, port: int):
+                # Read at each spawn: a config reload changes what the next engine gets. Only the RPC
+                # workers that answer now are passed (`select` blocks while probing them, ~2 s at most).
+                current = app[keys.SETTINGS]
+                rpc = workers.select(current.workers, supervisor) if current.workers else []
+                return engine_command(current, engine_bin, model_path, port, engine_key, name, workers=rpc)
+
+            def changed(state: EngineState, reason: str) -> None:
+                nonlocal asked
+                metrics.engine_changed(name, state)
+                if state is EngineState.READY and asked is not None:
+                    metrics.engine_load_seconds.labels(name).observe(time.monotonic() - asked)
+                    asked = None
+                if on_engine_change is not None and engine is not None:
+                    on_engine_change(engine, state, reason)
+
+            supervisor = Supervisor(
+                make_command, control, start_timeout=current.start_timeout, health_interval=current.health_interval,
+                health_timeout=current.health_timeout, stop_grace=current.stop_grace,
+                max_restarts=current.max_restarts, restart_window=current.restart_window,
+                stall_timeout=current.stall_timeout, name=name, log_path=current.paths.engine_log, on_change=changed,
+                on_restart=lambda reason: metrics.engine_restarted(name, reason))
+            threads = (current.threads or cpu_cores()) if cpu_build else 0
+            engine = Engine(name=name, path=path, supervisor=supervisor, threads=threads, estimate=0,
+                            keep_alive=parse_keep_alive(current.keep_alive))
+            # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
+            # its accept queue in no order. Waiting in our client instead is first come, first served.
+            engine.extra["http"] = EngineClient(limit=current.parallel + 4)
+            return engine
+
+        def estimate(path: Path) -> int:
+            try:
+                meta = cached_metadata(path)
+            except ModelError:
+                return path.stat().st_size * 3 // 2 + COMPUTE_BUFFER_BYTES
+            return estimate_bytes(meta, app[keys.SETTINGS].ctx_size)
+
+        def measure(engine: Engine) -> int:
+            pid = engine.supervisor.pid
+            memory = memory_of(pid)
+            gpu = gpu_memory_of(pid) if not cpu_build else None
+            return (memory["rss_bytes"] if memory else 0) + (gpu or 0)
+
+        def pool_event(event: str, engine: Engine) -> None:
+            if event == "load":
+                metrics.engine_loads.labels(engine.name).inc()
+                return
+            metrics.engine_gone(engine.name, event)
+            asyncio.get_running_loop().create_task(engine.extra["http"].close())
+            if on_engine_change is not None:
+                on_engine_change(engine, EngineState.STOPPED, event)
+
+        app[keys.ENGINES] = EnginePool(
+            make_engine, estimate, measure, budget=memory_budget_bytes(settings), gate=ComputeGate(cpu_cores()),
+            wait_timeout=settings.request_wait_timeout, max_waiting=settings.max_queue, on_event=pool_event)
+        metrics.memory_budget.set(app[keys.ENGINES].budget)
         app[keys.RECORDER].start()
+        workers.start(lambda: app[keys.SETTINGS].workers)
         try:
             yield
         finally:
-            await app[keys.SUPERVISOR].stop()
+            await workers.stop()
+            await app[keys.ENGINES].stop()
             await app[keys.RECORDER].stop()
-            await http.close()
             await control.close()
             projects.close()
             request_log.close()
@@ -128,6 +182,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app.router.add_post("/apply-template", proxy.route("/apply-template", ApplyTemplateRequest, shape_chat,
                                                        account=False))
     add_routes(app)
+    add_engine_routes(app)
     add_project_routes(app, projects, lambda name: models.resolve(name) is not None)
     add_docs_routes(app)
     return app
@@ -135,7 +190,8 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
 # Settings a reload can apply: the engine's own (it is restarted when they change) and the agent's timing.
 LIVE_SETTINGS = ("start_timeout", "request_wait_timeout", "health_interval", "health_timeout", "stop_grace",
-                 "max_restarts", "restart_window", "max_queue", "model")
+                 "max_restarts", "restart_window", "max_queue", "model", "memory_budget", "keep_alive",
+                 "stall_timeout", "strict", "workers")
 
 
 def apply_settings(app: web.Application, new: Settings) -> dict:
@@ -150,14 +206,22 @@ def apply_settings(app: web.Application, new: Settings) -> dict:
     keep = {name: getattr(old, name) for name in fixed}
     applied = new.model_copy(update=keep)
     app[keys.SETTINGS] = applied
-    supervisor = app[keys.SUPERVISOR]
-    supervisor.configure(start_timeout=applied.start_timeout, health_interval=applied.health_interval,
-                         health_timeout=applied.health_timeout, stop_grace=applied.stop_grace,
-                         max_restarts=applied.max_restarts, restart_window=applied.restart_window)
+    pool = app[keys.ENGINES]
+    pool.budget = memory_budget_bytes(applied)
+    pool.wait_timeout, pool.max_waiting = applied.request_wait_timeout, applied.max_queue
+    app[keys.METRICS].memory_budget.set(pool.budget)
     app[keys.LIMITER].limit = applied.parallel + applied.max_queue
-    app[keys.ENGINE_HTTP].limit = applied.parallel + 4
-    if any(name in ENGINE_SETTINGS for name in changed):
-        supervisor.restart("config")
+    restart = any(name in ENGINE_SETTINGS or name == "workers" for name in changed)  # workers: --rpc
+    for engine in pool.engines():
+        engine.supervisor.configure(start_timeout=applied.start_timeout, health_interval=applied.health_interval,
+                                    health_timeout=applied.health_timeout, stop_grace=applied.stop_grace,
+                                    max_restarts=applied.max_restarts, restart_window=applied.restart_window,
+                                    stall_timeout=applied.stall_timeout)
+        engine.extra["http"].limit = applied.parallel + 4
+        if "keep_alive" in changed:
+            engine.keep_alive = parse_keep_alive(applied.keep_alive)
+        if restart:
+            engine.supervisor.restart("config")
     result = {"loaded_at": time.time(), "error": None, "changed": [n for n in changed if n not in fixed],
               "needs_agent_restart": fixed}
     app[keys.CONFIG] = result

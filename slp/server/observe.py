@@ -46,20 +46,46 @@ class Metrics:
         self.queued = Gauge("slp_requests_queued", "Requests beyond the engine's slots, waiting", registry=r)
         self.disconnects = Counter("slp_client_disconnects", "Clients that left before their response ended",
                                    ["route"], registry=r)
-        self.engine_state = Gauge("slp_engine_state", "1 for the engine's current state", ["state"], registry=r)
-        self.engine_restarts = Counter("slp_engine_restarts", "Engine restarts by reason", ["reason"], registry=r)
-        self.engine_rss = Gauge("slp_engine_rss_bytes", "Engine resident memory", registry=r)
-        self.engine_cpu = Gauge("slp_engine_cpu_seconds", "Engine CPU time (user+system)", registry=r)
+        self.engine_state = Gauge("slp_engine_state", "1 for each loaded engine's current state", ["model", "state"],
+                                  registry=r)
+        self.engine_restarts = Counter("slp_engine_restarts", "Engine restarts by model and reason (crash, hang, "
+                                       "stall, start-timeout, user, config)", ["model", "reason"], registry=r)
+        self.engine_rss = Gauge("slp_engine_rss_bytes", "Engine resident memory", ["model"], registry=r)
+        self.engine_cpu = Gauge("slp_engine_cpu_seconds", "Engine CPU time (user+system)", ["model"], registry=r)
+        self.engine_loads = Counter("slp_engine_loads", "Engines loaded, by model", ["model"], registry=r)
+        self.engine_unloads = Counter("slp_engine_unloads", "Engines unloaded, by model and reason (unload, "
+                                      "evicted, expired)", ["model", "reason"], registry=r)
+        self.engine_load_seconds = Histogram("slp_engine_load_seconds", "Time from load to ready", ["model"],
+                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.engine_leases = Gauge("slp_engine_leases", "Requests holding each engine", ["model"], registry=r)
+        self.engine_queued = Gauge("slp_engine_queued", "Requests each engine has beyond its slots", ["model"],
+                                   registry=r)
+        self.memory_budget = Gauge("slp_memory_budget_bytes", "Memory the engines may hold together", registry=r)
+        self.memory_reserved = Gauge("slp_memory_reserved_bytes", "Memory the loaded engines hold or are expected "
+                                     "to hold", registry=r)
+        self.waiting_for_memory = Gauge("slp_loads_waiting_for_memory", "Loads waiting for memory", registry=r)
         self.agent_rss = Gauge("slp_agent_rss_bytes", "Agent resident memory", registry=r)
-        for state in EngineState:
-            self.engine_state.labels(state.value).set(0)
 
-    def engine_changed(self, state: EngineState, reason: str) -> None:
+    def engine_changed(self, model: str, state: EngineState) -> None:
         for s in EngineState:
-            self.engine_state.labels(s.value).set(1 if s is state else 0)
+            self.engine_state.labels(model, s.value).set(1 if s is state else 0)
 
-    def engine_restarted(self, reason: str) -> None:
-        self.engine_restarts.labels(reason).inc()
+    def engine_gone(self, model: str, reason: str) -> None:
+        """An engine was unloaded: its per-model gauges go (counters stay, as Prometheus expects)."""
+        self.engine_unloads.labels(model, reason).inc()
+        for gauge in (self.engine_rss, self.engine_cpu, self.engine_leases, self.engine_queued):
+            try:
+                gauge.remove(model)
+            except KeyError:
+                pass
+        for s in EngineState:
+            try:
+                self.engine_state.remove(model, s.value)
+            except KeyError:
+                pass
+
+    def engine_restarted(self, model: str, reason: str) -> None:
+        self.engine_restarts.labels(model, reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -108,7 +134,7 @@ class RequestLog:
 
 def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: str, model: Optional[str],
             status: int, latency: float, ttft: Optional[float], usage: Optional[dict],
-            disconnected: bool = False) -> None:
+            disconnected: bool = False, engine: Optional[dict] = None) -> None:
     """Record a finished proxied request's tokens, time to first token and log line (the middleware
     counts every request and its latency)."""
     prompt = completion = None
@@ -126,7 +152,8 @@ def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: st
     if log is not None:
         log.write(route=route, project=project, model=model, status=status, prompt_tokens=prompt,
                   completion_tokens=completion, latency_ms=round(latency * 1000, 2),
-                  ttft_ms=round(ttft * 1000, 2) if ttft is not None else None, client_disconnected=disconnected)
+                  ttft_ms=round(ttft * 1000, 2) if ttft is not None else None, client_disconnected=disconnected,
+                  engine=engine)
 
 
 def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
@@ -142,7 +169,7 @@ def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
             metrics.latency.labels(route).observe(latency)
             if info is not None:
                 observe(metrics, request_log, route, info["project"], info.get("model"), status, latency,
-                        info.get("ttft"), info.get("usage"), info.get("disconnected", False))
+                        info.get("ttft"), info.get("usage"), info.get("disconnected", False), info.get("engine"))
         except Exception:  # noqa: BLE001 - bookkeeping must never take the agent down
             log.exception("could not account for a %s request", route)
 

@@ -29,7 +29,6 @@ from slp.projects.schema import (
 )
 from slp.server.docs import STATIC_FILES
 from slp.server.schemas import (
-    ENGINE_FIELDS,
     AnthropicCountTokensRequest,
     AnthropicMessagesRequest,
     ApplyTemplateRequest,
@@ -187,7 +186,7 @@ class ModelList(_Open):
 
 
 class EngineHealth(_Open):
-    state: Literal["stopped", "starting", "ready", "restarting", "failed", "stopping"]
+    state: Literal["stopped", "starting", "ready", "restarting", "failed", "stopping", "unloaded"]
     reason: str
 
 
@@ -221,7 +220,7 @@ class EngineEvent(_Open):
 
 
 class EngineExit(_Open):
-    reason: str = Field(..., description="crash, hang, start-timeout or spawn-failed.")
+    reason: str = Field(..., description="crash, hang, stall, start-timeout or spawn-failed.")
     detail: str
     code: Optional[int] = None
     signal: Optional[str] = None
@@ -230,7 +229,7 @@ class EngineExit(_Open):
 
 
 class EngineStatus(_Open):
-    state: Literal["stopped", "starting", "ready", "restarting", "failed", "stopping"]
+    state: Literal["stopped", "starting", "ready", "restarting", "failed", "stopping", "unloaded"]
     reason: str
     pid: Optional[int]
     port: Optional[int]
@@ -280,6 +279,68 @@ class ConfigState(_Open):
     needs_agent_restart: list[str] = Field(..., description="Changed settings that apply only after a restart.")
 
 
+class EngineSlots(_Open):
+    busy: int
+    total: int
+
+
+class EngineRow(_Open):
+    """One loaded engine (a row of `slp ps`)."""
+
+    model: str = Field(..., examples=[DEFAULT_MODEL_ALIAS])
+    aliases: list[str]
+    path: str
+    state: Literal["stopped", "starting", "ready", "restarting", "failed", "stopping", "unloading"]
+    reason: str
+    pid: Optional[int]
+    port: Optional[int]
+    threads: int = Field(..., description="Compute threads counted against the CPU cores (0: GPU engine).")
+    leases: int = Field(..., description="Requests holding this engine (admitted, streaming or waiting for it).")
+    pinned: bool = Field(..., description="Kept resident: never expires or is evicted.")
+    keep_alive_s: Optional[float] = Field(..., description="Seconds it stays loaded once idle (null: until unloaded).")
+    estimate_bytes: int = Field(..., description="Memory it was expected to need (weights + KV cache + buffers).")
+    measured_bytes: Optional[int] = Field(..., description="Memory it was measured to hold (RSS, + GPU memory).")
+    rss_bytes: Optional[int]
+    gpu_bytes: Optional[int]
+    slots: EngineSlots
+    queued: int = Field(..., description="Requests sent to it beyond its slots.")
+    loaded_at: float
+    last_used: float
+    expires_in_s: Optional[float] = Field(..., description="Seconds until it is unloaded if still idle.")
+    restarts: int
+    last_exit: Optional[EngineExit]
+    uptime_s: Optional[float]
+
+
+class ComputeState(_Open):
+    """CPU engines compute at once only while their threads fit in the cores."""
+
+    cores: int
+    threads_in_use: int
+    waiting: int
+
+
+class EngineList(_Open):
+    object: Literal["list"]
+    data: list[EngineRow]
+    budget_bytes: int = Field(..., description="SLP_MEMORY_BUDGET in bytes.")
+    reserved_bytes: int = Field(..., description="What the loaded engines hold or are expected to hold.")
+    waiting_for_memory: int
+    compute: ComputeState
+
+
+class MemoryBudget(_Open):
+    budget_bytes: int
+    reserved_bytes: int
+    waiting_for_memory: int
+
+
+class UnloadResult(_Open):
+    model: str
+    unloaded: bool = Field(..., description="False when the model was not loaded.")
+    state: Literal["unloaded"]
+
+
 class Status(_Open):
     """Everything `slp status` shows."""
 
@@ -297,6 +358,9 @@ class Status(_Open):
     gpu: str = Field(..., examples=["None (CPU only)"])
     restarts: int
     config: Optional[ConfigState] = None
+    engines: list[EngineRow] = Field(default_factory=list, description="Every loaded engine (`slp ps`).")
+    memory_budget: Optional[MemoryBudget] = None
+    compute: Optional[ComputeState] = None
     active_project: ActiveProject
 
 
@@ -404,18 +468,21 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ErrorResponse, ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, ResponseObject, ResponseStreamEvent,
     AnthropicMessageResponse, AnthropicStreamEvent, TokenCount, RerankList, TokenList, DetokenizedText, TemplatedPrompt,
-    Model, ModelList, Health, Status, Project, ProjectList, ProjectDeleted, ProjectUsage, SessionList, SessionDetail)
+    Model, ModelList, Health, Status, EngineList, EngineRow, UnloadResult, Project, ProjectList, ProjectDeleted, ProjectUsage, SessionList, SessionDetail)
 
 
 def with_known_fields(model: type[BaseModel], schema: dict) -> dict:
-    """`_Known` models refuse top-level fields that are neither declared nor in ENGINE_FIELDS (400,
-    "Unrecognized request argument"): say so with `propertyNames`, from the same two sources."""
-    if issubclass(model, _Known) and "propertyNames" not in schema:
-        schema["propertyNames"] = {"enum": sorted({*model.model_fields, *ENGINE_FIELDS})}
-        schema["description"] = (schema.get("description", "").rstrip() + "\n\nBesides the fields listed, "
-                                 "llama-server's and OpenAI's other options (`propertyNames`) are passed to "
-                                 "the engine as they are; any other field is refused.").strip()
+    """`_Known` models pass top-level fields they do not declare to the engine (refused only under
+    SLP_STRICT, unless llama-server or OpenAI defines them: ENGINE_FIELDS): say so."""
+    if issubclass(model, _Known) and UNKNOWN_FIELDS_NOTE not in schema.get("description", ""):
+        schema["description"] = (schema.get("description", "").rstrip() + "\n\n" + UNKNOWN_FIELDS_NOTE).strip()
     return schema
+
+
+UNKNOWN_FIELDS_NOTE = ("Besides the fields listed, any field is passed to the engine as it is (llama-server "
+                       "ignores what it does not know); fields that neither llama-server nor OpenAI define are "
+                       "named in the `X-SLP-Unknown-Fields` response header, and refused when the agent runs "
+                       "with `SLP_STRICT=true`.")
 
 
 def component_schemas() -> dict[str, dict]:
@@ -730,6 +797,35 @@ def _agent_operations() -> dict:
             "tags": ["OpenAI-compatible"], "operationId": "listModels", "summary": "Installed models",
             "description": "Every installed model, once per alias and once under its own name (OpenAI list shape).",
             "responses": {200: ok("ModelList", "The models."), **common_errors(body=False)},
+        },
+        ("get", "/v1/engines"): {
+            "tags": ["Agent"], "operationId": "listEngines", "summary": "Loaded engines",
+            "description": "One engine per loaded model: PID, state, memory, threads, slots, queue, leases, last use "
+                           "and expiry, plus the memory budget (what `slp ps` shows).",
+            "responses": {200: ok("EngineList", "The engines."), **common_errors(body=False)},
+        },
+        ("post", "/v1/models/{model}/load"): {
+            "tags": ["Agent"], "operationId": "loadModel", "summary": "Load a model now",
+            "description": "Starts the model's engine (if it is not loaded) and waits until it is ready. `pin` keeps "
+                           "it resident; `keep_alive` sets how long it stays once idle. The body is optional.",
+            "parameters": [MODEL_PARAM],
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": {"type": "object", "additionalProperties": False, "properties": {
+                    "pin": {"type": "boolean"},
+                    "keep_alive": {"type": ["string", "integer"], "description": "'10m', seconds, 0 or -1."}}},
+                "example": {"pin": True}}}},
+            "responses": {200: ok("EngineRow", "The engine, ready."),
+                          404: error(404, "No installed model has that name."), 503: error(503),
+                          **common_errors(body=True), 400: error(400, "A bad option, or a model larger than the "
+                                                                      "memory budget (`model_too_large`)."),
+                          415: error(415)},
+        },
+        ("post", "/v1/models/{model}/unload"): {
+            "tags": ["Agent"], "operationId": "unloadModel", "summary": "Unload a model",
+            "description": "Stops the model's engine once the requests it serves have finished (none is cut).",
+            "parameters": [MODEL_PARAM],
+            "responses": {200: ok("UnloadResult", "Unloaded (or was not loaded)."),
+                          404: error(404, "No installed model has that name."), **common_errors(body=False)},
         },
         ("get", "/v1/models/{model}"): {
             "tags": ["OpenAI-compatible"], "operationId": "retrieveModel", "summary": "One model",

@@ -18,15 +18,16 @@ from typing import Any, Callable, Optional
 import aiohttp
 from aiohttp import web
 
+from slp.engine.pool import UNSET, Engine, ModelTooLarge, parse_keep_alive
 from slp.engine.supervisor import EngineState, EngineUnavailable
 from slp.projects.schema import Project
-from slp.projects.shaping import shape_chat, shape_plain
+from slp.projects.shaping import added_usage, shape_chat, shape_plain
 from slp.projects.store import ProjectError, ProjectNotFound
 from slp.server import keys
 from slp.server.engine_client import EngineConnectionError, EngineResponse, EngineStreamError
 from slp.server.errors import APIError, error_response
 from slp.server.jsonbody import read_json_object, validate
-from slp.server.schemas import ChatCompletionRequest
+from slp.server.schemas import ChatCompletionRequest, validation_context
 
 log = logging.getLogger("slp.proxy")
 
@@ -40,6 +41,73 @@ def _last_event(stream: bytearray) -> bytes:
     body = bytes(stream).rstrip(b"\n")
     start = body.rfind(b"\n\n")
     return body[start + 2:] if start >= 0 else body
+
+
+UNKNOWN_FIELDS_HEADER = "X-SLP-Unknown-Fields"  # request fields slp does not know, passed to the engine as they are
+
+
+def _report_unknown(response: web.StreamResponse, unknown: tuple[str, ...]) -> web.StreamResponse:
+    """Name the unknown request fields in a reply not yet sent (a stream's headers name them itself)."""
+    if unknown and not response.prepared:
+        response.headers[UNKNOWN_FIELDS_HEADER] = ", ".join(unknown)
+    return response
+
+
+class HiddenUsage:
+    """Keeps from a streaming client the usage event it did not ask for.
+
+    slp asks the engine for a stream's usage (`stream_options.include_usage`) to account for it; a
+    client that did not ask must see the stream the engine would have sent it: no extra event with an
+    empty `choices` list (a reader taking `choices[0]` of each event would crash on it). Only the end of
+    a stream is touched, found by searching bytes, never by parsing each event: an event that finishes
+    a choice is held back until the next bytes show whether the usage event follows; that event is
+    dropped, and the `timings` llama-server put on it go back on the finish event, where the engine puts
+    them when it sends no usage event. An incomplete event is held until it is whole (llama-server sends
+    whole events, so in practice nothing waits).
+    """
+
+    FINISH = b'"finish_reason":"'  # a choice's last event ("finish_reason":null in the others)
+    USAGE_ONLY = b'"choices":[]'  # (the marker bytes cannot occur inside a JSON string: quotes are escaped)
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes of `chunk` (after those held back before) that may go to the client now."""
+        data = self.held + chunk if self.held else chunk
+        self.held = b""
+        if data.endswith(b"\n\n") and self.FINISH not in data and self.USAGE_ONLY not in data:
+            return data
+        events = data.split(b"\n\n")
+        tail = events.pop()  # an incomplete event, or b"" after a whole one
+        kept: list[bytes] = []
+        for event in events:
+            if self.USAGE_ONLY in event and b'"usage":' in event:
+                if kept and self.FINISH in kept[-1]:
+                    kept[-1] = self._with_timings(kept[-1], event)
+                continue
+            kept.append(event)
+        if kept and self.FINISH in kept[-1]:
+            tail = kept.pop() + b"\n\n" + tail
+        self.held = tail
+        return b"".join(event + b"\n\n" for event in kept)
+
+    def flush(self) -> bytes:
+        """What is still held (the stream ended)."""
+        data, self.held = self.held, b""
+        return data
+
+    @staticmethod
+    def _with_timings(finish: bytes, usage: bytes) -> bytes:
+        if b'"timings":' in finish or not finish.endswith(b"}"):
+            return finish
+        try:
+            timings = json.loads(usage[usage.index(b"{"):]).get("timings")
+        except (ValueError, AttributeError):
+            return finish
+        if timings is None:
+            return finish
+        return finish[:-1] + b',"timings":' + json.dumps(timings, separators=(",", ":")).encode() + b"}"
 
 
 def engine_error(status: int, data: bytes) -> web.Response:
@@ -75,11 +143,16 @@ class Proxy:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await read_json_object(request)
-        validate(ChatCompletionRequest, body)
+        keep_alive = _pop_keep_alive(body)
+        unknown = self._validate(request, ChatCompletionRequest, body)
         project = await self._project_for(request, body)
         session = (body["session_id"], body["messages"]) if body.get("session_id") else None
-        body = shape_chat(body, project)
-        return await self._forward(request, "/v1/chat/completions", body, project, session)
+        shaped = shape_chat(body, project)
+        if added_usage(body, shaped):
+            request["slp_hide_usage"] = True
+        response = await self._forward(request, "/v1/chat/completions", shaped, project, session,
+                                       keep_alive=keep_alive)
+        return _report_unknown(response, unknown)
 
     def route(self, path: str, schema: type, shape: Callable[[dict, Project], dict] = shape_plain,
               end_marker: bytes = _DONE, account: bool = True) -> Callable:
@@ -88,15 +161,30 @@ class Proxy:
 
         async def handler(request: web.Request) -> web.StreamResponse:
             body = await read_json_object(request)
-            validate(schema, body)
+            keep_alive = _pop_keep_alive(body)
+            unknown = self._validate(request, schema, body)
             project = await self._project_for(request, body)
-            return await self._forward(request, path, shape(body, project), project, None,
-                                       end_marker=end_marker, account=account)
+            shaped = shape(body, project)
+            if added_usage(body, shaped):
+                request["slp_hide_usage"] = True
+            response = await self._forward(request, path, shaped, project, None,
+                                           end_marker=end_marker, account=account, keep_alive=keep_alive)
+            return _report_unknown(response, unknown)
 
         handler.__doc__ = schema.__doc__
         return handler
 
     # ------------------------------------------------------------------ steps
+
+    def _validate(self, request: web.Request, schema: type, body: dict) -> tuple[str, ...]:
+        """Validate the body (refusing unknown fields under SLP_STRICT); returns the unknown field names,
+        which are passed on to the engine. They are also put in the request (`slp_unknown`) so a stream
+        can report them in its headers."""
+        context = validation_context(self.app[keys.SETTINGS].strict)
+        validate(schema, body, context=context)
+        if context["unknown"]:
+            request["slp_unknown"] = context["unknown"]
+        return context["unknown"]
 
     async def _project_for(self, request: web.Request, body: dict) -> Project:
         """The project a request runs in: body `project_id`, else `X-SLP-Project`, else the active one."""
@@ -128,64 +216,86 @@ class Proxy:
         self._resolved[model_name] = (stamp, model.path)
         return model.path
 
-    async def _engine_for(self, model_name: str) -> int:
-        """Make sure the engine serves `model_name` and is ready; returns its port."""
-        path = self._model_path(model_name)
-        supervisor = self.app[keys.SUPERVISOR]
-        if supervisor.model_path != path:
-            supervisor.use_model(path)  # one engine at a time: switching restarts it; requests wait
-        if supervisor.state is not EngineState.READY:
-            await supervisor.wait_ready(self.app[keys.SETTINGS].request_wait_timeout)
-        return supervisor.port
-
     async def _forward(self, request: web.Request, path: str, body: dict, project: Project,
                        session: Optional[Session], end_marker: bytes = _DONE,
-                       account: bool = True) -> web.StreamResponse:
+                       account: bool = True, keep_alive: object = UNSET) -> web.StreamResponse:
         limiter = self.app[keys.LIMITER]
         if not limiter.try_acquire():
             raise APIError(429, "too many requests waiting for the engine; retry shortly",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
         info = request["slp"] = {"project": project.name, "model": body.get("model") or project.model}
         try:
-            port = await self._engine_for(info["model"])
-            payload = json.dumps(body).encode()
-            headers = {"Content-Type": "application/json", "Authorization": self.app[keys.ENGINE_AUTH]}
+            model_path = self._model_path(info["model"])
+            if keep_alive is UNSET and project.params.keep_alive is not None:
+                keep_alive = parse_keep_alive(project.params.keep_alive)
             try:
-                upstream = await self.app[keys.ENGINE_HTTP].post("127.0.0.1", port, path, payload, headers)
+                lease = self.app[keys.ENGINES].lease(engine_name(self.app[keys.MODELS], model_path), model_path,
+                                                     keep_alive=keep_alive)
+                async with lease as engine:
+                    return await self._send(request, engine, path, body, project, session, end_marker, account)
+            except ModelTooLarge as exc:
+                raise APIError(400, str(exc), code="model_too_large", param="model")
+        finally:
+            limiter.release()
+
+    async def _send(self, request: web.Request, engine: Engine, path: str, body: dict, project: Project,
+                    session: Optional[Session], end_marker: bytes, account: bool) -> web.StreamResponse:
+        """Forward to a leased, ready engine; its supervisor sees the work and every byte (progress)."""
+        info = request["slp"]
+        supervisor = engine.supervisor
+        info["engine"] = {"model": engine.name, "pid": supervisor.pid}
+        payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Authorization": self.app[keys.ENGINE_AUTH]}
+        supervisor.work_begin()
+        try:
+            try:
+                upstream = await engine.extra["http"].post("127.0.0.1", supervisor.port, path, payload, headers)
             except EngineConnectionError as exc:
-                raise EngineUnavailable(str(exc), EngineState.RESTARTING, 2)
+                raise EngineUnavailable(f"{exc} ({_engine_words(engine)})", EngineState.RESTARTING, 2)
+            supervisor.progress()
             async with upstream:
                 if body.get("stream") and upstream.status == 200:
-                    return await self._stream(request, upstream, project, session, end_marker)
+                    return await self._stream(request, engine, upstream, project, session, end_marker)
                 try:
                     data = await upstream.read()
                 except EngineStreamError as exc:
-                    raise EngineUnavailable(str(exc), EngineState.RESTARTING, 2)
+                    raise EngineUnavailable(f"the engine failed before answering: {exc} ({_engine_words(engine)})",
+                                            EngineState.RESTARTING, 2)
                 if upstream.status != 200:
                     return engine_error(upstream.status, data)
                 if account:
                     self._account_later(info, self._account_json, data, project, session)
                 return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
         finally:
-            limiter.release()
+            supervisor.work_end()
 
-    async def _stream(self, request: web.Request, upstream: EngineResponse, project: Project,
+    async def _stream(self, request: web.Request, engine: Engine, upstream: EngineResponse, project: Project,
                       session: Optional[Session], end_marker: bytes) -> web.StreamResponse:
         """Pass SSE bytes through as they arrive. Client gone: close upstream so the engine stops.
         Engine gone: end the stream with an error event, never a silently truncated success."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
+        if "slp_unknown" in request:
+            response.headers[UNKNOWN_FIELDS_HEADER] = ", ".join(request["slp_unknown"])
         await response.prepare(request)
         keep_all = session is not None
         seen = bytearray()
         failure: Optional[str] = None
         info = request["slp"]
+        hidden = HiddenUsage() if request.get("slp_hide_usage") else None
+        progress = engine.supervisor.progress
         try:
             async for chunk in upstream.iter_chunks():
+                progress()
                 if not seen:
                     info["ttft"] = time.perf_counter() - request["slp_started"]
                 try:
-                    await response.write(chunk)
+                    if hidden is None:
+                        await response.write(chunk)
+                    else:
+                        out = hidden.feed(chunk)
+                        if out:
+                            await response.write(out)
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
                     upstream.close()  # drops the engine connection: llama-server cancels the generation
                     info["disconnected"] = True
@@ -199,11 +309,20 @@ class Proxy:
                         del seen[:cut + 2]
         except EngineStreamError as exc:
             failure = f"engine stream broke: {exc.__class__.__name__}"
+        if hidden is not None and hidden.held:
+            try:
+                await response.write(hidden.flush())
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
+                info["disconnected"] = True
+                return response
         if failure is None and end_marker not in _last_event(seen):
             failure = f"engine stream ended before {end_marker.decode()}"
         if failure is not None:
-            supervisor = self.app[keys.SUPERVISOR]
-            err = {"error": {"message": f"{failure} (engine {supervisor.state.value}: {supervisor.reason})",
+            await engine.supervisor.settle(1.0)  # let it record why the engine went (crash, stall) first
+            # An engine with RPC workers: name the worker it lost (known once its restart checked them).
+            since = time.time() - (time.perf_counter() - request["slp_started"])
+            lost = await self.app[keys.WORKERS].loss_note(since, engine.supervisor)
+            err = {"error": {"message": f"{failure} ({_engine_words(engine)})" + (f"; {lost}" if lost else ""),
                              "type": "server_error", "param": None, "code": "engine_failed"}}
             try:
                 await response.write(b"data: " + json.dumps(err).encode() + b"\n\n")
@@ -267,6 +386,31 @@ class Proxy:
         assistant = {"role": "assistant", "content": "".join(parts)} if session else None
         self.app[keys.RECORDER].record(project.id, usage, session, assistant)
         return usage
+
+
+def _pop_keep_alive(body: dict) -> object:
+    """The request's `keep_alive` (Ollama's convention; never sent to the engine), in seconds or None."""
+    if "keep_alive" not in body:
+        return UNSET
+    value = body.pop("keep_alive")
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise APIError(400, str(exc), code="invalid_value", param="keep_alive")
+
+
+def _engine_words(engine: Engine) -> str:
+    """The engine's state for an error message: after a crash or a stall, why it ended."""
+    sup = engine.supervisor
+    if sup.state is not EngineState.READY and sup.last_exit is not None:
+        return f"engine for {engine.name} {sup.state.value} after {sup.last_exit.reason}: {sup.last_exit.detail}"
+    return f"engine for {engine.name} {sup.state.value}: {sup.reason}"
+
+
+def engine_name(models: Any, path: Path) -> str:
+    """What an engine is called (its first alias, else the file's name): in status, logs and metrics."""
+    found = models.resolve(path.stem)
+    return found.aliases[0] if found is not None and found.aliases else path.stem
 
 
 def merge_usage(usage: Optional[dict], event: dict) -> Optional[dict]:

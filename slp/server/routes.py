@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
+from typing import Optional
 
 import aiohttp
 import psutil
@@ -13,6 +15,7 @@ from aiohttp import web
 import slp
 from slp.engine.gpu import gpu_description, gpu_memory_of
 from slp.engine.process import memory_of, tail_lines
+from slp.engine.pool import Engine
 from slp.engine.supervisor import EngineState
 from slp.models.store import ModelError
 from slp.server import keys
@@ -30,27 +33,60 @@ def human_size(n: int | None) -> str | None:
     return None
 
 
+def primary_engine(app: web.Application, model: Optional[str] = None) -> Optional[Engine]:
+    """The engine `slp status` describes: the one serving `model` (the active project's) if loaded, else
+    the agent's default model's, else the most recently used one."""
+    pool = app[keys.ENGINES]
+    for name in (model, app[keys.SETTINGS].model):
+        found = app[keys.MODELS].resolve(name) if name else None
+        if found is not None and (engine := pool.get(found.path)) is not None:
+            return engine
+    engines = pool.engines()
+    return max(engines, key=lambda e: e.last_used) if engines else None
+
+
 async def health(request: web.Request) -> web.Response:
-    """Agent liveness and engine readiness: 200 when the engine is ready, 503 (with why) otherwise."""
-    supervisor = request.app[keys.SUPERVISOR]
+    """Agent liveness and engine readiness: 200 when the default engine is ready (or was unloaded on
+    purpose), 503 (with why) while it starts, restarts or has failed."""
+    engine = primary_engine(request.app)
+    if engine is None:
+        body = {"status": "ok", "agent": "ok", "engine": {"state": "unloaded", "reason": "no model is loaded"}}
+        return web.json_response(body)
+    supervisor = engine.supervisor
     ready = supervisor.state is EngineState.READY
     body = {"status": "ok" if ready else supervisor.state.value,
-            "agent": "ok", "engine": {"state": supervisor.state.value, "reason": supervisor.reason}}
+            "agent": "ok", "engine": {"state": supervisor.state.value, "reason": supervisor.reason,
+                                      "model": engine.name}}
     return web.json_response(body, status=200 if ready else 503)
 
 
-def status_payload(app: web.Application) -> dict:
-    """Everything `slp status` shows, and more, as one JSON object."""
-    settings, supervisor = app[keys.SETTINGS], app[keys.SUPERVISOR]
-    engine = supervisor.snapshot()
-    memory = memory_of(supervisor.pid)
+def status_payload(app: web.Application, active_model: Optional[str] = None) -> dict:
+    """Everything `slp status` shows, and more, as one JSON object (the table describes the engine of
+    the active project's model; `engines` lists every loaded one)."""
+    settings = app[keys.SETTINGS]
+    pool = app[keys.ENGINES]
+    primary = primary_engine(app, active_model)
+    if primary is not None:
+        supervisor = primary.supervisor
+        engine = {**supervisor.snapshot(), "model": primary.name}
+        history = list(supervisor.history)[-10:]
+    else:
+        engine = {"state": "unloaded", "reason": "no model is loaded", "pid": None, "port": None, "model": None,
+                  "model_path": None, "restarts": 0, "uptime_s": None, "last_exit": None}
+        history = []
+    pid = engine["pid"]
+    memory = memory_of(pid)
     build = app[keys.ENGINE_BUILD]
-    gpu_bytes = gpu_memory_of(supervisor.pid) if build.get("preset") in ("cuda", "vulkan") else None
+    gpu_bytes = gpu_memory_of(pid) if build.get("preset") in ("cuda", "vulkan") else None
     if memory is not None:
         memory["gpu_bytes"] = gpu_bytes
     model = None
-    if supervisor.model_path is not None:
-        installed = app[keys.MODELS].resolve(supervisor.model_path.stem)
+    model_path = Path(engine["model_path"]) if engine.get("model_path") else None
+    if model_path is None and active_model:
+        found = app[keys.MODELS].resolve(active_model)
+        model_path = found.path if found is not None else None
+    if model_path is not None:
+        installed = app[keys.MODELS].resolve(model_path.stem)
         if installed is not None:
             try:
                 meta = installed.metadata.to_dict()
@@ -59,12 +95,13 @@ def status_payload(app: web.Application) -> dict:
             meta["gguf_name"] = meta.pop("name", None)  # the file's own label; `name` is what requests use
             model = {**meta, "name": installed.name, "aliases": list(installed.aliases), "path": str(installed.path),
                      "size_bytes": installed.size_bytes, "size": human_size(installed.size_bytes)}
-    if supervisor.state is EngineState.FAILED and engine.get("last_exit"):
+    if engine["state"] == EngineState.FAILED.value and engine.get("last_exit"):
         engine["log_tail"] = engine["last_exit"]["log_tail"]
-    elif supervisor.state is not EngineState.READY:
+    elif engine["state"] != EngineState.READY.value:
         engine["log_tail"] = tail_lines(settings.paths.engine_log, 10)
     engine["memory"] = memory
-    engine["history"] = list(supervisor.history)[-10:]
+    engine["history"] = history
+    pool.refresh()
     return {
         "object": "slp.status",
         "server": app[keys.PUBLIC_URL][0] if app[keys.PUBLIC_URL] else None,
@@ -82,16 +119,42 @@ def status_payload(app: web.Application) -> dict:
                          "rss_bytes": memory["rss_bytes"] if memory else None,
                          "gpu_bytes": gpu_bytes},
         "gpu": gpu_description(build.get("preset"), settings.gpu_layers),
-        "restarts": supervisor.restarts,
+        "restarts": engine["restarts"],
+        "engines": engines_payload(app),
+        "memory_budget": {"budget_bytes": pool.budget, "reserved_bytes": pool.used(),
+                          "waiting_for_memory": pool.waiting_for_room},
+        "compute": pool.gate.snapshot(),
         "config": app[keys.CONFIG],
+        "workers": app[keys.WORKERS].snapshot(),  # RPC workers (SLP_WORKERS): address, state, rtt, memory
+        "worker_losses": app[keys.WORKERS].losses_since(0)[-5:],
     }
 
 
+def engines_payload(app: web.Application) -> list[dict]:
+    """Every loaded engine: what `slp ps` shows (memory measured now, slots from the engine's own use)."""
+    pool = app[keys.ENGINES]
+    settings = app[keys.SETTINGS]
+    build = app[keys.ENGINE_BUILD]
+    rows = []
+    for engine in pool.engines():
+        row = engine.snapshot()
+        memory = memory_of(engine.supervisor.pid)
+        row["rss_bytes"] = memory["rss_bytes"] if memory else None
+        row["gpu_bytes"] = gpu_memory_of(engine.supervisor.pid) if build.get("preset") in ("cuda", "vulkan") else None
+        found = app[keys.MODELS].resolve(engine.path.stem)
+        row["aliases"] = list(found.aliases) if found is not None else []
+        busy = engine.supervisor.in_flight
+        row["slots"] = {"busy": min(busy, settings.parallel), "total": settings.parallel}
+        row["queued"] = max(0, busy - settings.parallel)
+        rows.append(row)
+    return rows
+
+
 async def status(request: web.Request) -> web.Response:
-    """The agent, its engine, the model and the active project (what `slp status` prints)."""
-    # Off the event loop: the first read of a model's GGUF metadata takes seconds (then it is cached).
-    payload = await asyncio.to_thread(status_payload, request.app)
+    """The agent, its engines, the model and the active project (what `slp status` prints)."""
     project = await asyncio.to_thread(request.app[keys.PROJECTS].active)
+    # Off the event loop: the first read of a model's GGUF metadata takes seconds (then it is cached).
+    payload = await asyncio.to_thread(status_payload, request.app, project.model)
     payload["active_project"] = {"id": project.id, "name": project.name}
     return web.json_response(payload)
 
@@ -121,26 +184,59 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format: slp's metrics, then the engine's own (re-exported as it sends them)."""
+    """Prometheus text format: slp's metrics, then each engine's own (re-exported with a model label)."""
     app = request.app
-    m, supervisor, limiter = app[keys.METRICS], app[keys.SUPERVISOR], app[keys.LIMITER]
+    m, pool, limiter = app[keys.METRICS], app[keys.ENGINES], app[keys.LIMITER]
     settings = app[keys.SETTINGS]
     m.in_flight.set(limiter.in_flight)
-    m.queued.set(max(0, limiter.in_flight - settings.parallel))
-    memory = memory_of(supervisor.pid)
-    m.engine_rss.set(memory["rss_bytes"] if memory else 0)
-    m.engine_cpu.set(memory["cpu_seconds"] if memory else 0)
+    m.queued.set(max(0, limiter.in_flight - settings.parallel * max(1, len(pool.engines()))))
+    pool.refresh()
+    for engine in pool.engines():
+        memory = memory_of(engine.supervisor.pid)
+        m.engine_rss.labels(engine.name).set(memory["rss_bytes"] if memory else 0)
+        m.engine_cpu.labels(engine.name).set(memory["cpu_seconds"] if memory else 0)
+        m.engine_leases.labels(engine.name).set(engine.leases)
+        m.engine_queued.labels(engine.name).set(max(0, engine.supervisor.in_flight - settings.parallel))
+    m.memory_reserved.set(pool.used())
+    m.waiting_for_memory.set(pool.waiting_for_room)
     m.agent_rss.set(psutil.Process().memory_info().rss)
     body = m.render()
-    if supervisor.state is EngineState.READY:
+    families: dict[str, list[str]] = {}
+    for engine in pool.engines():
+        supervisor = engine.supervisor
+        if supervisor.state is not EngineState.READY:
+            continue
         try:
             async with app[keys.ENGINE_CONTROL_HTTP].get(f"{supervisor.base_url}/metrics", timeout=aiohttp.ClientTimeout(total=2),
                                                  headers={"Authorization": app[keys.ENGINE_AUTH]}) as resp:
                 if resp.status == 200:
-                    body += b"# The engine's own metrics (llama-server /metrics):\n" + await resp.read()
+                    _label_engine_metrics(await resp.read(), engine.name, families)
         except (aiohttp.ClientError, asyncio.TimeoutError):
             pass  # the engine is busy or restarting: slp's own metrics still answer
+    if families:
+        body += b"# The engines' own metrics (llama-server /metrics), labelled by model:\n"
+        body += ("\n".join(line for lines in families.values() for line in lines) + "\n").encode()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def _label_engine_metrics(text: bytes, model: str, families: dict[str, list[str]]) -> None:
+    """Add llama-server's samples to `families` with a `model` label, so several engines' series stay
+    apart; each family's HELP and TYPE lines come once and its samples stay together, as the format asks."""
+    label = model.replace("\\", "\\\\").replace('"', '\\"')
+    for line in text.decode("utf-8", "replace").splitlines():
+        if not line:
+            continue
+        if line.startswith("#"):
+            parts = line.split(" ", 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                lines = families.setdefault(parts[2], [])
+                if not any(existing.startswith(f"# {parts[1]} ") for existing in lines):
+                    lines.append(line)
+            continue
+        name, _, value = line.partition(" ")
+        family = name.split("{", 1)[0]
+        labelled = name.replace("{", f'{{model="{label}",', 1) if "{" in name else f'{name}{{model="{label}"}}'
+        families.setdefault(family, []).append(f"{labelled} {value}")
 
 
 def add_routes(app: web.Application) -> None:

@@ -21,13 +21,15 @@ from pydantic import ValidationError
 
 import slp
 from slp.engine.binary import EngineNotFound, find_engine
-from slp.engine.process import kill_stale
+from slp.engine.pool import Engine
+from slp.engine.process import kill_stale_engines
 from slp.engine.supervisor import EngineState
 from slp.models.store import ModelError, ModelStore
 from slp.projects.store import ProjectStore
 from slp.runstate import clear_state, live_state, read_state, write_state
 from slp.server import keys
 from slp.server.app import apply_settings, create_app
+from slp.server.proxy import engine_name
 from slp.server.preflight import SHUTDOWN_GRACE, AgentError, check_security  # noqa: F401 - re-exported
 from slp.service.notify import ServiceNotifier, under_systemd
 from slp.settings import Settings, describe_settings_error, ensure_private_dir
@@ -72,6 +74,17 @@ def warm_metadata(models: ModelStore, model_path: Path) -> None:
             pass  # a damaged file: the engine's own failure says so
 
 
+async def load_default(app: web.Application, name: str, path: Path) -> None:
+    """The model the agent starts with stays resident (pinned): `slp status` describes it, and `/health`
+    is ready when it is. Other models load on demand and follow keep-alive."""
+    try:
+        await app[keys.ENGINES].load(name, path, pin=True)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - status and /health say why; the agent keeps serving
+        log.error("the default model %s did not load: %s", name, exc)
+
+
 def setup_logging(settings: Settings) -> None:
     ensure_private_dir(settings.paths.log_dir)
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -90,9 +103,8 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
     running = live_state(paths)
     if running and running.get("agent_pid") != os.getpid():
         raise AgentError(f"an slp agent is already running at {running['url']} (pid {running['agent_pid']})")
-    stale = read_state(paths)
-    if stale and kill_stale(stale.get("engine_pid"), stale.get("engine_create_time")):
-        log.warning("killed engine pid %s left behind by a dead agent", stale.get("engine_pid"))
+    for pid in kill_stale_engines(read_state(paths)):
+        log.warning("killed engine pid %s left behind by a dead agent", pid)
     clear_state(paths)
     try:
         engine_bin, build = find_engine(settings)
@@ -109,23 +121,39 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
 
     warmed: set[Path] = set()
 
-    def on_engine_change(engine_state: EngineState, reason: str) -> None:
-        if engine_state is EngineState.READY and (model := app[keys.SUPERVISOR].model_path) not in warmed:
+    def on_engine_change(engine: Engine, engine_state: EngineState, reason: str) -> None:
+        if engine_state is EngineState.READY and engine.path not in warmed:
             # Reading GGUF metadata takes seconds of GIL-holding Python (gguf parses the whole vocabulary).
             # Done while the engine loads, it starved the readiness probe; done once it is ready, it
             # only delays the first `slp status`.
-            warmed.add(model)
-            asyncio.get_running_loop().run_in_executor(None, warm_metadata, app[keys.MODELS], model)
-        notifier.engine_changed(engine_state, reason)
-        pid = app[keys.SUPERVISOR].pid if keys.SUPERVISOR in app else None
-        if pid != state["engine_pid"] and state["url"]:
-            state["engine_pid"] = pid
+            warmed.add(engine.path)
+            asyncio.get_running_loop().run_in_executor(None, warm_metadata, app[keys.MODELS], engine.path)
+        if engine.path == model_path:
+            notifier.engine_changed(engine_state, reason)
+        record_engines()
+
+    def record_engines() -> None:
+        """Every engine's PID and create time in the state file, so a next start can reap them all."""
+        if not state["url"] or keys.ENGINES not in app:
+            return
+        engines = []
+        for engine in app[keys.ENGINES].engines():
+            pid = engine.supervisor.pid
             try:
-                state["engine_create_time"] = psutil.Process(pid).create_time() if pid else None
+                engines.append({"model": engine.name, "pid": pid,
+                                "create_time": psutil.Process(pid).create_time() if pid else None})
             except psutil.NoSuchProcess:
-                state["engine_create_time"] = None
+                pass
+        primary = next((e for e in engines if e["model"] == primary_name), engines[0] if engines else None)
+        new = {"engine_pid": primary["pid"] if primary else None,
+               "engine_create_time": primary["create_time"] if primary else None,
+               "engines": [e for e in engines if e["pid"]]}
+        if any(state.get(k) != v for k, v in new.items()):
+            state.update(new)
             write_state(paths, state)
 
+    primary_name = model_path.stem
+    boot: Optional[asyncio.Task] = None
     app = create_app(settings, engine_bin, build, on_engine_change)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     await runner.setup()
@@ -150,7 +178,8 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)  # handlers only record; the loop below acts
-        app[keys.SUPERVISOR].start(model_path)
+        primary_name = engine_name(app[keys.MODELS], model_path)
+        boot = asyncio.create_task(load_default(app, primary_name, model_path))
         if ready is not None:
             ready.set()
         while not stop.is_set():
@@ -164,6 +193,8 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
         notifier.stopping()
         log.info("stopping: finishing in-flight requests (up to %.0fs), then the engine", SHUTDOWN_GRACE)
     finally:
+        if boot is not None:
+            boot.cancel()
         await runner.cleanup()
         clear_state(paths, agent_pid=me.pid)
         log.info("slp agent stopped")
