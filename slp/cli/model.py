@@ -1,16 +1,19 @@
-"""`slp model ...`: list, pull and remove models in the local store."""
+"""`slp model ...`: list, pull (catalog, Hugging Face, a file), add in place, scan, show and remove models."""
 
 from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import typer
 from pydantic import ValidationError
 from tabulate import tabulate
 
-from slp.models.store import InstalledModel, ModelError, ModelStore
+from slp.cli.progress import Bars
+from slp.models.errors import ModelError
+from slp.models.store import InstalledModel, ModelStore
 from slp.settings import DEFAULT_MODEL_ALIAS, Settings
 
 app = typer.Typer(help="Manage the local model store.", no_args_is_help=True)
@@ -32,6 +35,12 @@ def _one_line_errors(func: F) -> F:
             message = f"invalid settings: {details}"
         except OSError as exc:
             message = f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+        except ValueError as exc:  # e.g. an unreadable SLP_MEMORY_BUDGET
+            message = str(exc)
+        except KeyboardInterrupt:
+            typer.echo("Interrupted: nothing was added to the store; run the same command again to resume.",
+                       err=True)
+            raise typer.Exit(130)
         typer.echo(f"Error: {' '.join(message.split())}", err=True)
         raise typer.Exit(1)
 
@@ -65,8 +74,15 @@ def _row(model: InstalledModel) -> list[str]:
         meta = model.metadata
         quant, params, ctx = meta.quantization, human_count(meta.parameters), str(meta.context_length or "?")
     except ModelError:
-        quant, params, ctx = "damaged", "?", "?"
-    return [model.name, ", ".join(model.aliases) or "-", quant, params, ctx, human_bytes(model.size_bytes)]
+        quant, params, ctx = "missing" if model.missing else "damaged", "?", "?"
+    return [model.name, ", ".join(model.aliases) or "-", quant, params, ctx, human_bytes(model.size_bytes),
+            _source(model)]
+
+
+def _source(model: InstalledModel) -> str:
+    if model.source == "file":
+        return f"in place: {model.path}"
+    return model.source
 
 
 @app.command("list")
@@ -76,14 +92,14 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON i
 
     Example: slp model list --json
     """
-    models = _store().list()
+    models = _store().list(include_missing=True)
     if as_json:
         typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
         return
     if not models:
         typer.echo(f"No models installed. Try: slp model pull {DEFAULT_MODEL_ALIAS}")
         return
-    headers = ["NAME", "ALIASES", "QUANT", "PARAMS", "CONTEXT", "SIZE"]
+    headers = ["NAME", "ALIASES", "QUANT", "PARAMS", "CONTEXT", "SIZE", "SOURCE"]
     typer.echo(tabulate([_row(m) for m in models], headers=headers, tablefmt="plain"))
 
 
@@ -91,14 +107,119 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON i
 @_one_line_errors
 def pull(
     name_or_path: str = typer.Argument(DEFAULT_MODEL_ALIAS, metavar="NAME_OR_PATH",
-                                       help="Catalog name or alias, or a path to a .gguf file."),
+                                       help="hf:OWNER/REPO[:QUANT], hf:OWNER/REPO/FILE.gguf[@REVISION], "
+                                            "a catalog name or alias, or a path to a .gguf file (copied)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Install a Hugging Face model under this name."),
 ) -> None:
-    """Download a catalog model, or copy a local .gguf file, into the store.
+    """Download a model from Hugging Face or the catalog, or copy a local .gguf file, into the store.
 
-    Example: slp model pull slp-orchestra-mini   |   slp model pull ./my-model.Q4_K_M.gguf
+    Without a file or quantization, a Hugging Face pull picks the best one that fits the memory budget
+    (SLP_MEMORY_BUDGET) and says which. Interrupted pulls resume when run again.
+
+    Example: slp model pull hf:bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M
     """
-    model = _store().pull(name_or_path, progress=True)
+    store = _store()
+    if name_or_path.startswith("hf:"):
+        from slp.engine.budget import memory_budget_bytes
+        from slp.models import hub
+
+        the_plan = hub.plan(name_or_path, memory_budget_bytes(Settings()))
+        typer.echo(f"{the_plan.ref.repo}: {the_plan.note}", err=True)
+        with Bars() as bars:
+            model = hub.pull(store, the_plan, name=name, progress=bars)
+        typer.echo(f"Installed {model.name} ({human_bytes(model.size_bytes)})", err=True)
+    else:
+        if name is not None:
+            raise ModelError("--name applies to hf: pulls; a copied file keeps its file name")
+        with Bars() as bars:
+            model = store.pull(name_or_path, progress=bars)
     typer.echo(str(model.path))
+
+
+@app.command("add")
+@_one_line_errors
+def add(
+    path: Path = typer.Argument(..., help="A .gguf file (a split model's first part)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The model's name (default: from the file name)."),
+    mmproj: Optional[Path] = typer.Option(None, "--mmproj", help="Its vision projector (found beside it "
+                                                                  "when alone in its folder)."),
+) -> None:
+    """Register a GGUF file where it is, without copying it. `slp model rm` never deletes it.
+
+    Example: slp model add ~/.lmstudio/models/lmstudio-community/Qwen3-4B-GGUF/Qwen3-4B-Q4_K_M.gguf
+    """
+    with Bars() as bars:
+        model = _store().add(path, name=name, mmproj=mmproj, progress=bars)
+    typer.echo(f"Added {model.name}: {model.path}" + (f" (projector {model.mmproj})" if model.mmproj else ""))
+
+
+@app.command("scan")
+@_one_line_errors
+def scan(
+    folders: Optional[list[Path]] = typer.Argument(None, help="Folders to search (default: the Hugging Face "
+                                                              "cache, LM Studio's models, llama.cpp's cache)."),
+    add_all: bool = typer.Option(False, "--add", help="Register every model found that is not yet known."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Find GGUF models on disk and list what `slp model add` would register (nothing is copied).
+
+    Example: slp model scan   |   slp model scan ~/models --add
+    """
+    from slp.models.scan import scan as find, usual_places
+
+    store = _store()
+    places = list(folders) if folders else usual_places()
+    found = find(store, places)
+    if as_json:
+        typer.echo(json.dumps([{"path": str(f.path), "name": f.name, "size_bytes": f.size,
+                                "installed_as": f.known_as} for f in found], indent=2))
+    elif not found:
+        typer.echo("No GGUF models found in " + (", ".join(map(str, places)) or "the usual places (none exist)"))
+    else:
+        rows = [[f.name, human_bytes(f.size), f.known_as and f"installed as {f.known_as}" or "would add",
+                 str(f.path)] for f in found]
+        typer.echo(tabulate(rows, headers=["NAME", "SIZE", "STATUS", "PATH"], tablefmt="plain"))
+    if add_all:
+        for f in found:
+            if f.known_as is None:
+                try:
+                    model = store.add(f.path, name=f.name)
+                    typer.echo(f"Added {model.name}")
+                except ModelError as exc:
+                    typer.echo(f"Skipped {f.path}: {exc}", err=True)
+
+
+@app.command("show")
+@_one_line_errors
+def show(
+    name: str = typer.Argument(..., help="Installed model name or alias."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """What a model is: architecture, parameters, quantization, context, chat template, license,
+    files, source and sha256.
+
+    Example: slp model show slp-orchestra-mini --json
+    """
+    store = _store()
+    model = store.resolve(name, include_missing=True)
+    if model is None:
+        raise ModelError(f"no installed model named {name!r} in {store.root}")
+    facts = model.facts()
+    if as_json:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    rows = [["Name", model.name], ["Aliases", ", ".join(model.aliases) or "-"], ["Source", _source(model)]]
+    if facts["error"]:
+        rows.append(["Problem", facts["error"]])
+    rows += [["Architecture", facts["architecture"] or "?"], ["Parameters", human_count(facts["parameters"])],
+             ["Quantization", facts["quantization"] or "?"], ["Context length", facts["context_length"] or "?"],
+             ["Chat template", {True: "yes", False: "no", None: "?"}[facts["chat_template"]]],
+             ["License", facts["license"] or "-"], ["Size", human_bytes(model.size_bytes)]]
+    for f in facts["files"]:
+        state = "" if f["exists"] else " (missing)"
+        rows.append([f"File ({f['role']})", f"{f['path']}{state}"])
+        rows.append(["  sha256", f["sha256"] or "not recorded"])
+    typer.echo(tabulate(rows, tablefmt="plain"))
 
 
 @app.command("rm")
@@ -107,15 +228,17 @@ def rm(
     name: str = typer.Argument(..., help="Installed model name or alias."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Remove an installed model from the store.
+    """Remove a model from the store. A file added in place is only forgotten, never deleted.
 
     Example: slp model rm SmolLM2-135M-Instruct-Q4_1 --yes
     """
     store = _store()
-    model = store.resolve(name)
+    model = store.resolve(name, include_missing=True)
     if model is None:
         raise ModelError(f"no installed model named {name!r} in {store.root}")
+    owned = any(f.owned for f in model.files)
     if not yes:
-        typer.confirm(f"Remove {model.name} ({human_bytes(model.size_bytes)}) from {store.root}?", abort=True)
+        what = f"Remove {model.name} ({human_bytes(model.size_bytes)})" if owned else f"Forget {model.name}"
+        typer.confirm(f"{what}?", abort=True)
     store.remove(model.name)
-    typer.echo(f"Removed {model.name}")
+    typer.echo(f"Removed {model.name}" + ("" if owned else f" (its file stays: {model.path})"))

