@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from slp.cli import agent, chat, model, project, ps, service, status
+from slp.cli import agent, chat, model, project, ps, service, status, worker
 
 app = typer.Typer(help="slp: run a local LLM and talk to it from any OpenAI client.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -14,6 +14,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(model.app, name="model")
 app.add_typer(project.app, name="project")
 app.add_typer(service.app, name="service")
+app.add_typer(worker.app, name="worker")
 model.app.command("load")(ps.load)
 model.app.command("unload")(ps.unload)
 app.command("ps")(ps.ps)
