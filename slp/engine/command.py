@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from slp.engine.process import EngineCommand
 from slp.settings import Settings
@@ -14,13 +14,14 @@ ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads"
 
 
 def engine_command(settings: Settings, binary: Path, model_path: Path, port: int, api_key: str,
-                   alias: str, workers: Sequence[str] = ()) -> EngineCommand:
+                   alias: str, workers: Sequence[str] = (), mmproj: Optional[Path] = None) -> EngineCommand:
     """The argv for one engine: loopback only, on the agent's private port, guarded by `api_key`.
 
     The key travels in the environment (LLAMA_API_KEY), not argv, so other local users cannot read it
     from `ps` and bypass the agent. All slots share one KV buffer (--kv-unified) so a single long
     request can use the whole context window. `--poll 0` (our default) stops idle compute threads from
     spinning: on a small machine the spin took the cores the agent and the client needed to answer.
+    `mmproj` is a vision model's projector (`slp.models` records it beside the model).
     `workers` are llama.cpp RPC workers (host:port) that answered the pre-start check: the engine
     offloads layers to them (`--rpc`), split by their free memory.
     """
@@ -36,4 +37,6 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
         argv += ["--threads", str(settings.threads)]
     if workers:
         argv += ["--rpc", ",".join(workers)]
+    if mmproj is not None:
+        argv += ["--mmproj", str(mmproj)]
     return EngineCommand(argv=argv, env={"LLAMA_API_KEY": api_key}, log_path=settings.paths.engine_log)
