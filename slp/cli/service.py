@@ -21,6 +21,9 @@ from slp.service import (
     wait_ready,
 )
 from slp.settings import Settings
+from slp.cli import worker
+from slp.worker import TRUST_WARNING
+from slp.worker.probe import DEFAULT_PORT
 
 app = typer.Typer(help="Run the agent as a user service that starts at login (systemd or launchd).",
                   no_args_is_help=True)
@@ -44,14 +47,28 @@ def _take_over(settings: Settings) -> None:
 @run_cli
 def install(print_: bool = typer.Option(False, "--print", help="Show the file that would be installed; change nothing."),
             no_start: bool = typer.Option(False, "--no-start", help="Only write the file; do not enable or start it."),
-            platform: Optional[str] = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP)) -> None:
-    """Install the agent as a user service (started now and at every login) and wait until it is ready.
+            platform: Optional[str] = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP),
+            worker_: bool = typer.Option(False, "--worker", help="Install an RPC worker (`slp worker start`) instead "
+                                         "of the agent; takes the worker options below."),
+            host: str = typer.Option("127.0.0.1", "--host", help="--worker: address to listen on."),
+            port: int = typer.Option(DEFAULT_PORT, "--port", help="--worker: port to listen on."),
+            device: Optional[str] = typer.Option(None, "--device", help="--worker: device(s) to serve."),
+            threads: Optional[int] = typer.Option(None, "--threads", help="--worker: CPU threads."),
+            cache: bool = typer.Option(False, "--cache", help="--worker: local tensor cache."),
+            trusted_network: bool = typer.Option(False, "--trusted-network", help=f"--worker: allow a non-loopback "
+                                                 f"--host. {TRUST_WARNING}")) -> None:
+    """Install the agent (or, with --worker, an RPC worker) as a user service, started now and at every
+    login, and wait until it is ready.
 
     Safe to run again: the file is rewritten (and the service restarted) only when it changed.
     It records this Python and the SLP_* variables set now; run it again after changing them.
 
-    Example: slp service install
+    Example: slp service install   ·   slp service install --worker --port 50052
     """
+    if worker_:
+        worker.service_install(worker.spec_from(host, port, device, threads, cache, trusted_network), print_,
+                               no_start, platform)
+        return
     settings = load_settings()
     try:
         if print_:
@@ -89,11 +106,16 @@ def install(print_: bool = typer.Option(False, "--print", help="Show the file th
 
 @app.command()
 @run_cli
-def uninstall(platform: Optional[str] = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP)) -> None:
-    """Stop the agent's service, disable it and remove its file (does nothing if it is not installed).
+def uninstall(platform: Optional[str] = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP),
+              worker_: bool = typer.Option(False, "--worker", help="The RPC worker's service on --port instead."),
+              port: int = typer.Option(DEFAULT_PORT, "--port", help="--worker: its port.")) -> None:
+    """Stop the agent's (or a worker's) service, disable it and remove its file (nothing if not installed).
 
     Example: slp service uninstall
     """
+    if worker_:
+        worker.service_uninstall(port, platform)
+        return
     try:
         removed, unreachable = uninstall_service(platform)
     except ServiceError as exc:
@@ -113,11 +135,16 @@ def _yes_no(value: Optional[bool]) -> str:
 @app.command()
 @run_cli
 def status(print_: bool = typer.Option(False, "--print", help="Also show the file `slp service install` would write."),
-           platform: Optional[str] = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP)) -> None:
-    """Say whether the agent's service is installed, enabled and active (exit 1 when it is not active).
+           platform: Optional[str] = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP),
+           worker_: bool = typer.Option(False, "--worker", help="The RPC worker's service on --port instead."),
+           port: int = typer.Option(DEFAULT_PORT, "--port", help="--worker: its port.")) -> None:
+    """Say whether the agent's (or a worker's) service is installed, enabled and active (exit 1 when not).
 
     Example: slp service status
     """
+    if worker_:
+        worker.service_status(port, platform)
+        return
     settings = load_settings()
     try:
         info = service_status(settings, platform)

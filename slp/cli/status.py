@@ -33,7 +33,21 @@ def status_rows(info: dict) -> list[tuple[str, str]]:
         ("Memory usage", percent(info["memory_usage"]["percent"])),
         ("GPU", info["gpu"]),
         ("Active project", f"{project.get('name')} (id={project.get('id')})"),
+        *[("Worker", worker_line(w)) for w in info.get("workers") or []],
     ]
+
+
+def worker_line(worker: dict) -> str:
+    """One RPC worker: address, state, hello round trip, the memory it reports (or why it is not used)."""
+    parts = [worker["address"], worker["state"]]
+    if worker.get("rtt_ms") is not None:
+        parts.append(f"{worker['rtt_ms']:.2f} ms")
+    memory = worker.get("memory")
+    if memory:
+        parts.append(f"{memory['free_bytes'] / 1e9:.1f} / {memory['total_bytes'] / 1e9:.1f} GB free")
+    if worker["state"] not in ("ready", "in-use"):
+        parts.append(f"({worker.get('detail')})")
+    return " ".join(parts)
 
 
 @run_cli

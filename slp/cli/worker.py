@@ -225,3 +225,61 @@ def status(port: Optional[int] = typer.Option(None, "--port", help="Only the wor
                    + "; start one with: slp worker start", err=True)
     if not found:
         raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- `slp service ... --worker`
+
+def service_install(spec: WorkerSpec, print_: bool, no_start: bool, platform: Optional[str]) -> None:
+    """`slp service install --worker`: the worker on spec.port as a user service."""
+    from slp.service import ServiceError
+    from slp.service.worker import install_worker, render_worker
+
+    settings = load_settings()
+    try:
+        if print_:
+            typer.echo(render_worker(settings, spec, platform), nl=False)
+            return
+        worker_binary(settings)
+        if not no_start and live_worker_state(state_file(settings.paths, spec.port)):
+            typer.echo(f"Stopping the worker on port {spec.port} started outside the service")
+            stop_worker(settings, spec.port)
+        result = install_worker(settings, spec, platform, start=not no_start)
+    except (ServiceError, WorkerError) as exc:
+        raise CliError(str(exc))
+    verb = "wrote" if result.changed else "unchanged:"
+    tail = "not started" if no_start else f"worker ready on {spec.address}"
+    typer.echo(f"slp worker service {verb} {result.path} ({tail})")
+
+
+def service_uninstall(port: int, platform: Optional[str]) -> None:
+    from slp.service import ServiceError
+    from slp.service.worker import uninstall_worker
+
+    try:
+        removed, unreachable = uninstall_worker(port, platform)
+    except ServiceError as exc:
+        raise CliError(str(exc))
+    if not removed:
+        typer.echo(f"no slp worker service is installed for port {port}")
+    else:
+        typer.echo(f"slp worker service for port {port} " + (f"removed; nothing was stopped: {unreachable}"
+                                                            if unreachable else "stopped and removed"))
+
+
+def service_status(port: int, platform: Optional[str]) -> None:
+    from slp.service import ServiceError
+    from slp.service.worker import worker_status
+
+    try:
+        info = worker_status(port, platform)
+    except ServiceError as exc:
+        raise CliError(str(exc))
+    if not info.installed:
+        typer.echo(f"installed: no ({info.path}); install it with: slp service install --worker --port {port}")
+        raise typer.Exit(1)
+    pid = f", pid {info.pid}" if info.pid else ""
+    typer.echo(f"installed: yes, {info.path}\nactive:    {info.state}{pid}")
+    if info.detail:
+        typer.echo(f"status:    {info.detail}")
+    if not info.active:
+        raise typer.Exit(1)

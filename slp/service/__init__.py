@@ -56,6 +56,7 @@ class ServiceSpec:
     agent_log: Path
     start_timeout: int  # seconds
     stop_timeout: int  # seconds
+    label: str = LAUNCHD_LABEL  # launchd's job label
 
     @property
     def has_secrets(self) -> bool:

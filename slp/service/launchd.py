@@ -30,7 +30,7 @@ _NOT_LOADED = (3, 113)  # "No such process", "Could not find service ... in doma
 
 def plist_dict(spec: ServiceSpec) -> dict:
     return {
-        "Label": LAUNCHD_LABEL,
+        "Label": spec.label,
         "ProgramArguments": list(spec.program),
         "EnvironmentVariables": dict(spec.environment),
         "RunAtLoad": True,
@@ -50,13 +50,14 @@ def render_plist(spec: ServiceSpec) -> bytes:
 class LaunchdManager(ServiceManager):
     name = "launchd"
     kind = "launchd agent"
+    label = LAUNCHD_LABEL  # the job's label and file name (slp.worker's service manager uses its own)
 
     _unavailable: Optional[str] = None
     _probed = False
 
     @property
     def path(self) -> Path:
-        return self.home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+        return self.home / "Library" / "LaunchAgents" / f"{self.label}.plist"
 
     @property
     def domain(self) -> str:
@@ -64,7 +65,7 @@ class LaunchdManager(ServiceManager):
 
     @property
     def target(self) -> str:
-        return f"{self.domain}/{LAUNCHD_LABEL}"
+        return f"{self.domain}/{self.label}"
 
     def render(self, spec: ServiceSpec) -> bytes:
         return render_plist(spec)
@@ -121,7 +122,7 @@ class LaunchdManager(ServiceManager):
 
     def _disabled(self) -> bool:
         proc = self._run("print-disabled", self.domain, timeout=10)
-        return bool(re.search(rf'"{re.escape(LAUNCHD_LABEL)}"\s*=>\s*(disabled|true)', proc.stdout))
+        return bool(re.search(rf'"{re.escape(self.label)}"\s*=>\s*(disabled|true)', proc.stdout))
 
     def _bootstrap(self) -> None:
         for attempt in range(10):  # right after a bootout launchd may still be unloading the old job

@@ -94,6 +94,7 @@ def _first_line(text: str) -> str:
 class SystemdManager(ServiceManager):
     name = "systemd"
     kind = "systemd user unit"
+    unit = SERVICE_NAME  # the unit file's name (slp.worker's service manager uses its own)
 
     _unavailable: Optional[str] = None
     _probed = False
@@ -106,11 +107,11 @@ class SystemdManager(ServiceManager):
 
     @property
     def path(self) -> Path:
-        return self.unit_dir / SERVICE_NAME
+        return self.unit_dir / self.unit
 
     @property
     def wants_link(self) -> Path:
-        return self.unit_dir / "default.target.wants" / SERVICE_NAME
+        return self.unit_dir / "default.target.wants" / self.unit
 
     def render(self, spec: ServiceSpec) -> bytes:
         return render_unit(spec).encode()
@@ -156,7 +157,7 @@ class SystemdManager(ServiceManager):
         return self._unavailable
 
     def _show(self) -> dict[str, str]:
-        proc = self._run("show", SERVICE_NAME, "-p", "ActiveState", "-p", "SubState", "-p", "MainPID",
+        proc = self._run("show", self.unit, "-p", "ActiveState", "-p", "SubState", "-p", "MainPID",
                          "-p", "StatusText", "-p", "UnitFileState", timeout=10)
         if proc.returncode != 0:
             return {}
@@ -174,33 +175,33 @@ class SystemdManager(ServiceManager):
             self._check("daemon-reload")
         active = self._show().get("ActiveState") in ("active", "activating", "reloading")
         if active and result.changed:
-            self._check("enable", SERVICE_NAME)
-            self._check("restart", SERVICE_NAME, timeout=timeout)  # returns once READY=1 arrives
+            self._check("enable", self.unit)
+            self._check("restart", self.unit, timeout=timeout)  # returns once READY=1 arrives
             result.started = result.restarted = True
         elif not active:
-            self._check("enable", "--now", SERVICE_NAME, timeout=timeout)
+            self._check("enable", "--now", self.unit, timeout=timeout)
             result.started = True
         else:
-            self._check("enable", SERVICE_NAME)
+            self._check("enable", self.unit)
 
     def deactivate(self) -> None:
         if self.path.exists():
-            self._check("disable", "--now", SERVICE_NAME, timeout=120)
+            self._check("disable", "--now", self.unit, timeout=120)
         else:
-            self._run("stop", SERVICE_NAME, timeout=120)  # a unit still loaded from a removed file
+            self._run("stop", self.unit, timeout=120)  # a unit still loaded from a removed file
 
     def after_remove(self, reachable: bool) -> None:
         if self.wants_link.is_symlink():  # left when the manager could not disable it
             self.wants_link.unlink(missing_ok=True)
         if reachable:
             self._run("daemon-reload")
-            self._run("reset-failed", SERVICE_NAME)
+            self._run("reset-failed", self.unit)
 
     def start(self, timeout: float) -> None:
-        self._check("start", SERVICE_NAME, timeout=timeout)
+        self._check("start", self.unit, timeout=timeout)
 
     def stop(self, timeout: float) -> None:
-        self._check("stop", SERVICE_NAME, timeout=timeout)
+        self._check("stop", self.unit, timeout=timeout)
 
     def query(self, status: ServiceStatus) -> None:
         if self.unavailable():
@@ -222,7 +223,7 @@ class SystemdManager(ServiceManager):
 
     def _enabled_offline(self) -> Optional[bool]:
         if self._systemctl_path() is not None:
-            proc = self._run("is-enabled", SERVICE_NAME, timeout=10)
+            proc = self._run("is-enabled", self.unit, timeout=10)
             word = proc.stdout.strip()
             if word:
                 return word in ("enabled", "enabled-runtime", "linked", "linked-runtime")

@@ -43,7 +43,7 @@ from slp.worker.probe import probe_worker
 log = logging.getLogger("slp.worker")
 
 READY_TIMEOUT = 120.0  # device initialisation (a GPU backend) can take a while
-BACKOFF_FIRST = 0.5
+BACKOFF_FIRST = 1.0  # longer than the engine's first backoff: its restart sees the loss before the worker is back
 BACKOFF_MAX = 30.0
 MAX_RESTARTS = 5
 RESTART_WINDOW = 120.0
