@@ -46,6 +46,7 @@ class WorkerPool:
         self.lost_count: dict[str, int] = {}
         self.checks = 0  # pre-start checks so far
         self._checked: Optional[asyncio.Event] = None
+        self._select_lock: Optional[asyncio.Lock] = None
         self._task: Optional[asyncio.Task] = None
 
     # ------------------------------------------------------------------ before each engine start
@@ -55,13 +56,32 @@ class WorkerPool:
         hello with a compatible protocol and no other running engine holds, in the configured order.
 
         Blocks while probing (all at once: about `timeout` seconds at most, and only when a worker accepts
-        but does not answer); call it from a thread, or use `select_async`, where that matters."""
+        but does not answer); an async command factory should await `select_async` instead."""
+        to_probe, previous, taken = self._prepare(addresses, holder)
+        return self._record(holder, check_workers(to_probe, self.timeout), previous, taken)
+
+    async def select_async(self, addresses: list[str], holder: Any) -> list[str]:
+        """`select` with the probing in a thread (the bookkeeping stays on the event loop). One at a time,
+        so two engines starting together cannot both be given the same free worker."""
+        if self._select_lock is None:
+            self._select_lock = asyncio.Lock()
+        async with self._select_lock:
+            to_probe, previous, taken = self._prepare(addresses, holder)
+            probes = await asyncio.to_thread(check_workers, to_probe, self.timeout)
+            return self._record(holder, probes, previous, taken)
+
+    def _prepare(self, addresses: list[str], holder: Any) -> tuple[list[str], list[str], dict[str, Any]]:
+        """Forget what `holder` held; return what to probe, what it held (to spot losses), and the workers
+        other running engines hold (not probed, not given)."""
         self.addresses = list(addresses)
         previous = [a for a, h in self.holders.items() if h is holder]
         for address in previous:
             del self.holders[address]
         taken = {a: h for a, h in self.holders.items() if _running(h)}
-        probes = check_workers([a for a in self.addresses if a not in taken], self.timeout)
+        return [a for a in self.addresses if a not in taken], previous, taken
+
+    def _record(self, holder: Any, probes: list[WorkerProbe], previous: list[str],
+                taken: dict[str, Any]) -> list[str]:
         for probe in probes:
             self.probes[probe.address] = probe
             if probe.ok:
@@ -87,10 +107,6 @@ class WorkerPool:
             checked, self._checked = self._checked, None
             checked.set()
         return usable
-
-    async def select_async(self, addresses: list[str], holder: Any) -> list[str]:
-        """`select` off the event loop (for an async command factory)."""
-        return await asyncio.to_thread(self.select, addresses, holder)
 
     # ------------------------------------------------------------------ what status and streams see
 

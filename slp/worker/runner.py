@@ -66,6 +66,15 @@ def _create_time(pid: Optional[int]) -> Optional[float]:
         return None
 
 
+def _listens(pid: int, port: int) -> bool:
+    """True when process `pid` has a TCP socket listening on `port`."""
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections(kind="tcp4"))
+    except psutil.Error:
+        return False
+
+
 class WorkerRunner:
     """Runs one worker for `spec` until asked to stop or it fails for good."""
 
@@ -179,15 +188,18 @@ class WorkerRunner:
         while not self._stop.is_set():
             if exited.done():
                 return self._describe(proc, "exited before it was ready")
-            probe = await asyncio.to_thread(probe_worker, self.spec.address, 1.0)
-            if probe.ok or probe.state == "not-answering":
-                # not-answering after a connect: it listens, and a client (an engine) got there first.
+            # Only a socket the worker itself listens on counts: whatever holds the port when it cannot bind
+            # would accept our connection too.
+            probe = (await asyncio.to_thread(probe_worker, self.spec.address, 1.0)
+                     if _listens(proc.pid, self.spec.port) else None)
+            if probe is not None and (probe.ok or probe.state == "not-answering"):
+                # not-answering: it listens, and a client (an engine) got there first.
                 self.ready_at = time.time()
                 self.version, self.memory = probe.version, probe.memory
                 self._record("ready", f"listening on {self.spec.address} (pid {proc.pid}"
                              + (f", RPC protocol {probe.version})" if probe.version else ", serving a client)"))
                 return None
-            if probe.state in ("incompatible", "invalid"):
+            if probe is not None and probe.state in ("incompatible", "invalid"):
                 return f"{self.spec.address} answered, but not as this build's worker: {probe.detail}"
             if time.monotonic() > deadline:
                 return f"not answering the RPC hello within {READY_TIMEOUT:.0f}s"
