@@ -25,6 +25,7 @@ from slp.models.catalog import CATALOG, DEFAULT_ALIAS, CatalogEntry, aliases_for
 from slp.models.errors import ModelError
 from slp.models.fetch import ProgressArg, fetch_entry, file_sha256, import_local
 from slp.models.metadata import ModelMetadata, cached_metadata, metadata_sidecar, read_metadata
+from slp.settings import ensure_private_dir
 
 __all__ = ["InstalledModel", "ModelError", "ModelFile", "ModelStore", "valid_name"]
 
@@ -327,8 +328,6 @@ class ModelStore:
 
     def record(self, name: str, files: list[ModelFile], source: str, **extra: Any) -> InstalledModel:
         """Write (atomically) the record of a model whose files live outside the store's folder."""
-        from slp.settings import ensure_private_dir
-
         ensure_private_dir(self.root)
         data = {"name": name, "source": source, "added_at": int(time.time()), **extra,
                 "files": [{"path": str(f.path), "role": f.role, "sha256": f.sha256, "size": f.size,

@@ -171,6 +171,39 @@ class EmbeddingList(_Open):
     usage: Optional[EmbeddingUsage] = None
 
 
+class ModelFileInfo(_Open):
+    path: str
+    role: Literal["model", "mmproj"] = Field(..., description="A model file (or one part of a split one), "
+                                                              "or a vision model's projector.")
+    sha256: Optional[str] = Field(None, description="Checked at download (Hugging Face's LFS metadata, the "
+                                                    "catalog's pin) or hashed when added; null if not known.")
+    size: Optional[int] = None
+    exists: bool
+
+
+class ModelDetails(_Open):
+    """What `slp model show --json` says: the GGUF's own facts and the store's."""
+
+    name: str
+    aliases: list[str]
+    path: str = Field(..., description="The file the engine loads (a split model's first part).")
+    size_bytes: int
+    source: str = Field(..., description="catalog, store (a copy), file (used in place), or "
+                                         "hf:OWNER/REPO/FILE@COMMIT.", examples=["catalog"])
+    missing: bool = Field(..., description="A file it names has disappeared.")
+    sha256: Optional[str]
+    mmproj: Optional[str]
+    files: list[ModelFileInfo]
+    architecture: Optional[str]
+    parameters: Optional[int]
+    quantization: Optional[str]
+    context_length: Optional[int]
+    chat_template: Optional[bool]
+    license: Optional[str]
+    size_label: Optional[str]
+    error: Optional[str] = Field(None, description="Why the file's facts are unknown (missing or damaged).")
+
+
 class Model(_Open):
     id: str = Field(..., examples=[DEFAULT_MODEL_ALIAS])
     object: Literal["model"]
@@ -178,6 +211,7 @@ class Model(_Open):
     owned_by: str = Field(..., examples=["slp"])
     root: str = Field(..., description="The installed model (GGUF file stem) this name serves.",
                       examples=["SmolLM2-135M-Instruct-Q4_1"])
+    details: Optional[ModelDetails] = Field(None, description="Only from GET /v1/models/{model}.")
 
 
 class ModelList(_Open):

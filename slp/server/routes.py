@@ -175,10 +175,14 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
+    """One model (OpenAI's shape) and, under `details`, what `slp model show --json` says of it."""
     name = request.match_info["model"]
     for entry in _model_entries(request.app):
         if entry["id"] == name:
-            return web.json_response(entry)
+            installed = request.app[keys.MODELS].resolve(entry["root"])
+            # Off the event loop: the first read of a model's GGUF metadata takes seconds (then it is cached).
+            details = await asyncio.get_running_loop().run_in_executor(None, installed.facts) if installed else None
+            return web.json_response({**entry, "details": details})
     raise APIError(404, f"The model '{name}' does not exist or is not installed", code="model_not_found",
                    param="model")
 
