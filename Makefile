@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-gpu setup engine test-deps browser bench clean
+.PHONY: run test test-gpu setup engine test-deps browser bench soak clean
 
 run: setup engine
 	$(VENV)/bin/slp agent start
@@ -46,6 +46,12 @@ engine: setup
 
 bench: setup engine
 	$(PY) -m bench
+	$(PY) -m bench.models
+
+# Mixed load on one agent for SOAK_MINUTES (default 30); not part of `make test`.
+SOAK_MINUTES ?= 30
+soak: setup engine
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf build $(VENV)
