@@ -254,8 +254,8 @@ def test_cli_pull_list_rm(store, tmp_path, real_gguf):
     result = runner.invoke(model_cli.app, ["list"])
     assert result.exit_code == 0, result.output
     header, row = result.stdout.strip().splitlines()
-    assert header.split() == ["NAME", "ALIASES", "QUANT", "PARAMS", "CONTEXT", "SIZE"]
-    assert row.split() == ["tiny", "-", "Q4_1", "135M", "8192", "98.4", "MB"]
+    assert header.split() == ["NAME", "ALIASES", "QUANT", "PARAMS", "CONTEXT", "SIZE", "SOURCE"]
+    assert row.split() == ["tiny", "-", "Q4_1", "135M", "8192", "98.4", "MB", "store"]
 
     result = runner.invoke(model_cli.app, ["list", "--json"])
     [entry] = json.loads(result.stdout)
