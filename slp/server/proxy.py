@@ -137,7 +137,7 @@ class Proxy:
 
     def __init__(self, app: web.Application):
         self.app = app
-        self._resolved: dict[str, tuple[int, Path]] = {}  # model name -> (models folder mtime, file)
+        self._resolved: dict[str, tuple[int, Path, str]] = {}  # model name -> (store mtime, file, engine name)
 
     # ------------------------------------------------------------------ handlers
 
@@ -196,9 +196,9 @@ class Proxy:
         except ProjectError as exc:
             raise APIError(400, str(exc), code=exc.code, param=exc.param)
 
-    def _model_path(self, model_name: str) -> Path:
-        """The file behind a model name; remembered until the models folder changes (one stat instead
-        of a resolve per request). Unknown names are an OpenAI-style 404."""
+    def _model_path(self, model_name: str) -> tuple[Path, str]:
+        """The file behind a model name and its engine's name; remembered until the models folder changes
+        (one stat instead of a resolve per request). Unknown names are an OpenAI-style 404."""
         store = self.app[keys.MODELS]
         try:
             stamp = store.root.stat().st_mtime_ns
@@ -206,15 +206,16 @@ class Proxy:
             stamp = -1
         known = self._resolved.get(model_name)
         if known is not None and known[0] == stamp:
-            return known[1]
+            return known[1], known[2]
         model = store.resolve(model_name)
         if model is None:
             raise APIError(404, f"The model '{model_name}' does not exist or is not installed; "
                            "see GET /v1/models or `slp model list`", code="model_not_found", param="model")
         if len(self._resolved) > 256:
             self._resolved.clear()
-        self._resolved[model_name] = (stamp, model.path)
-        return model.path
+        name = model.aliases[0] if model.aliases else model.name
+        self._resolved[model_name] = (stamp, model.path, name)
+        return model.path, name
 
     async def _forward(self, request: web.Request, path: str, body: dict, project: Project,
                        session: Optional[Session], end_marker: bytes = _DONE,
@@ -225,12 +226,11 @@ class Proxy:
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
         info = request["slp"] = {"project": project.name, "model": body.get("model") or project.model}
         try:
-            model_path = self._model_path(info["model"])
+            model_path, name = self._model_path(info["model"])
             if keep_alive is UNSET and project.params.keep_alive is not None:
                 keep_alive = parse_keep_alive(project.params.keep_alive)
             try:
-                lease = self.app[keys.ENGINES].lease(engine_name(self.app[keys.MODELS], model_path), model_path,
-                                                     keep_alive=keep_alive)
+                lease = self.app[keys.ENGINES].lease(name, model_path, keep_alive=keep_alive)
                 async with lease as engine:
                     return await self._send(request, engine, path, body, project, session, end_marker, account)
             except ModelTooLarge as exc:
@@ -409,7 +409,7 @@ def _engine_words(engine: Engine) -> str:
 
 def engine_name(models: Any, path: Path) -> str:
     """What an engine is called (its first alias, else the file's name): in status, logs and metrics."""
-    found = models.resolve(path.stem)
+    found = models.for_path(path)
     return found.aliases[0] if found is not None and found.aliases else path.stem
 
 

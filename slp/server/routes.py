@@ -86,7 +86,7 @@ def status_payload(app: web.Application, active_model: Optional[str] = None) -> 
         found = app[keys.MODELS].resolve(active_model)
         model_path = found.path if found is not None else None
     if model_path is not None:
-        installed = app[keys.MODELS].resolve(model_path.stem)
+        installed = app[keys.MODELS].for_path(model_path)
         if installed is not None:
             try:
                 meta = installed.metadata.to_dict()
@@ -141,7 +141,7 @@ def engines_payload(app: web.Application) -> list[dict]:
         memory = memory_of(engine.supervisor.pid)
         row["rss_bytes"] = memory["rss_bytes"] if memory else None
         row["gpu_bytes"] = gpu_memory_of(engine.supervisor.pid) if build.get("preset") in ("cuda", "vulkan") else None
-        found = app[keys.MODELS].resolve(engine.path.stem)
+        found = app[keys.MODELS].for_path(engine.path)
         row["aliases"] = list(found.aliases) if found is not None else []
         busy = engine.supervisor.in_flight
         row["slots"] = {"busy": min(busy, settings.parallel), "total": settings.parallel}

@@ -66,7 +66,7 @@ def reload_config(app: web.Application) -> None:
 
 
 def warm_metadata(models: ModelStore, model_path: Path) -> None:
-    found = models.resolve(model_path.stem)
+    found = models.for_path(model_path)
     if found is not None:
         try:
             found.metadata
