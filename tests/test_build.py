@@ -84,6 +84,50 @@ def test_cache_key_changes_with_every_input():
         assert build.cache_key(**{**base, **change}) != key, change
 
 
+def test_the_source_comes_through_pip_and_the_users_index(tmp_path, monkeypatch):
+    """The sdist is fetched by `pip download`, so pip's index settings apply: pointed at a local
+    index (a stand-in that knows no packages), pip asks it, and the failure is one clear line."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            asked.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nindex-url = http://127.0.0.1:{server.server_port}/simple\n")
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))  # the user's own configuration, and nothing else
+    try:
+        with pytest.raises(build.BuildError, match=r"cannot download llama-cpp-python==0\.3\.36"):
+            build.download_sdist(build.read_pin(), tmp_path / "downloads")
+    finally:
+        server.shutdown()
+    assert "/simple/llama-cpp-python/" in asked
+    assert not [p for p in (tmp_path / "downloads").iterdir()]  # no partial download left
+
+
+def test_project_files_name_no_package_index_host():
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True)
+    hosts = ("pypi.org", "pythonhosted.org", "/simple\"")
+    for name in tracked.stdout.split():
+        path = REPO / name
+        if path.suffix in (".py", ".lock", ".toml", ".md", ".json", ".cfg", ".txt") or name == "Makefile":
+            if name.startswith("tests/js/") or not path.is_file():
+                continue
+            text = path.read_text(errors="replace")
+            assert not [h for h in hosts if h in text and name != "tests/test_build.py"], name
+
+
 def run_build(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "build.py"), *args], capture_output=True, text=True,
                           timeout=120, env=env or os.environ.copy())
