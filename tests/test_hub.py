@@ -24,8 +24,8 @@ from slp.models.hub import ModelSet, RemoteFile, choose, parse_ref, quant_of
 from slp.settings import Settings
 
 REPO = "slp-test/SmolLM2-135M-Instruct-GGUF"
-FILE = "SmolLM2-135M-Instruct-Q4_1.gguf"
-NAME = "SmolLM2-135M-Instruct-Q4_1"
+FILE = "smollm2-135m-instruct-q4_1.gguf"
+NAME = "smollm2-135m-instruct-q4_1"
 TOKEN = "hf_standin_token"
 
 
@@ -35,7 +35,7 @@ def hub(default_model):
     standin.repos[REPO] = HubRepo(files={
         FILE: HubFile(default_model),
         # Listed only (never downloaded): too big for the tests' memory budget.
-        "SmolLM2-135M-Instruct-F16.gguf": HubFile(default_model, declared_size=271_000_000),
+        "smollm2-135m-instruct-f16.gguf": HubFile(default_model, declared_size=271_000_000),
         "README.md": HubFile(default_model, length=100, lfs=False),
     })
     standin.start()

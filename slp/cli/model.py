@@ -218,7 +218,7 @@ def show(
     for f in facts["files"]:
         state = "" if f["exists"] else " (missing)"
         rows.append([f"File ({f['role']})", f"{f['path']}{state}"])
-        rows.append(["  sha256", f["sha256"] or "not recorded"])
+        rows.append(["sha256", f["sha256"] or "not recorded"])
     typer.echo(tabulate(rows, tablefmt="plain"))
 
 

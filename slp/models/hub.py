@@ -450,6 +450,7 @@ def pull(store: ModelStore, the_plan: Plan, name: Optional[str] = None,
     Ctrl-C or a failure before leaves the store as it was, and the next pull resumes)."""
     model = the_plan.model
     name = name or name_for_file(model.files[0].name)
+    store.check_record_name(name, f"{PREFIX}{the_plan.ref.repo}")
     source = f"{PREFIX}{the_plan.ref.repo}/{model.files[0].name}@{the_plan.commit}"
     existing = store.resolve(name, include_missing=True)
     if existing is not None and existing.source != source:

@@ -279,6 +279,14 @@ class ModelStore:
             raise ModelError(f"cannot use {src}: {name!r} is reserved as an alias of {entry.name}; "
                              "choose another name")
 
+    def check_record_name(self, name: str, what: str) -> None:
+        """A recorded model may not take a catalog model's name: the catalog's aliases (the default
+        model) must keep meaning the catalog's exact file."""
+        self._check_new_name(name, Path(what))
+        entry = find_entry(name)
+        if entry is not None:
+            raise ModelError(f"cannot use {what}: {name!r} is the catalog model's name; choose another with --name")
+
     def _import(self, src: Path, progress: ProgressArg) -> InstalledModel:
         name = src.name.removesuffix(SUFFIX)
         if src.suffix != SUFFIX:
@@ -304,7 +312,7 @@ class ModelStore:
             raise ModelError(f"cannot add {src}: it is a vision projector (mmproj), not a model")
         shards = split_set(src)
         name = name or name_for_file(src.name)
-        self._check_new_name(name, src)
+        self.check_record_name(name, str(src))
         existing = self.resolve(name, include_missing=True)
         if existing is not None:
             if existing.path == src:
