@@ -17,7 +17,7 @@ import re
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -81,8 +81,10 @@ class InstalledModel:
 
     @property
     def metadata(self) -> ModelMetadata:
-        """Parsed GGUF facts (cached); raises ModelError for a damaged or missing file."""
-        return cached_metadata(self.path, self.sidecar)
+        """Parsed GGUF facts (cached); raises ModelError for a damaged or missing file. For a model of
+        several files (a split set, a projector) `size_bytes` is all of them: what loading it takes."""
+        meta = cached_metadata(self.path, self.sidecar)
+        return replace(meta, size_bytes=self.size_bytes) if len(self.files) > 1 else meta
 
     @property
     def sha256(self) -> Optional[str]:
@@ -369,8 +371,12 @@ class ModelStore:
             record.unlink(missing_ok=True)
         except OSError as exc:
             raise ModelError(f"cannot remove {model.name}: {exc.strerror or exc}") from None
-        metadata_sidecar(model.path).unlink(missing_ok=True) if model.path.parent == self.root else None
-        (self.root / f".{model.name}.meta.json").unlink(missing_ok=True)
+        # slp's own sidecars: in the store, and beside the file if someone parsed it by path alone.
+        for sidecar in {metadata_sidecar(model.path), self.root / f".{model.name}.meta.json"}:
+            try:
+                sidecar.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only folder: a stale sidecar is ignored (it names the file version it describes)
         with _verified_lock:
             _verified.pop(str(model.path), None)
         return model
