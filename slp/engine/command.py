@@ -39,4 +39,10 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
         argv += ["--rpc", ",".join(workers)]
     if mmproj is not None:
         argv += ["--mmproj", str(mmproj)]
-    return EngineCommand(argv=argv, env={"LLAMA_API_KEY": api_key}, log_path=settings.paths.engine_log)
+    env = {"LLAMA_API_KEY": api_key}
+    if workers:
+        # A lost worker makes llama-server abort; ggml would first attach gdb for a backtrace, which took
+        # seconds here: the restart and the stream's error waited for it, and the worker was often back
+        # before the next start could see it gone.
+        env["GGML_NO_BACKTRACE"] = "1"
+    return EngineCommand(argv=argv, env=env, log_path=settings.paths.engine_log)

@@ -144,18 +144,19 @@ class WorkerPool:
         """Which workers `holder`'s engine lost since `since` (a stream's start), in words; None if none.
 
         When none is recorded yet, waits (up to `wait` seconds) for the next pre-start check: the engine's
-        restart is what finds out which worker is gone. Returns at once for an engine without workers."""
+        restart is what finds out which worker is gone. Returns at once for an engine without workers.
+        (A check that ran between the failure and this call is missed, and then this waits `wait` for
+        nothing; the proxy calls it as soon as the stream breaks, before the restart's backoff ends.)"""
         used = [a for a, h in self.holders.items() if h is holder]
         if not used and not self.losses_since(since, holder):
             return None
-        deadline = time.monotonic() + wait
-        while not self.losses_since(since, holder) and time.monotonic() < deadline:
+        if not self.losses_since(since, holder):
             if self._checked is None:
                 self._checked = asyncio.Event()
             try:
-                await asyncio.wait_for(self._checked.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(self._checked.wait(), wait)
             except asyncio.TimeoutError:
-                break
+                pass
         lost = self.losses_since(since, holder)
         if not lost:
             return None

@@ -127,7 +127,9 @@ class WorkerRunner:
             while not self._stop.is_set():
                 self._record("restarting" if self.restarts else "starting", f"starting {self.binary.name}")
                 try:
-                    proc = await spawn(EngineCommand(self.spec.worker_argv(self.binary), {}, self.log_path))
+                    # No gdb backtrace on an abort: it would delay the restart by seconds.
+                    proc = await spawn(EngineCommand(self.spec.worker_argv(self.binary), {"GGML_NO_BACKTRACE": "1"},
+                                                     self.log_path))
                 except OSError as exc:
                     self._record("failed", f"cannot run {self.binary}: {exc.strerror or exc}")
                     return 1
