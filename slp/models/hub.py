@@ -14,6 +14,7 @@ across runs (it deletes its partial file on failure), so slp drives its `http_ge
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -333,15 +334,30 @@ class _NoBar:
 
 
 class _ReportingFile:
-    """The partial file, reporting how much of the whole it holds as the library writes to it."""
+    """The partial file, reporting how much of the whole it holds as the library writes to it, and
+    hashing what is written in order (so a finished download needs no second read to be verified).
+    If the library rewinds (a server that ignored the range), the hash is abandoned: `sha256` is None."""
 
-    def __init__(self, raw: Any, label: str, total: Optional[int], report: Callable[[str, int, Optional[int]], None]):
-        self.raw, self.label, self.total, self.report = raw, label, total, report
+    def __init__(self, raw: Any, label: str, total: Optional[int], report: Callable[[str, int, Optional[int]], None],
+                 digest: Any):
+        self.raw, self.label, self.total, self.report, self.digest = raw, label, total, report, digest
+        self.hashed = raw.tell()
 
     def write(self, data: bytes) -> int:
+        if self.digest is not None and self.raw.tell() == self.hashed:
+            self.digest.update(data)
+            self.hashed += len(data)
+        else:
+            self.digest = None
         written = self.raw.write(data)
         self.report(self.label, self.raw.tell(), self.total)
         return written
+
+    def sha256(self) -> Optional[str]:
+        self.raw.flush()
+        if self.digest is None or self.hashed != os.fstat(self.raw.fileno()).st_size:
+            return None
+        return self.digest.hexdigest()
 
     def __getattr__(self, name: str) -> Any:  # seek, tell, truncate, flush: the file's own
         return getattr(self.raw, name)
@@ -360,8 +376,8 @@ def _link(blob: Path, pointer: Path) -> None:
         shutil.copyfile(blob, pointer)
 
 
-def _verified(path: Path, remote: RemoteFile, report: Callable, ref: HubRef) -> str:
-    actual = file_sha256(path, report, f"verify {Path(remote.name).name}")
+def _verified(path: Path, remote: RemoteFile, report: Callable, ref: HubRef, actual: Optional[str] = None) -> str:
+    actual = actual or file_sha256(path, report, f"verify {Path(remote.name).name}")
     if remote.sha256 is not None and actual != remote.sha256:
         raise ModelError(f"sha256 mismatch for {remote.name} from {ref.repo}: the Hub's LFS metadata says "
                          f"{remote.sha256}, the download is {actual}; refused, nothing was installed")
@@ -413,18 +429,21 @@ def download(remote: RemoteFile, ref: HubRef, commit: str, progress: ProgressArg
         headers = build_hf_headers()
         if urlparse(meta.location).netloc != urlparse(url).netloc:
             headers.pop("authorization", None)  # a signed CDN link: the token stays with the Hub
+        digest = _hash_prefix(partial, have, report, label)
         with open(partial, "ab") as raw:
             report(label, have, total)
-            http_get(meta.location, _ReportingFile(raw, label, total, report), resume_size=have,
-                     headers=headers, expected_size=total, displayed_filename=label, tqdm_class=_NoBar)  # type: ignore[arg-type]
+            out = _ReportingFile(raw, label, total, report, digest)
+            http_get(meta.location, out, resume_size=have,  # type: ignore[arg-type]
+                     headers=headers, expected_size=total, displayed_filename=label, tqdm_class=_NoBar)
             raw.flush()
             os.fsync(raw.fileno())
+            streamed = out.sha256()
     except ModelError:
         raise
     except Exception as exc:
         raise hub_error(exc, ref, remote.name) from None
     try:
-        actual = _verified(partial, remote, report, ref)
+        actual = _verified(partial, remote, report, ref, streamed)
     except ModelError:
         partial.unlink(missing_ok=True)
         raise
@@ -435,6 +454,19 @@ def download(remote: RemoteFile, ref: HubRef, commit: str, progress: ProgressArg
         refs.parent.mkdir(parents=True, exist_ok=True)
         refs.write_text(commit)
     return pointer, actual, True
+
+
+def _hash_prefix(partial: Path, have: int, report: Callable, label: str) -> Any:
+    """A sha256 of what an earlier, interrupted pull already wrote (read once), to continue from."""
+    digest = hashlib.sha256()
+    if have:
+        done = 0
+        with open(partial, "rb") as f:
+            while done < have and (chunk := f.read(min(1 << 20, have - done))):
+                digest.update(chunk)
+                done += len(chunk)
+                report(f"check {label} (resumed)", done, have)
+    return digest
 
 
 def _delete_cached(pointer: Path) -> None:
