@@ -131,6 +131,12 @@ def test_pull_picks_what_fits_verifies_and_serves_a_chat(hub, env, default_model
     table = slp(env, "model", "show", NAME).stdout
     assert "Chat template" in table and "yes" in table and sha in table
 
+    scanned = json.loads(slp(env, "model", "scan", "--json").stdout)  # the usual places include HF_HOME
+    assert {"path": str(path), "name": NAME, "size_bytes": path.stat().st_size, "installed_as": NAME} in scanned
+    from slp.models.store import ModelStore
+
+    assert ModelStore(env["SLP_MODELS_DIR"]).for_path(path).name == NAME  # how the agent maps an engine back
+
     again = slp(env, "model", "pull", f"hf:{REPO}:Q4_1")  # already there: verified, not downloaded again
     assert again.returncode == 0, again.stderr
     assert len(hub.gets(FILE)) == 1
