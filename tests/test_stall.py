@@ -91,7 +91,8 @@ def test_a_wedged_engine_is_caught_its_requests_end_cleanly_and_it_is_replaced(f
         last = json.loads(events[-1])
         assert last["error"]["code"] == "engine_failed" and "stall" in last["error"]["message"], last
         assert waiting["status"] == 503 and int(waiting["headers"]["Retry-After"]) >= 1, waiting
-        assert waiting["body"]["error"]["type"] == "server_error"
+        error = waiting["body"]["error"]
+        assert error["code"] == "engine_unavailable" and "stall" in error["message"], error
     finally:
         if tracer is not None:
             tracer.wait(30)
@@ -118,13 +119,13 @@ def test_a_slow_engine_that_still_progresses_is_never_flagged(fresh_agent):
     core = engine.cpu_affinity()[0]
     for thread in engine.threads():  # affinity is per thread on Linux: pin every one of them
         os.sched_setaffinity(thread.id, {core})
-    prompt = " ".join(f"word{i}" for i in range(2500))
+    prompt = "hello " * 800  # about 800 tokens
     started = time.monotonic()
     reply = requests.post(f"{agent.url}/v1/chat/completions", timeout=300, json={
         "model": "slp-orchestra-mini", "max_tokens": 16, "messages": [{"role": "user", "content": prompt}]})
     took = time.monotonic() - started
     assert reply.status_code == 200, reply.text
-    assert reply.json()["usage"]["prompt_tokens"] > 2500
+    assert reply.json()["usage"]["prompt_tokens"] > 750
     assert took > 3, f"the prompt took {took:.1f}s: long enough to have tripped a bytes-only watchdog"
     status = agent.status()
     assert status["engine"]["pid"] == engine.pid and status["engine"]["restarts"] == 0

@@ -243,14 +243,18 @@ class Proxy:
         """Forward to a leased, ready engine; its supervisor sees the work and every byte (progress)."""
         info = request["slp"]
         supervisor = engine.supervisor
+        port = supervisor.port
+        if supervisor.state is not EngineState.READY or port is None:  # it failed since the lease saw it ready
+            raise EngineUnavailable(_engine_words(engine), supervisor.state, 2)
         info["engine"] = {"model": engine.name, "pid": supervisor.pid}
         payload = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "Authorization": self.app[keys.ENGINE_AUTH]}
         supervisor.work_begin()
         try:
             try:
-                upstream = await engine.extra["http"].post("127.0.0.1", supervisor.port, path, payload, headers)
+                upstream = await engine.extra["http"].post("127.0.0.1", port, path, payload, headers)
             except EngineConnectionError as exc:
+                await supervisor.settle(1.0)
                 raise EngineUnavailable(f"{exc} ({_engine_words(engine)})", EngineState.RESTARTING, 2)
             supervisor.progress()
             async with upstream:
@@ -259,6 +263,7 @@ class Proxy:
                 try:
                     data = await upstream.read()
                 except EngineStreamError as exc:
+                    await supervisor.settle(1.0)
                     raise EngineUnavailable(f"the engine failed before answering: {exc} ({_engine_words(engine)})",
                                             EngineState.RESTARTING, 2)
                 if upstream.status != 200:
