@@ -22,7 +22,6 @@ from slp.engine.gpu import gpu_memory_of
 from slp.engine.pool import Engine, EnginePool, parse_keep_alive
 from slp.engine.process import memory_of
 from slp.engine.supervisor import EngineState, Supervisor
-from slp.models.metadata import cached_metadata
 from slp.models.store import ModelError, ModelStore
 from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
 from slp.projects.store import ProjectStore
@@ -101,7 +100,9 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
                 # workers that answer now are passed (`select` blocks while probing them, ~2 s at most).
                 current = app[keys.SETTINGS]
                 rpc = workers.select(current.workers, supervisor) if current.workers else []
-                return engine_command(current, engine_bin, model_path, port, engine_key, name, workers=rpc)
+                found = models.for_path(model_path)  # a vision model's projector travels with it
+                return engine_command(current, engine_bin, model_path, port, engine_key, name, workers=rpc,
+                                      mmproj=found.mmproj if found is not None else None)
 
             def changed(state: EngineState, reason: str) -> None:
                 nonlocal asked
@@ -127,8 +128,13 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
             return engine
 
         def estimate(path: Path) -> int:
+            # Through the store: its metadata cache lives in the store (never beside a user's own file),
+            # and a model of several files (split parts, projector) counts all of them.
+            found = models.for_path(path)
             try:
-                meta = cached_metadata(path)
+                if found is None:
+                    raise ModelError(f"{path} is not in the store")
+                meta = found.metadata
             except ModelError:
                 return path.stat().st_size * 3 // 2 + COMPUTE_BUFFER_BYTES
             return estimate_bytes(meta, app[keys.SETTINGS].ctx_size)
