@@ -76,6 +76,7 @@ async def measure(requests: int, max_tokens: int) -> dict:
     model_path = models.ensure_default(progress=False).path
     alias = engine_alias(models, model_path)
     work = Path(tempfile.mkdtemp(prefix="slp-bench-workers-"))
+    load_before = psutil.getloadavg()
     ports = [free_port(), free_port()]
     procs, engines = [], []
     try:
@@ -100,10 +101,10 @@ async def measure(requests: int, max_tokens: int) -> dict:
             result[engine.name] = {
                 "tokens_per_s_p50": statistics.median(r), "tokens_per_s_min": min(r), "tokens_per_s_max": max(r),
                 "ttft_ms_p50": statistics.median(s.ttft_s for s in batch.streams) * 1000, "streams": len(r)}
-        offloaded = [line.strip() for line in (work / "workers.log").read_text().splitlines()
-                     if "RPC" in line and "buffer size" in line]
-        return {"result": result, "offloaded": offloaded, "build": build or {}, "binary": str(binary),
-                "requests": requests, "max_tokens": max_tokens}
+        held = {f"127.0.0.1:{port}": psutil.Process(proc.pid).memory_info().rss for port, proc in zip(ports, procs)}
+        return {"result": result, "worker_rss": held, "build": build or {}, "binary": str(binary),
+                "requests": requests, "max_tokens": max_tokens, "load_before": load_before,
+                "load_after": psutil.getloadavg()}
     finally:
         for engine in engines:
             await engine.stop()
@@ -129,9 +130,14 @@ def markdown(doc: dict) -> str:
     for name, r in doc["result"].items():
         lines.append(f"| {name} | {r['tokens_per_s_p50']:.1f} | {r['tokens_per_s_min']:.1f} | "
                      f"{r['tokens_per_s_max']:.1f} | {r['ttft_ms_p50']:.1f} ms |")
-    lines += ["", f"**Two loopback workers: {ratio:.2f}× the tokens/s of the local engine.** Workers are for a model "
-              "that does not fit one machine; on one box they only add the network hop per token.", "",
-              "Where the engine put the model (its log):", "", "```", *doc["offloaded"], "```", ""]
+    rss = ", ".join(f"{a} {b / 1e6:.0f} MB" for a, b in doc["worker_rss"].items())
+    lines += ["", f"**Two loopback workers: {ratio:.2f}× the tokens/s of the local engine.**", "",
+              f"The workers' resident memory with the model loaded (their share of its layers): {rss}.",
+              f"Load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in doc['load_before'])}, after: "
+              f"{'/'.join(f'{x:.2f}' for x in doc['load_after'])}; on a busy machine the engines compete with "
+              "everything else for the cores, so compare runs made when it is quiet.", "",
+              "Workers are for a model that does not fit one machine, not for speed on one box: every token "
+              "crosses to each worker and back.", ""]
     return "\n".join(lines)
 
 
