@@ -375,6 +375,33 @@ class UnloadResult(_Open):
     state: Literal["unloaded"]
 
 
+class WorkerMemory(_Open):
+    free_bytes: int
+    total_bytes: int
+
+
+class WorkerRow(_Open):
+    """One llama.cpp RPC worker of `SLP_WORKERS`, as the last check found it."""
+
+    address: str = Field(..., examples=["10.0.0.2:50052"])
+    state: Literal["in-use", "ready", "down", "not-answering", "incompatible", "invalid", "unknown"] = Field(
+        ..., description="in-use: an engine holds it (numbers from that engine's start); the others are what "
+        "the last probe found (not used while not ready).")
+    detail: str = Field(..., description="Why it is not used, or its RPC protocol.")
+    rtt_ms: Optional[float] = Field(None, description="Round trip of the RPC hello.")
+    version: Optional[str] = Field(None, examples=["7.0.0"])
+    memory: Optional[WorkerMemory] = Field(None, description="What the worker reports for its devices.")
+    engine: Optional[str] = Field(None, description="The model whose engine holds it.")
+
+
+class WorkerLoss(_Open):
+    address: str
+    state: str
+    detail: str
+    engine: str
+    at: float
+
+
 class Status(_Open):
     """Everything `slp status` shows."""
 
@@ -395,6 +422,8 @@ class Status(_Open):
     engines: list[EngineRow] = Field(default_factory=list, description="Every loaded engine (`slp ps`).")
     memory_budget: Optional[MemoryBudget] = None
     compute: Optional[ComputeState] = None
+    workers: list[WorkerRow] = Field(default_factory=list, description="RPC workers (`SLP_WORKERS`).")
+    worker_losses: list[WorkerLoss] = Field(default_factory=list, description="Workers an engine lost lately.")
     active_project: ActiveProject
 
 
