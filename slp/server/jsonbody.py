@@ -1,8 +1,14 @@
 """Reading a request's JSON body, the one way every route does it.
 
-Refuses what would surprise a handler or the engine: a wrong content type (415), a body over the size
-limit (413, enforced by aiohttp), invalid UTF-8, invalid JSON, nesting deeper than MAX_DEPTH (llama.cpp's
-JSON parser recurses, so a deep body could crash the engine), or anything but an object (400).
+Refuses what would surprise a handler or the engine: a body over the size limit (413, enforced by
+aiohttp), invalid UTF-8, invalid JSON, nesting deeper than MAX_DEPTH (llama.cpp's JSON parser recurses,
+so a deep body could crash the engine), or anything but an object (400).
+
+The Content-Type is not required to be JSON (`curl -d` sends a form type; the engine reads the body as
+JSON whatever it is labelled), except from a browser page: a page may POST a form or text type to any
+site without a CORS preflight, so a request with an `Origin` header that SLP_CORS_ORIGINS does not allow
+must say application/json (which a browser only sends after a preflight, which such an origin fails).
+A body that is not JSON under a type that is not JSON is a 415.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import json
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from slp.server import keys
 from slp.server.errors import APIError
+from slp.server.middleware import origin_allowed
 
 MAX_DEPTH = 64
-_JSON_TYPES = ("application/json", "text/plain", "")  # OpenAI clients and curl -d send these
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "literal"}
 
 
@@ -43,9 +50,13 @@ def nesting_depth(raw: bytes) -> int:
 
 async def read_json_object(request: web.Request) -> dict:
     """The body as a JSON object, or an APIError (400/413/415) that says what is wrong with it."""
-    ctype = request.content_type
-    if ctype not in _JSON_TYPES and not ctype.endswith("+json") and request.body_exists:
-        raise APIError(415, f"Content-Type must be application/json, got {ctype!r}", code="unsupported_media_type")
+    ctype = request.content_type  # application/octet-stream when there is none
+    json_typed = ctype == "application/json" or ctype.endswith("+json")
+    if not json_typed:
+        origin = request.headers.get("Origin")
+        if origin is not None and not origin_allowed(origin, request.app[keys.SETTINGS].cors_origins):
+            raise APIError(403, f"a request from the browser origin {origin!r} must send Content-Type: "
+                           "application/json (or the origin be listed in SLP_CORS_ORIGINS)", code="origin_not_allowed")
     raw = await request.read()  # aiohttp enforces client_max_size here (413)
     if not raw:
         raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
@@ -56,6 +67,9 @@ async def read_json_object(request: web.Request) -> dict:
     except UnicodeDecodeError:
         raise APIError(400, "request body is not valid UTF-8", code="invalid_json")
     except ValueError as exc:
+        if not json_typed and request.headers.get("Content-Type"):
+            raise APIError(415, f"Content-Type must be application/json, got {ctype!r} with a body that is not "
+                           f"JSON ({exc})", code="unsupported_media_type")
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json")
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
@@ -71,10 +85,11 @@ def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return (f"{param}: {err['msg']}" if param else err["msg"]), param
 
 
-def validate(model: type[BaseModel], body: dict, status: int = 400) -> BaseModel:
-    """Validate `body` against `model`; a mistake becomes an APIError naming the field."""
+def validate(model: type[BaseModel], body: dict, status: int = 400, context: dict | None = None) -> BaseModel:
+    """Validate `body` against `model` (with a validation `context`, see schemas.validation_context); a
+    mistake becomes an APIError naming the field."""
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, context=context)
     except ValidationError as exc:
         message, param = validation_message(exc)
         raise APIError(status, message, code="invalid_request", param=param)

@@ -111,6 +111,11 @@ def make_auth(api_key: str, public_paths: Iterable[str]) -> Callable:
     return auth
 
 
+def origin_allowed(origin: Optional[str], allowed: Iterable[str]) -> bool:
+    """True when `origin` is one of the configured CORS origins (or they include `*`)."""
+    return origin is not None and any(item == "*" or item == origin for item in allowed)
+
+
 def make_cors(origins: Iterable[str]) -> tuple[Callable, Callable]:
     """CORS only for configured origins (none by default): (preflight middleware, on_response_prepare).
 

@@ -1,7 +1,11 @@
 """Request models for the OpenAI routes: what the proxy validates before anything reaches the engine.
 
-They check what would make the engine misbehave or what a client surely got wrong (types, ranges,
-roles, sizes) and let through the rest of OpenAI's and llama.cpp's many optional fields untouched.
+slp is a superset of the engine: these models refuse only what would make the engine misbehave or harm
+the agent (wrong types, numbers its C types cannot hold or that it rejects itself, sizes, roles its chat
+template cannot take) and let everything else through untouched: fields they do not know (the engine
+ignores what it does not know), OpenAI's newer options, `null` for an optional field (the engine reads
+it as "not set"), values beyond OpenAI's own limits that llama-server serves (`n` > 1, temperature > 2).
+With `SLP_STRICT` unknown top-level fields are refused instead, so typos are caught.
 The same models document the API (OpenAPI), so the docs cannot drift from the checks.
 """
 
@@ -9,12 +13,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 SLUG_OR_UUID = r"^[A-Za-z0-9_-]{1,64}$"
+INT32_MAX = (1 << 31) - 1  # the engine reads counts into int32: larger values would wrap
+FLOAT32_MAX = 3.4028234663852886e38  # and sampling numbers into float32: larger ones become inf
 
 
 def _absent_by_default(schema: dict) -> None:
@@ -29,29 +35,43 @@ class _Open(BaseModel):
 
 
 # Fields a request may carry besides the declared ones: OpenAI's and llama-server's documented options.
-# Anything else is refused like OpenAI does ("Unrecognized request argument"), so a typo such as
-# `max_token` is reported instead of silently ignored.
+# Any other field is passed to the engine as well (it ignores what it does not know) and reported in the
+# `X-SLP-Unknown-Fields` response header; with SLP_STRICT it is refused like OpenAI does ("Unrecognized
+# request argument"), so a typo such as `max_token` is reported instead of silently ignored.
 ENGINE_FIELDS = frozenset("""
-    audio cache_prompt chat_template_kwargs dimensions dry_allowed_length dry_base dry_multiplier
+    adaptive_decay adaptive_target add_generation_prompt audio backend_sampling best_of cache_prompt
+    chat_template_kwargs continue_final_message dimensions dry_allowed_length dry_base dry_multiplier
     dry_penalty_last_n dry_sequence_breakers dynatemp_exponent dynatemp_range echo embd_normalize
     function_call functions grammar id_slot ignore_eos input_extra json_schema logit_bias logprobs lora
-    metadata min_keep mirostat mirostat_eta mirostat_tau modalities n_cache_reuse n_indent n_keep
-    n_predict n_probs parallel_tool_calls parse_special post_sampling_probs prediction reasoning_effort
-    reasoning_format response_fields response_format return_progress return_tokens samplers
-    service_tier store suffix t_max_predict_ms timings_per_token tool_choice tools top_logprobs
-    typical_p user verbosity web_search_options xtc_probability xtc_threshold best_of
+    metadata min_keep mirostat mirostat_eta mirostat_tau modalities n_cache_reuse n_cmpl n_discard n_indent
+    n_keep n_predict n_probs parallel_tool_calls parse_special post_sampling_probs prediction
+    prompt_cache_key prompt_cache_retention reasoning_budget_tokens reasoning_effort reasoning_format
+    repeat_last_n response_fields response_format return_progress return_tokens safety_identifier samplers
+    service_tier sse_ping_interval store suffix t_max_predict_ms thinking_budget_tokens timings_per_token
+    tool_choice tools top_logprobs top_n_sigma typical_p user verbose verbosity web_search_options
+    xtc_probability xtc_threshold
 """.split())
+
+
+def validation_context(strict: bool) -> dict:
+    """The context `_Known` models are validated with: `strict` refuses unknown top-level fields; the
+    names found either way are left in `unknown`."""
+    return {"strict": strict, "unknown": ()}
 
 
 class _Known(_Open):
     @model_validator(mode="before")
     @classmethod
-    def _refuse_unknown(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if key not in cls.model_fields and key not in ENGINE_FIELDS:
-                    raise PydanticCustomError("unrecognized_argument",
-                                              "Unrecognized request argument supplied: {key}", {"key": key})
+    def _unknown_fields(cls, data: Any, info: ValidationInfo) -> Any:
+        context = info.context
+        if context is not None and isinstance(data, dict):
+            fields = cls.model_fields
+            unknown = [key for key in data if key not in fields and key not in ENGINE_FIELDS]
+            if unknown:
+                if context.get("strict"):
+                    raise PydanticCustomError("unrecognized_argument", "Unrecognized request argument supplied: "
+                                              "{key} (the agent runs with SLP_STRICT)", {"key": unknown[0]})
+                context["unknown"] = unknown
         return data
 
 
@@ -79,19 +99,17 @@ class ChatMessage(_Open):
     @model_validator(mode="before")
     @classmethod
     def _no_nulls(cls, data: Any) -> Any:
-        """Absent is fine, null is not: llama-server refuses `"name": null`."""
+        """Absent is fine, null is not: llama-server refuses `"name": null`. It needs a `content` key in
+        every message but the assistant's (null is fine: it reads it as empty)."""
         if isinstance(data, dict):
             for key in ("name", "tool_calls"):
                 if key in data and data[key] is None:
                     raise PydanticCustomError("null_field", "{key} must not be null (leave it out instead)",
                                               {"key": key})
+            if "content" not in data and data.get("role") in ("system", "developer", "user", "tool"):
+                raise PydanticCustomError("missing_content", "{role} messages need `content`",
+                                          {"role": data.get("role")})
         return data
-
-    @model_validator(mode="after")
-    def _content_unless_assistant(self) -> "ChatMessage":
-        if self.content is None and self.role != "assistant":
-            raise PydanticCustomError("missing_content", "{role} messages need `content`", {"role": self.role})
-        return self
 
 
 class StreamOptions(_Open):
@@ -101,34 +119,38 @@ class StreamOptions(_Open):
 class SamplingFields(_Known):
     model: Optional[str] = Field(None, max_length=256, examples=["slp-orchestra-mini"],
                                  description="A model name or alias (`slp-orchestra-mini`); default: the project's model.")
-    stream: bool = Field(False, description="Send server-sent events (`data: {chunk}` … `data: [DONE]`).")
+    stream: Optional[bool] = Field(False, description="Send server-sent events (`data: {chunk}` … `data: [DONE]`).")
     stream_options: Optional[StreamOptions] = None
-    max_tokens: Optional[int] = Field(None, ge=1, le=1 << 20)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
+    max_tokens: Optional[int] = Field(None, ge=-1, le=INT32_MAX, description="-1: until the context is full.")
+    temperature: Optional[float] = Field(None, ge=0, le=FLOAT32_MAX)
     top_p: Optional[float] = Field(None, ge=0, le=1)
-    top_k: Optional[int] = Field(None, ge=0, le=100000)
+    top_k: Optional[int] = Field(None, ge=0, le=INT32_MAX)
     min_p: Optional[float] = Field(None, ge=0, le=1)
+    # Penalties stay in OpenAI's range: a huge one multiplied by a token's count overflows the logits to
+    # infinity, and the sampler's probabilities to NaN.
     presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
     repeat_penalty: Optional[float] = Field(None, gt=0, le=10)
     seed: Optional[int] = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)
-    stop: Union[str, Annotated[list[str], Field(max_length=4)], None] = Field(None, description="Up to 4 stop sequences.")
-    n: Optional[int] = Field(None, ge=1, le=1, description="Only 1 choice per request is supported.")
-    n_predict: Optional[int] = Field(None, ge=-1, le=1 << 20, description="llama.cpp's name for max_tokens.")
+    stop: Union[str, Annotated[list[str], Field(max_length=256)], None] = Field(
+        None, description="Up to 256 stop sequences.")
+    n: Optional[int] = Field(None, ge=1, le=INT32_MAX,
+                             description="Choices to generate; the engine serves up to its slots (`SLP_PARALLEL`).")
+    n_predict: Optional[int] = Field(None, ge=-1, le=INT32_MAX, description="llama.cpp's name for max_tokens.")
     n_probs: Optional[int] = Field(None, ge=0, le=100)
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    top_logprobs: Optional[int] = Field(None, ge=0, le=100)
     ignore_eos: Optional[bool] = None
     tools: Optional[list[dict]] = None
     tool_choice: Union[str, dict, None] = None
     response_format: Optional[dict] = None
-    logit_bias: Optional[dict] = None
+    logit_bias: Union[dict, list, None] = Field(None, description="Token id → bias, or llama.cpp's [[token, bias]].")
     logprobs: Optional[bool] = None
     project_id: Optional[str] = Field(None, pattern=SLUG_OR_UUID, description="slp: the project (id or name) to run in.")
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=4096)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, le=1 << 20)
+    max_completion_tokens: Optional[int] = Field(None, ge=-1, le=INT32_MAX)
     session_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$",
                                       description="slp: store this exchange under the project as a conversation.")
 
@@ -138,7 +160,9 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Union[str, list[str], list[int]] = Field(..., examples=["The capital of France is"])
+    prompt: Union[str, list[str], list[int], list[list[int]]] = Field(..., examples=["The capital of France is"])
+    logprobs: Union[bool, Annotated[int, Field(ge=0, le=100)], None] = Field(
+        None, description="The legacy API's number of most likely tokens to report per token.")
 
     model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [{
         "model": "slp-orchestra-mini", "prompt": "The capital of France is", "max_tokens": 8}]})
@@ -162,7 +186,7 @@ class ResponsesRequest(_EngineAPI):
 
     input: Union[str, list[dict]] = Field(..., examples=["What is the capital of France?"])
     instructions: Optional[str] = None
-    stream: bool = False
+    stream: Optional[bool] = False
     max_output_tokens: Optional[int] = Field(None, ge=1, le=1 << 20)
     temperature: Optional[float] = Field(None, ge=0, le=2)
     top_p: Optional[float] = Field(None, ge=0, le=1)
@@ -185,7 +209,7 @@ class AnthropicMessagesRequest(AnthropicCountTokensRequest):
     """Anthropic Messages API (`POST /v1/messages`)."""
 
     max_tokens: int = Field(..., ge=1, le=1 << 20, examples=[64])
-    stream: bool = False
+    stream: Optional[bool] = False
     temperature: Optional[float] = Field(None, ge=0, le=1)
     top_p: Optional[float] = Field(None, ge=0, le=1)
     top_k: Optional[int] = Field(None, ge=0)
