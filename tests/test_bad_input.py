@@ -1,5 +1,8 @@
 """A corpus of client mistakes over every route: each gets a 4xx in OpenAI's shape naming the problem,
-never a 5xx, and the engine keeps serving (nothing reached it that could crash or hang it)."""
+never a 5xx, and the engine keeps serving (nothing reached it that could crash or hang it).
+
+What slp refuses is what would make the engine misbehave or harm the agent; what the engine serves passes
+(tests/test_client_compat.py). Unknown fields are refused only under SLP_STRICT (the last tests here)."""
 
 from __future__ import annotations
 
@@ -61,15 +64,20 @@ CASES = [
      "temperature"),
     ("temperature absurd", "POST", CHAT, j({"messages": OK_MESSAGES, "temperature": 1e308}), "application/json",
      400, "temperature"),
-    ("n > 1", "POST", CHAT, j({"messages": OK_MESSAGES, "n": 5}), "application/json", 400, "n"),
+    ("n < 1", "POST", CHAT, j({"messages": OK_MESSAGES, "n": 0}), "application/json", 400, "n"),
+    ("n beyond int32", "POST", CHAT, j({"messages": OK_MESSAGES, "n": 1 << 32}), "application/json", 400, "n"),
     ("stream not bool", "POST", CHAT, j({"messages": OK_MESSAGES, "stream": "yes"}), "application/json", 400,
      "stream"),
     ("number as string", "POST", CHAT, j({"messages": OK_MESSAGES, "top_p": "0.5"}), "application/json", 400,
      "top_p"),
-    ("too many stops", "POST", CHAT, j({"messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}),
+    ("too many stops", "POST", CHAT, j({"messages": OK_MESSAGES, "stop": [f"s{i}" for i in range(257)]}),
      "application/json", 400, "stop"),
-    ("unknown field", "POST", CHAT, j({"messages": OK_MESSAGES, "max_token": 3}), "application/json", 400,
-     "max_token"),
+    ("top_k beyond int32", "POST", CHAT, j({"messages": OK_MESSAGES, "top_k": 1 << 31}), "application/json", 400,
+     "top_k"),
+    ("null name", "POST", CHAT, j({"messages": [{"role": "user", "content": "x", "name": None}]}),
+     "application/json", 400, "name"),
+    ("legacy logprobs absurd", "POST", "/v1/completions", j({"prompt": "x", "logprobs": 10**6}), "application/json",
+     400, "logprobs"),
     ("model path traversal", "POST", CHAT, j({"messages": OK_MESSAGES, "model": "../../../etc/passwd"}),
      "application/json", 404, "does not exist"),
     ("model odd characters", "POST", CHAT, j({"messages": OK_MESSAGES, "model": "a\u0000b\nc"}), "application/json",
@@ -134,6 +142,39 @@ def test_header_injection_is_refused_or_harmless(agent):
     # An odd but well-formed project header is a clean 404.
     got, payload = send(agent, "POST", CHAT, j({"messages": OK_MESSAGES}), headers={"X-SLP-Project": "<script>"})
     assert got == 404 and payload["error"]["code"] == "project_not_found"
+
+
+def test_a_form_or_text_body_from_a_browser_page_is_refused(agent):
+    """A page may POST a form or text type anywhere without a CORS preflight: from an origin that is not
+    allowed, such a body is refused (application/json needs the preflight, which that origin fails)."""
+    body = j({"messages": OK_MESSAGES, "max_tokens": 1})
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        got, payload = send(agent, "POST", CHAT, body, ctype, headers={"Origin": "http://evil.example"})
+        assert got == 403, (ctype, payload)
+        assert payload["error"]["code"] == "origin_not_allowed" and "Content-Type" in payload["error"]["message"]
+    preflight = requests.options(f"{agent.url}{CHAT}", timeout=10, headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status_code == 403 and "Access-Control-Allow-Origin" not in preflight.headers
+
+
+def test_unknown_fields_are_refused_under_slp_strict(fresh_agent):
+    """SLP_STRICT keeps refusing fields neither OpenAI nor llama-server defines (typos), before the engine;
+    the fields they define, newer OpenAI ones included, still pass."""
+    agent = fresh_agent(strict="true", max_tokens="4")
+    agent.start()
+    for path, body in [(CHAT, {"messages": OK_MESSAGES, "max_token": 3}),
+                       ("/v1/completions", {"prompt": "x", "temprature": 0.5}),
+                       ("/v1/embeddings", {"input": "x", "encodingformat": "float"})]:
+        got, payload = send(agent, "POST", path, j(body))
+        assert got == 400, (path, payload)
+        error = payload["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert "Unrecognized request argument" in error["message"] and "SLP_STRICT" in error["message"], error
+        assert error["param"] in body
+    got, payload = send(agent, "POST", CHAT, j({"messages": OK_MESSAGES, "prompt_cache_key": "k",
+                                                 "safety_identifier": "u1", "n_probs": 0}))
+    assert got == 200, payload
 
 
 def test_the_engine_still_serves_after_the_corpus(agent):

@@ -26,6 +26,7 @@ from slp.projects import (
     shape_chat,
     shape_completion,
 )
+from slp.projects.shaping import added_usage
 from slp.projects.store import MIGRATIONS
 
 
@@ -316,11 +317,17 @@ def test_shape_params_model_and_agent_fields():
     out["stop"].append("y")
     assert project.params.stop == ["x"]  # no aliasing into the project
 
-    out = shape_chat({"messages": [], "model": "mine", "max_completion_tokens": 5,
-                      "stream": True, "stream_options": {"include_usage": False}}, project)
+    caller = {"messages": [], "model": "mine", "max_completion_tokens": 5, "stream": True,
+              "stream_options": {"include_usage": False, "other": 1}}
+    out = shape_chat(caller, project)
     assert out["model"] == "mine" and "max_tokens" not in out
-    assert out["stream_options"] == {"include_usage": False}
+    # slp asks for usage to count the stream, and knows to keep it from this caller, who did not ask
+    assert out["stream_options"] == {"include_usage": True, "other": 1} and added_usage(caller, out)
+    assert caller["stream_options"] == {"include_usage": False, "other": 1}
+    asked = {"messages": [], "stream": True, "stream_options": {"include_usage": True}}
+    assert not added_usage(asked, shape_chat(asked, project))
     assert "stream_options" not in shape_chat({"messages": []}, project)
+    assert "stream_options" not in shape_chat({"messages": [], "stream": None}, project)
 
     out = shape_completion({"prompt": "p", "session_id": "s", "top_p": 1.0}, _project(
         system_prompt="ignored", params=GenerationParams(top_p=0.2, seed=7)))
