@@ -284,6 +284,23 @@ def test_worker_status_restart_and_stop(workers):
     assert "no slp worker was running" in w.cli("stop", "--port", str(port)).stdout
 
 
+def test_regression_a_client_gone_before_its_hello_answer_does_not_kill_the_worker(workers):
+    """The rpc-server writes without MSG_NOSIGNAL: a hello queued while it served another client, whose
+    sender hung up (a probe that timed out), killed it with SIGPIPE once it got there. slp's worker runs
+    with SIGPIPE ignored."""
+    w = workers()
+    port = free_port()
+    w.start(port)
+    pid = w.pid(port)
+    holder = socket.create_connection(("127.0.0.1", port), timeout=5)  # a client the worker serves
+    holder.sendall(struct.pack("<BQ", CMD_HELLO, CONN_CAPS_SIZE) + bytes(CONN_CAPS_SIZE))
+    holder.recv(8 + 4 + CONN_CAPS_SIZE, socket.MSG_WAITALL)
+    assert probe_worker(f"127.0.0.1:{port}", timeout=0.5).state == "not-answering"  # sends a hello, hangs up
+    holder.close()  # the worker now gets to the probe's connection and writes its answer into it
+    wait_for(lambda: probe_worker(f"127.0.0.1:{port}", timeout=1).ok, 10, "the worker to answer again")
+    assert w.pid(port) == pid and w.state(port)["restarts"] == 0 and psutil.pid_exists(pid)
+
+
 # ----------------------------------------------------------------------------- engines on workers
 
 
@@ -294,7 +311,10 @@ def test_two_loopback_workers_serve_the_default_model(workers, agents):
         w.start(port)
     addresses = [f"127.0.0.1:{p}" for p in ports]
     idle_rss = [psutil.Process(w.pid(port)).memory_info().rss for port in ports]
-    agent = agents(workers=",".join(addresses))
+    agent = agents()
+    config = agent.home / "config" / "config.toml"  # workers from config.toml this time (reloadable)
+    config.parent.mkdir(parents=True)
+    config.write_text(f"workers = {json.dumps(addresses)}\n")
     agent.start()
     argv = engine_argv(agent)
     assert rpc_of(argv) == addresses, argv
@@ -313,8 +333,17 @@ def test_two_loopback_workers_serve_the_default_model(workers, agents):
         assert f'slp_worker_up{{address="{address}"}} 1.0' in metrics
     table = agent.cli("status", check=True).stdout
     assert all(f"{address} in-use" in table for address in addresses)
+    from slp.server.openapi import WorkerRow
+
+    for row in agent.status()["workers"]:
+        WorkerRow.model_validate(row)  # what /v1/status documents
     busy = json.loads(w.cli("status", "--json").stdout)
     assert {s["state"] for s in busy} == {"busy"}, "a worker an engine holds does not answer others"
+    engine = serving_engine(agent)
+    config.write_text(f'workers = ["{addresses[1]}"]\n')
+    agent.cli("agent", "reload", check=True)
+    assert rpc_of(psutil.Process(serving_engine(agent, not_pid=engine)).cmdline()) == [addresses[1]]
+    assert [row["address"] for row in agent.status()["workers"]] == [addresses[1]]
 
 
 def _kill_mid_stream(w, agents, sig: int, **settings: str):

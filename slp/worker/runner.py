@@ -26,7 +26,7 @@ from typing import Optional
 
 import psutil
 
-from slp.engine.process import EngineCommand, spawn, tail_lines, terminate
+from slp.engine.process import _die_with_parent, rotate_log, tail_lines, terminate
 from slp.engine.supervisor import describe_exit
 from slp.settings import Settings
 from slp.worker import (
@@ -64,6 +64,25 @@ def _create_time(pid: Optional[int]) -> Optional[float]:
         return psutil.Process(pid).create_time() if pid else None
     except psutil.Error:
         return None
+
+
+async def spawn_worker(argv: list[str], log_path: Path) -> asyncio.subprocess.Process:
+    """Start the rpc-server like an engine (own process group, dies with us, output to its log), but with
+    SIGPIPE ignored: the rpc-server writes without MSG_NOSIGNAL, so a client that sent the hello and hung
+    up before the answer (a probe that timed out while the worker served an engine) killed it with
+    SIGPIPE once it got to that connection. Ignored, the write fails and it goes on to the next client.
+    No gdb backtrace on an abort either: it would delay the restart by seconds."""
+    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rotate_log(log_path)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"--- slp: starting worker at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n".encode())
+        # restore_signals=False keeps Python's SIG_IGN for SIGPIPE across exec (ignored dispositions survive it).
+        return await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd, env={**os.environ, "GGML_NO_BACKTRACE": "1"},
+            start_new_session=True, restore_signals=False, preexec_fn=_die_with_parent)
+    finally:
+        os.close(fd)
 
 
 def _listens(pid: int, port: int) -> bool:
@@ -127,9 +146,7 @@ class WorkerRunner:
             while not self._stop.is_set():
                 self._record("restarting" if self.restarts else "starting", f"starting {self.binary.name}")
                 try:
-                    # No gdb backtrace on an abort: it would delay the restart by seconds.
-                    proc = await spawn(EngineCommand(self.spec.worker_argv(self.binary), {"GGML_NO_BACKTRACE": "1"},
-                                                     self.log_path))
+                    proc = await spawn_worker(self.spec.worker_argv(self.binary), self.log_path)
                 except OSError as exc:
                     self._record("failed", f"cannot run {self.binary}: {exc.strerror or exc}")
                     return 1
