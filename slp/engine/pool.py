@@ -121,7 +121,8 @@ class EnginePool:
     def __init__(self, make_engine: Callable[[str, Path], Engine], estimate: Callable[[Path], int],
                  measure: Callable[[Engine], int], *, budget: int, gate: ComputeGate,
                  wait_timeout: float, max_waiting: int,
-                 on_event: Optional[Callable[[str, Engine], None]] = None):
+                 on_event: Optional[Callable[[str, Engine], None]] = None,
+                 extra_room: Callable[[], int] = lambda: 0):
         self._make_engine = make_engine
         self._estimate = estimate
         self._measure = measure
@@ -130,6 +131,7 @@ class EnginePool:
         self.wait_timeout = wait_timeout
         self.max_waiting = max_waiting
         self._on_event = on_event or (lambda event, engine: None)
+        self._extra_room = extra_room  # memory beyond this machine's (RPC workers that answer)
         self._engines: dict[Path, Engine] = {}
         self._loading: dict[Path, asyncio.Future] = {}
         self._room = asyncio.Condition()
@@ -144,6 +146,10 @@ class EnginePool:
 
     def get(self, path: Path) -> Optional[Engine]:
         return self._engines.get(Path(path))
+
+    def room(self) -> int:
+        """The memory budget, plus what RPC workers report free (their share of a model is not ours)."""
+        return self.budget + self._extra_room()
 
     def used(self) -> int:
         return sum(engine.reserved for engine in self._engines.values())
@@ -220,8 +226,8 @@ class EnginePool:
 
     async def _load(self, name: str, path: Path) -> Engine:
         estimate = max(await asyncio.to_thread(self._estimate, path), self.measured_by_path.get(path, 0))
-        if estimate > self.budget:
-            raise ModelTooLarge(name, estimate, self.budget)
+        if estimate > self.room():
+            raise ModelTooLarge(name, estimate, self.room())
         await self._make_room(estimate, name)
         engine = self._make_engine(name, path)
         engine.estimate = max(engine.estimate, estimate)
@@ -237,7 +243,7 @@ class EnginePool:
         deadline = asyncio.get_running_loop().time() + self.wait_timeout
         waiting = False
         try:
-            while self.used() + need > self.budget:
+            while self.used() + need > self.room():
                 victim = self._eviction_candidate()
                 if victim is not None:
                     await self.unload(victim.path, reason="evicted")
@@ -252,7 +258,7 @@ class EnginePool:
                 if remaining <= 0:
                     raise EngineUnavailable(
                         f"no memory for {name!r} (needs {format_bytes(need)}; {format_bytes(self.used())} of the "
-                        f"{format_bytes(self.budget)} budget is held by engines serving requests); retry shortly",
+                        f"{format_bytes(self.room())} budget is held by engines serving requests); retry shortly",
                         EngineState.STARTING, 5)
                 async with self._room:
                     try:

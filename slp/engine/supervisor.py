@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 import signal
 import socket
@@ -25,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional, Union
 
 import aiohttp
 import psutil
@@ -97,7 +98,7 @@ def describe_exit(code: Optional[int]) -> tuple[Optional[int], Optional[str], st
     return code, None, f"exited with code {code}"
 
 
-CommandFactory = Callable[[Path, int], EngineCommand]
+CommandFactory = Callable[[Path, int], Union[EngineCommand, Awaitable[EngineCommand]]]
 
 
 class Supervisor:
@@ -293,7 +294,10 @@ class Supervisor:
         """Run one engine process to its end. None: ended on purpose; ExitInfo: it failed."""
         self.port = free_port()
         try:
-            proc = await spawn(self._make_command(self.model_path, self.port))
+            command = self._make_command(self.model_path, self.port)
+            if inspect.isawaitable(command):  # a factory that must ask something first (RPC workers)
+                command = await command
+            proc = await spawn(command)
         except OSError as exc:
             return ExitInfo("spawn-failed", f"cannot run the engine: {exc}", log_tail=tail_lines(self._log_path))
         self.pid = proc.pid

@@ -95,11 +95,11 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
             engine: Optional[Engine] = None
             asked = time.monotonic()
 
-            def make_command(model_path: Path, port: int):
+            async def make_command(model_path: Path, port: int):
                 # Read at each spawn: a config reload changes what the next engine gets. Only the RPC
-                # workers that answer now are passed (`select` blocks while probing them, ~2 s at most).
+                # workers that answer now are passed (probed in a thread: ~2 s at most).
                 current = app[keys.SETTINGS]
-                rpc = workers.select(current.workers, supervisor) if current.workers else []
+                rpc = await workers.select_async(current.workers, supervisor) if current.workers else []
                 found = models.for_path(model_path)  # a vision model's projector travels with it
                 return engine_command(current, engine_bin, model_path, port, engine_key, name, workers=rpc,
                                       mmproj=found.mmproj if found is not None else None)
@@ -156,7 +156,8 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
         app[keys.ENGINES] = EnginePool(
             make_engine, estimate, measure, budget=memory_budget_bytes(settings), gate=ComputeGate(cpu_cores()),
-            wait_timeout=settings.request_wait_timeout, max_waiting=settings.max_queue, on_event=pool_event)
+            wait_timeout=settings.request_wait_timeout, max_waiting=settings.max_queue, on_event=pool_event,
+            extra_room=workers.free_memory)
         metrics.memory_budget.set(app[keys.ENGINES].budget)
         app[keys.RECORDER].start()
         workers.start(lambda: app[keys.SETTINGS].workers)

@@ -115,6 +115,16 @@ class WorkerPool:
         # A copy first: status reads this from a thread while the loop may be selecting.
         return {a: h for a, h in dict(self.holders).items() if _running(h)}
 
+    def free_memory(self) -> int:
+        """Bytes the configured workers that answer report free: room the memory budget gains, since an
+        engine with workers offloads layers to them."""
+        total = 0
+        for address in self.addresses:
+            probe = dict(self.probes).get(address)
+            if probe is not None and probe.ok and probe.memory:
+                total += probe.memory["free_bytes"]
+        return total
+
     def snapshot(self) -> list[dict]:
         """One entry per configured worker: address, state, detail, rtt_ms, version, memory, engine.
         `state` is `in-use` for a worker an engine holds; its numbers are from that engine's pre-start check."""
