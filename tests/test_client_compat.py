@@ -177,10 +177,10 @@ def py_case(fn: Callable[[Target], Any]) -> Callable[[Target], Any]:
 
 @py_case
 def plain(t: Target) -> tuple:
-    raw = t.openai().chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, max_tokens=8)
+    raw = t.openai().chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, max_tokens=4)
     reply = raw.parse()
     assert reply.choices[0].message.role == "assistant" and reply.choices[0].message.content.strip()
-    assert 0 < reply.usage.completion_tokens <= 8 and reply.usage.prompt_tokens > 0
+    assert 0 < reply.usage.completion_tokens <= 4 and reply.usage.prompt_tokens > 0
     return chat_shape(raw.http_response.json())
 
 
@@ -190,21 +190,21 @@ def stream_without_usage(t: Target) -> tuple:
     did not ask, must get no usage-only event (empty `choices`) and no usage field, and reading
     `choices[0]` of every event must work."""
     before = t.usage()
-    chunks = list(t.openai().chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, stream=True))
+    chunks = list(t.openai().chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, stream=True))
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     assert text.strip()
     assert all(chunk.usage is None for chunk in chunks)
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    assert_accounted(t, before, 1, None, at_most=12)
+    assert_accounted(t, before, 1, None, at_most=6)
     return event_shapes([chunk.to_dict() for chunk in chunks])
 
 
 @py_case
 def stream_with_usage(t: Target) -> tuple:
     before = t.usage()
-    chunks = list(t.openai().chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, stream=True,
+    chunks = list(t.openai().chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, stream=True,
                                                      stream_options={"include_usage": True}))
-    assert chunks[-1].choices == [] and 0 < chunks[-1].usage.completion_tokens <= 12
+    assert chunks[-1].choices == [] and 0 < chunks[-1].usage.completion_tokens <= 6
     assert all(chunk.choices for chunk in chunks[:-1])
     assert_accounted(t, before, 1, chunks[-1].usage.completion_tokens)
     return event_shapes([chunk.to_dict() for chunk in chunks])
@@ -329,7 +329,7 @@ def n_choices(t: Target) -> tuple:
 @py_case
 def seed(t: Target) -> bool:
     client = t.openai()
-    answers = [client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, seed=1234,
+    answers = [client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, seed=1234,
                                               temperature=1.0).choices[0].message.content for _ in range(2)]
     assert answers[0].strip() and answers[0] == answers[1]  # the same seed, the same sampling
     return True
@@ -442,7 +442,7 @@ def chat_openai(t: Target, **kwargs: Any):
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(model=MODEL, base_url=f"{t.url}/v1", api_key="not-needed", max_retries=0, timeout=120,
-                      **{"max_tokens": 12, **kwargs})
+                      **{"max_tokens": 6, **kwargs})
 
 
 def lc_invoke(t: Target) -> tuple:
@@ -456,14 +456,14 @@ def lc_stream(t: Target) -> tuple:
     before = t.usage()
     chunks = list(chat_openai(t).stream("What is the capital of France?"))
     assert "".join(c.content for c in chunks).strip()
-    assert_accounted(t, before, 1, None, at_most=12)
+    assert_accounted(t, before, 1, None, at_most=6)
     return tuple(c.usage_metadata is not None for c in chunks[-2:])
 
 
 def lc_stream_usage(t: Target) -> int:
     chunks = list(chat_openai(t, stream_usage=True).stream("What is the capital of France?"))
     total = sum((c.usage_metadata or {}).get("output_tokens", 0) for c in chunks)
-    assert 0 < total <= 12
+    assert 0 < total <= 6
     return sum(c.usage_metadata is not None for c in chunks)
 
 
@@ -526,16 +526,16 @@ def litellm_args(t: Target) -> dict:
 
 
 def litellm_plain(t: Target) -> bool:
-    reply = litellm_module().completion(messages=QUESTION, max_tokens=8, **litellm_args(t))
+    reply = litellm_module().completion(messages=QUESTION, max_tokens=4, **litellm_args(t))
     assert reply.choices[0].message.content.strip() and reply.usage.completion_tokens > 0
     return True
 
 
 def litellm_stream(t: Target) -> bool:
     before = t.usage()
-    chunks = list(litellm_module().completion(messages=QUESTION, max_tokens=8, stream=True, **litellm_args(t)))
+    chunks = list(litellm_module().completion(messages=QUESTION, max_tokens=4, stream=True, **litellm_args(t)))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
-    assert_accounted(t, before, 1, None, at_most=8)
+    assert_accounted(t, before, 1, None, at_most=4)
     return True
 
 

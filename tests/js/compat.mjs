@@ -47,15 +47,15 @@ async function collect(stream) {
 
 const cases = {
   async plain() {
-    const reply = await client.chat.completions.create({ model: MODEL, messages: QUESTION, max_tokens: 8 });
+    const reply = await client.chat.completions.create({ model: MODEL, messages: QUESTION, max_tokens: 4 });
     check(reply.choices[0].message.content.trim(), "an answer");
-    check(reply.usage.completion_tokens > 0 && reply.usage.completion_tokens <= 8, "usage");
+    check(reply.usage.completion_tokens > 0 && reply.usage.completion_tokens <= 4, "usage");
     return chatShape(reply);
   },
 
   async stream_without_usage() {
     const events = await collect(
-      await client.chat.completions.create({ model: MODEL, messages: QUESTION, max_tokens: 12, stream: true }),
+      await client.chat.completions.create({ model: MODEL, messages: QUESTION, max_tokens: 6, stream: true }),
     );
     // A reader that takes choices[0] of every event (the crash of issue 14 when slp added a usage event).
     const text = events.map((e) => e.choices[0].delta.content ?? "").join("");
@@ -67,7 +67,7 @@ const cases = {
   async stream_with_usage() {
     const events = await collect(
       await client.chat.completions.create({
-        model: MODEL, messages: QUESTION, max_tokens: 12, stream: true, stream_options: { include_usage: true },
+        model: MODEL, messages: QUESTION, max_tokens: 6, stream: true, stream_options: { include_usage: true },
       }),
     );
     const last = events.at(-1);
@@ -140,7 +140,7 @@ const cases = {
 
   async seed() {
     const ask = () => client.chat.completions.create({
-      model: MODEL, messages: QUESTION, max_tokens: 8, seed: 1234, temperature: 1,
+      model: MODEL, messages: QUESTION, max_tokens: 4, seed: 1234, temperature: 1,
     });
     const [a, b] = [await ask(), await ask()];
     check(a.choices[0].message.content === b.choices[0].message.content, "the same seed, the same answer");
