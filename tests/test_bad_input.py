@@ -177,6 +177,19 @@ def test_unknown_fields_are_refused_under_slp_strict(fresh_agent):
     assert got == 200, payload
 
 
+def test_regression_unknown_field_names_with_control_characters_cannot_break_the_headers(agent):
+    """Found by the schemathesis fuzz: an unknown field named with a NUL or a newline went into the
+    X-SLP-Unknown-Fields header as it was, aiohttp refused to write it, and the client got a dropped
+    connection instead of an answer."""
+    body = {"model": "slp-orchestra-mini", "prompt": "hello", "max_tokens": 2, "a\u0000b": 1, "x\ny": 2,
+            "plain": 3}
+    for stream in (False, True):
+        resp = requests.post(f"{agent.url}/v1/completions", json={**body, "stream": stream}, timeout=60)
+        assert resp.status_code == 200, resp.text
+        names = resp.headers["X-SLP-Unknown-Fields"]
+        assert '"a\\u0000b"' in names and '"x\\ny"' in names and "plain" in names, names
+
+
 def test_the_engine_still_serves_after_the_corpus(agent):
     response = requests.post(f"{agent.url}{CHAT}", json={"messages": OK_MESSAGES, "max_tokens": 2}, timeout=60)
     assert response.status_code == 200

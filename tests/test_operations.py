@@ -43,8 +43,8 @@ def test_metrics_count_requests_tokens_and_ttft(agent):
         value(before, "slp_tokens_total", direction="out", project="general_chat") >= response["usage"]["completion_tokens"]
     assert value(after, "slp_time_to_first_token_seconds_count", route=route) - \
         value(before, "slp_time_to_first_token_seconds_count", route=route) == 1
-    assert value(after, "slp_engine_state", state="ready") == 1
-    assert value(after, "slp_engine_rss_bytes") > 10_000_000
+    assert value(after, "slp_engine_state", model="slp-orchestra-mini", state="ready") == 1
+    assert value(after, "slp_engine_rss_bytes", model="slp-orchestra-mini") > 10_000_000
     assert any(name.startswith("llamacpp:") for name, _ in after), "the engine's own metrics are re-exported"
 
 
@@ -108,7 +108,7 @@ def test_config_reload_restarts_the_engine_only_when_needed(fresh_agent):
     status = agent.status()
     assert status["context_window"] == 2048
     assert "--ctx-size 2048" in (agent.home / "logs" / "engine.log").read_text()
-    assert value(samples(agent), "slp_engine_restarts_total", reason="config") == 1
+    assert value(samples(agent), "slp_engine_restarts_total", model="slp-orchestra-mini", reason="config") == 1
 
     config.write_text('ctx_size = "lots"\n')
     proc = agent.cli("agent", "reload")
@@ -130,7 +130,7 @@ def test_crash_restarts_are_counted_by_reason(fresh_agent):
     agent = fresh_agent()
     agent.start()
     os.kill(agent.engine_pid(), signal.SIGKILL)
-    wait_for(lambda: value(samples(agent), "slp_engine_restarts_total", reason="crash") == 1, 20, "the crash metric")
+    wait_for(lambda: value(samples(agent), "slp_engine_restarts_total", model="slp-orchestra-mini", reason="crash") == 1, 20, "the crash metric")
 
 
 def test_every_setting_the_engine_command_reads_restarts_the_engine_on_reload():

@@ -144,6 +144,10 @@ class EnginePool:
     def engines(self) -> list[Engine]:
         return list(self._engines.values())
 
+    def loading(self) -> list[Path]:
+        """Models whose load has begun but whose engine does not exist yet (checking the budget)."""
+        return [path for path in self._loading if path not in self._engines]
+
     def get(self, path: Path) -> Optional[Engine]:
         return self._engines.get(Path(path))
 

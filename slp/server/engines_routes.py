@@ -9,7 +9,8 @@ from aiohttp import web
 from slp.engine.pool import UNSET, ModelTooLarge, parse_keep_alive
 from slp.server import keys
 from slp.server.errors import APIError
-from slp.server.jsonbody import read_json_object
+from slp.server.jsonbody import read_json_object, validate
+from slp.server.schemas import LoadModelRequest
 from slp.server.proxy import engine_name
 from slp.server.routes import engines_payload
 
@@ -23,18 +24,11 @@ def _installed(request: web.Request):
     return found
 
 
-async def _options(request: web.Request) -> dict:
-    """The optional JSON body of load: {"pin": bool, "keep_alive": duration}. An empty body is fine."""
+async def _options(request: web.Request) -> LoadModelRequest:
+    """The optional JSON body of load; an empty body means no options."""
     if not request.can_read_body:
-        return {}
-    body = await read_json_object(request)
-    unknown = set(body) - {"pin", "keep_alive"}
-    if unknown:
-        raise APIError(400, f"unknown field {sorted(unknown)[0]!r}: load takes 'pin' and 'keep_alive'",
-                       code="invalid_request", param=sorted(unknown)[0])
-    if "pin" in body and not isinstance(body["pin"], bool):
-        raise APIError(400, "'pin' must be true or false", code="invalid_type", param="pin")
-    return body
+        return LoadModelRequest()
+    return validate(LoadModelRequest, await read_json_object(request))
 
 
 def _row(app: web.Application, path) -> dict:
@@ -61,14 +55,14 @@ async def load_model(request: web.Request) -> web.Response:
     model = _installed(request)
     options = await _options(request)
     keep_alive = UNSET
-    if "keep_alive" in options:
+    if options.keep_alive is not None:
         try:
-            keep_alive = parse_keep_alive(options["keep_alive"])
+            keep_alive = parse_keep_alive(options.keep_alive)
         except ValueError as exc:
             raise APIError(400, str(exc), code="invalid_value", param="keep_alive")
     name = engine_name(app[keys.MODELS], model.path)
     try:
-        engine = await app[keys.ENGINES].load(name, model.path, pin=bool(options.get("pin")), keep_alive=keep_alive)
+        engine = await app[keys.ENGINES].load(name, model.path, pin=options.pin, keep_alive=keep_alive)
     except ModelTooLarge as exc:
         raise APIError(400, str(exc), code="model_too_large", param="model")
     return web.json_response(await asyncio.to_thread(_row, app, engine.path))

@@ -33,6 +33,7 @@ from slp.server.schemas import (
     AnthropicMessagesRequest,
     ApplyTemplateRequest,
     ChatCompletionRequest,
+    LoadModelRequest,
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
@@ -527,7 +528,7 @@ class TemplatedPrompt(_Open):
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest, AnthropicMessagesRequest,
     AnthropicCountTokensRequest, RerankRequest, TokenizeRequest, DetokenizeRequest, ApplyTemplateRequest,
-    ProjectCreate, ProjectUpdate)
+    ProjectCreate, ProjectUpdate, LoadModelRequest)
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ErrorResponse, ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, ResponseObject, ResponseStreamEvent,
     AnthropicMessageResponse, AnthropicStreamEvent, TokenCount, RerankList, TokenList, DetokenizedText, TemplatedPrompt,
@@ -872,11 +873,8 @@ def _agent_operations() -> dict:
             "description": "Starts the model's engine (if it is not loaded) and waits until it is ready. `pin` keeps "
                            "it resident; `keep_alive` sets how long it stays once idle. The body is optional.",
             "parameters": [MODEL_PARAM],
-            "requestBody": {"required": False, "content": {"application/json": {
-                "schema": {"type": "object", "additionalProperties": False, "properties": {
-                    "pin": {"type": "boolean"},
-                    "keep_alive": {"type": ["string", "integer"], "description": "'10m', seconds, 0 or -1."}}},
-                "example": {"pin": True}}}},
+            "requestBody": {**json_body("LoadModelRequest", {"pin": True}, "Optional: pin it, or set its keep-alive."),
+                            "required": False},
             "responses": {200: ok("EngineRow", "The engine, ready."),
                           404: error(404, "No installed model has that name."), 503: error(503),
                           **common_errors(body=True), 400: error(400, "A bad option, or a model larger than the "

@@ -46,10 +46,17 @@ def _last_event(stream: bytearray) -> bytes:
 UNKNOWN_FIELDS_HEADER = "X-SLP-Unknown-Fields"  # request fields slp does not know, passed to the engine as they are
 
 
+def unknown_fields_value(unknown: tuple[str, ...]) -> str:
+    """The header's value: field names as JSON strings when they hold anything but printable ASCII, so a
+    name with a control character or a newline can never break (or inject into) the response headers."""
+    return ", ".join(name if name.isascii() and name.isprintable() and "," not in name and '"' not in name
+                     else json.dumps(name) for name in unknown)[:2048]
+
+
 def _report_unknown(response: web.StreamResponse, unknown: tuple[str, ...]) -> web.StreamResponse:
     """Name the unknown request fields in a reply not yet sent (a stream's headers name them itself)."""
     if unknown and not response.prepared:
-        response.headers[UNKNOWN_FIELDS_HEADER] = ", ".join(unknown)
+        response.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(unknown)
     return response
 
 
@@ -281,7 +288,7 @@ class Proxy:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         if "slp_unknown" in request:
-            response.headers[UNKNOWN_FIELDS_HEADER] = ", ".join(request["slp_unknown"])
+            response.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(request["slp_unknown"])
         await response.prepare(request)
         keep_all = session is not None
         seen = bytearray()

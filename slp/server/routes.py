@@ -50,6 +50,9 @@ async def health(request: web.Request) -> web.Response:
     purpose), 503 (with why) while it starts, restarts or has failed."""
     engine = primary_engine(request.app)
     if engine is None:
+        if request.app[keys.ENGINES].loading():  # the first load is still checking the memory budget
+            body = {"status": "starting", "agent": "ok", "engine": {"state": "starting", "reason": "loading"}}
+            return web.json_response(body, status=503)
         body = {"status": "ok", "agent": "ok", "engine": {"state": "unloaded", "reason": "no model is loaded"}}
         return web.json_response(body)
     supervisor = engine.supervisor

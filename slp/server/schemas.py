@@ -243,3 +243,13 @@ class ApplyTemplateRequest(_EngineAPI):
 
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=4096,
                                         examples=[[{"role": "user", "content": "What is the capital of France?"}]])
+
+
+class LoadModelRequest(BaseModel):
+    """Body of `POST /v1/models/{model}/load` (optional): pin the engine, or say how long it stays once idle."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"pin": True}]})
+
+    pin: bool = Field(False, description="Keep it resident: it never expires and is never evicted.")
+    keep_alive: Optional[Union[int, str]] = Field(
+        None, description="How long it stays loaded once idle: '10m', seconds, 0 or -1 (never unload).")
