@@ -134,7 +134,8 @@ class EnginePool:
         self._extra_room = extra_room  # memory beyond this machine's (RPC workers that answer)
         self._engines: dict[Path, Engine] = {}
         self._loading: dict[Path, asyncio.Future] = {}
-        self._room = asyncio.Condition()
+        self._changed = asyncio.Event()  # set (and replaced) when leases end or engines go: waiters re-check
+        self._watchers = 0  # coroutines waiting on _changed: without any, a release notifies nobody (hot path)
         self.waiting_for_room = 0
         self.closed = False
         self.measured_by_path: dict[Path, int] = {}  # what each model really took last time it ran
@@ -264,11 +265,7 @@ class EnginePool:
                         f"no memory for {name!r} (needs {format_bytes(need)}; {format_bytes(self.used())} of the "
                         f"{format_bytes(self.room())} budget is held by engines serving requests); retry shortly",
                         EngineState.STARTING, 5)
-                async with self._room:
-                    try:
-                        await asyncio.wait_for(self._room.wait(), remaining)
-                    except asyncio.TimeoutError:
-                        pass
+                await self._wait_change(remaining)
         finally:
             if waiting:
                 self.waiting_for_room -= 1
@@ -278,10 +275,19 @@ class EnginePool:
         return min(idle, key=lambda e: e.last_used) if idle else None
 
     def _notify_room(self) -> None:
-        async def notify() -> None:
-            async with self._room:
-                self._room.notify_all()
-        asyncio.get_running_loop().create_task(notify())
+        if self._watchers:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    async def _wait_change(self, timeout: Optional[float] = None) -> None:
+        """Until a lease ends or an engine goes (or `timeout` passes)."""
+        self._watchers += 1
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._watchers -= 1
 
     async def unload(self, path: Path, *, reason: str = "unload") -> bool:
         """Stop the engine for `path` once its leases have ended; False when it was not loaded."""
@@ -296,8 +302,7 @@ class EnginePool:
         log.info("unloading %s (%s)%s", engine.name, reason,
                  f": waiting for {engine.leases} request(s)" if engine.leases else "")
         while engine.leases > 0:
-            async with self._room:
-                await self._room.wait()
+            await self._wait_change()
         self._remember(engine)
         try:
             await engine.supervisor.stop()
