@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     strict: bool = Field(False, description="Refuse request fields the OpenAI API does not define (catches typos) "
                          "instead of passing them to the engine.")
 
+    cache_ram: int = Field(256, ge=0, description="MiB of host memory each engine may keep as its prompt cache "
+                           "(llama.cpp --cache-ram; 0 disables it). Counted in the memory budget.")
     start_timeout: float = Field(60.0, gt=0, description="Seconds the engine may take to become healthy.")
     request_wait_timeout: float = Field(30.0, ge=0, description="Seconds a request waits for a (re)starting engine.")
     health_interval: float = Field(5.0, gt=0, description="Seconds between watchdog health probes.")

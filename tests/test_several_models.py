@@ -155,7 +155,7 @@ def test_model_load_unload_commands_and_keep_alive_zero(two_models):
 
 def test_eviction_under_a_small_budget_never_cuts_a_leased_stream(fresh_agent, second_model):
     # Room for one of the two models at a time (SmolLM2 ~0.26 GB, Gemma ~0.4 GB with their KV caches).
-    agent = fresh_agent(memory_budget="450MiB", max_tokens="64")
+    agent = fresh_agent(memory_budget="450MiB", max_tokens="64", cache_ram="0")
     agent.start()
     agent.cli("model", "unload", A, check=True)  # the boot model is pinned; start A unpinned instead
     assert chat(agent, A).status_code == 200
@@ -172,7 +172,7 @@ def test_eviction_under_a_small_budget_never_cuts_a_leased_stream(fresh_agent, s
 
 
 def test_a_model_larger_than_the_budget_gets_a_clear_error_at_once(fresh_agent, second_model):
-    agent = fresh_agent(memory_budget="330MiB")
+    agent = fresh_agent(memory_budget="330MiB", cache_ram="0")
     agent.start()
     started = time.monotonic()
     reply = chat(agent, B)

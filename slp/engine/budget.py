@@ -67,9 +67,9 @@ def kv_cache_bytes(meta: "ModelMetadata", ctx_size: int) -> int:
     return meta.size_bytes // 2  # unknown shape: small models' caches at 4k context are about this size
 
 
-def estimate_bytes(meta: "ModelMetadata", ctx_size: int) -> int:
-    """Weights + KV cache + compute buffers for one engine serving `meta` with `ctx_size` tokens."""
-    return meta.size_bytes + kv_cache_bytes(meta, ctx_size) + COMPUTE_BUFFER_BYTES
+def estimate_bytes(meta: "ModelMetadata", ctx_size: int, cache_ram_mib: int = 0) -> int:
+    """Weights + KV cache + compute buffers + the prompt cache's limit for one engine serving `meta`."""
+    return meta.size_bytes + kv_cache_bytes(meta, ctx_size) + COMPUTE_BUFFER_BYTES + cache_ram_mib * 1024 * 1024
 
 
 def cpu_cores() -> int:

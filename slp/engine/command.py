@@ -10,7 +10,8 @@ from slp.settings import Settings
 
 
 # Every setting engine_command reads: changing one (config reload) restarts the engine.
-ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads", "max_tokens", "embeddings", "poll")
+ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads", "max_tokens", "embeddings", "poll",
+                   "cache_ram")
 
 
 def engine_command(settings: Settings, binary: Path, model_path: Path, port: int, api_key: str,
@@ -21,6 +22,8 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
     from `ps` and bypass the agent. All slots share one KV buffer (--kv-unified) so a single long
     request can use the whole context window. `--poll 0` (our default) stops idle compute threads from
     spinning: on a small machine the spin took the cores the agent and the client needed to answer.
+    `--cache-ram` bounds llama.cpp's host-memory prompt cache (8 GiB per engine by default, which grew
+    under a soak and would have escaped the memory budget); the budget counts it.
     `mmproj` is a vision model's projector (`slp.models` records it beside the model).
     `workers` are llama.cpp RPC workers (host:port) that answered the pre-start check: the engine
     offloads layers to them (`--rpc`), split by their free memory.
@@ -28,7 +31,8 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
     argv = [str(binary), "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
             "--alias", alias, "--ctx-size", str(settings.ctx_size), "--parallel", str(settings.parallel),
             "--kv-unified", "--flash-attn", "on" if settings.flash_attn else "off",
-            "--n-predict", str(settings.max_tokens), "--poll", str(settings.poll), "--metrics", "--no-webui"]
+            "--n-predict", str(settings.max_tokens), "--poll", str(settings.poll), "--cache-ram", str(settings.cache_ram),
+            "--metrics", "--no-webui"]
     if settings.gpu_layers is not None:
         argv += ["--n-gpu-layers", str(settings.gpu_layers)]
     if settings.embeddings:

@@ -136,8 +136,9 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
                     raise ModelError(f"{path} is not in the store")
                 meta = found.metadata
             except ModelError:
-                return path.stat().st_size * 3 // 2 + COMPUTE_BUFFER_BYTES
-            return estimate_bytes(meta, app[keys.SETTINGS].ctx_size)
+                return path.stat().st_size * 3 // 2 + COMPUTE_BUFFER_BYTES + app[keys.SETTINGS].cache_ram * 1024 * 1024
+            current = app[keys.SETTINGS]
+            return estimate_bytes(meta, current.ctx_size, current.cache_ram)
 
         def measure(engine: Engine) -> int:
             pid = engine.supervisor.pid
