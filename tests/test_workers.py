@@ -8,6 +8,7 @@ The one stand-in here is a tiny TCP server that answers the RPC hello with anoth
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -15,6 +16,8 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
+import tarfile
 import threading
 import time
 import uuid
@@ -138,8 +141,27 @@ def stream_and(agent, after_events: int, action, max_tokens: int = 4000) -> tupl
 # ----------------------------------------------------------------------------- the protocol itself
 
 
+def pinned_rpc_header() -> str:
+    """ggml-rpc.h of the pinned llama.cpp: from the vendor/ tree a build extracted here, else from the sdist
+    build.py keeps in its cache (a fresh clone that reuses a cached engine extracts no vendor/ tree)."""
+    vendored = REPO / "vendor" / "llama.cpp" / "ggml" / "include" / "ggml-rpc.h"
+    if vendored.exists():
+        return vendored.read_text()
+    spec = importlib.util.spec_from_file_location("slp_build_for_workers", REPO / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build  # its dataclasses look their module up there
+    spec.loader.exec_module(build)
+    archive = build.cache_root() / "downloads" / build.read_pin().filename
+    assert archive.exists(), f"neither {vendored} nor the cached sdist {archive}: run `python3 build.py`"
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.name.endswith("/vendor/llama.cpp/ggml/include/ggml-rpc.h"):
+                return tar.extractfile(member).read().decode()
+    raise AssertionError(f"{archive} has no ggml-rpc.h")
+
+
 def test_protocol_version_is_the_pinned_sources_and_a_real_workers(workers):
-    header = (REPO / "vendor" / "llama.cpp" / "ggml" / "include" / "ggml-rpc.h").read_text()
+    header = pinned_rpc_header()
     source = tuple(int(re.search(rf"#define RPC_PROTO_{part}_VERSION\s+(\d+)", header).group(1))
                    for part in ("MAJOR", "MINOR", "PATCH"))
     assert source == PROTOCOL
