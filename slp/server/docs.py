@@ -16,19 +16,13 @@ from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
 from slp.server import keys
+from slp.server.docs_files import STATIC_FILES
 from slp.server.errors import APIError
 
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
 STATIC_PREFIX = "/docs/static"
 STATIC_DIR = Path(str(swagger_ui_path))
-# Swagger UI's files the page uses, name -> Content-Type: served by name only (no listing, no traversal).
-STATIC_FILES = {
-    "swagger-ui.css": "text/css",
-    "swagger-ui-bundle.js": "text/javascript",
-    "favicon-32x32.png": "image/png",
-    "favicon-16x16.png": "image/png",
-}
 # Readable without an API key: a browser cannot send one when it opens /docs, and these hold no data
 # (every operation tried from the page still needs the key, entered with Swagger's Authorize button).
 PUBLIC_DOC_PATHS = frozenset([OPENAPI_PATH, DOCS_PATH, *(f"{STATIC_PREFIX}/{name}" for name in STATIC_FILES)])

@@ -27,7 +27,7 @@ from slp.projects.schema import (
     SessionDetail,
     SessionSummary,
 )
-from slp.server.docs import STATIC_FILES
+from slp.server.docs_files import STATIC_FILES
 from slp.server.schemas import (
     AnthropicCountTokensRequest,
     AnthropicMessagesRequest,
