@@ -127,7 +127,8 @@ class Supervisor:
         self.port: Optional[int] = None
         self.pid: Optional[int] = None
         self.started_at: Optional[float] = None  # when the current engine became ready
-        self.restarts = 0
+        self.restarts = 0  # engines replaced, for any reason (as slp_engine_restarts_total counts them)
+        self.crashes = 0  # engines that ended without being asked to (exit, failed health, stall)
         self.last_exit: Optional[ExitInfo] = None
         self.history: deque[dict] = deque(maxlen=50)
         self.in_flight = 0  # requests sent to this engine and not yet answered in full
@@ -230,7 +231,7 @@ class Supervisor:
         return {
             "state": self.state.value, "reason": self.reason, "pid": self.pid, "port": self.port,
             "model_path": str(self.model_path) if self.model_path else None,
-            "restarts": self.restarts, "stalls": self.stalls, "in_flight": self.in_flight,
+            "restarts": self.restarts, "crashes": self.crashes, "stalls": self.stalls, "in_flight": self.in_flight,
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at and self.state is EngineState.READY else None,
             "last_exit": asdict(self.last_exit) if self.last_exit else None,
         }
@@ -256,12 +257,12 @@ class Supervisor:
                           f"starting {self.model_path.name if self.model_path else 'engine'}")
                 ended = await self._one_engine()
                 if ended is None:  # asked to stop or restart: not a crash
-                    if self._want_running and self._on_restart:  # replaced on purpose (user, config, model)
-                        self._on_restart(self._restart_reason)
+                    if self._want_running:  # replaced on purpose (user, config, model)
+                        self._restarted(self._restart_reason)
                     crashes.clear()
                     continue
                 self.last_exit = ended
-                self.restarts += 1
+                self.crashes += 1
                 now = time.monotonic()
                 crashes.append(now)
                 while crashes and now - crashes[0] > self._restart_window:
@@ -272,14 +273,18 @@ class Supervisor:
                     await self._wait_for_intent(None)
                     crashes.clear()
                     continue
-                if self._on_restart:  # only when a restart follows, not when giving up
-                    self._on_restart(ended.reason)
+                self._restarted(ended.reason)  # only when a restart follows, not when giving up
                 delay = min(BACKOFF_FIRST * 2 ** (len(crashes) - 1), BACKOFF_MAX)
                 self._set(EngineState.RESTARTING, f"{ended.reason}: {ended.detail}; restarting in {delay:.2f}s")
                 await self._wait_for_intent(delay)
         finally:
             self.pid = None
             self._set(EngineState.STOPPED, "stopped")
+
+    def _restarted(self, reason: str) -> None:
+        self.restarts += 1
+        if self._on_restart:
+            self._on_restart(reason)
 
     async def _wait_for_intent(self, delay: Optional[float]) -> None:
         try:
