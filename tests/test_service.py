@@ -23,7 +23,7 @@ import pytest
 
 from conftest import SLP, kill_all_under, make_agent
 
-from slp.server.runner import SHUTDOWN_GRACE
+from slp.lifecycle import SHUTDOWN_GRACE
 from slp.service import (
     LAUNCHD_LABEL,
     ManagerUnavailable,
@@ -263,7 +263,10 @@ def test_agent_notifies_ready_after_health_then_stopping(tmp_path, default_model
         class NoManager:
             name, kind, path = "test", "test service", tmp_path
 
-            def query(self, status: ServiceStatus) -> None:
+            def logs_hint(self) -> str:
+                return "see the test's agent.out"
+
+            def current(self) -> ServiceStatus:
                 raise AssertionError("asked the manager although the agent is healthy")
 
         state = wait_ready(Settings(home=agent.home), NoManager(), 10)  # type: ignore[arg-type]

@@ -5,22 +5,26 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
-import psutil
 import typer
 
 from slp.cli.client import AgentClient, CliError, load_settings, run_cli
 from slp.cli.progress import Bars
 from slp.engine.binary import EngineNotFound, find_engine
-from slp.engine.process import kill_stale_engines, tail_lines
+from slp.engine.process import tail_lines
+from slp.lifecycle import (
+    AgentError,
+    clean_up_after_dead_agent,
+    start_detached,
+    stop_agent_process,
+    wait_for_detached,
+)
 from slp.models.store import ModelError, ModelStore
-from slp.runstate import agent_health, clear_state, live_state, read_state
-from slp.server.preflight import SHUTDOWN_GRACE, AgentError, check_security
+from slp.runstate import live_state
+from slp.server.security import check_security
 from slp.service import ServiceError, installed_service, managed_by_service, service_start, service_stop
-from slp.settings import Settings, ensure_private_dir
+from slp.settings import Settings
 
 app = typer.Typer(help="Start, stop and inspect the slp agent.", no_args_is_help=True)
 
@@ -36,7 +40,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def preflight(settings: Settings) -> None:
+def check_can_start(settings: Settings) -> None:
     """What the agent would fail on, said now in one line: security, the engine binary, the model
     (the embedded default is fetched here, before detaching, so the user sees the progress bar)."""
     try:
@@ -52,27 +56,6 @@ def preflight(settings: Settings) -> None:
                 store.pull(settings.model, progress=bars)
         except ModelError as exc:
             raise CliError(str(exc))
-
-
-def _wait_until_ready(settings: Settings, proc: subprocess.Popen, timeout: float) -> dict:
-    """Poll the state file and /health until the engine is ready, the agent dies, or time runs out."""
-    deadline = time.monotonic() + timeout
-    log = settings.paths.agent_log
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            lines = [l for l in tail_lines(log, 30) if "Error" in l or "error" in l] or tail_lines(log, 3)
-            raise CliError(f"the agent exited during start-up: {lines[-1] if lines else 'see ' + str(log)}")
-        state = live_state(settings.paths)
-        if state and state.get("url"):
-            _, health = agent_health(state["url"], timeout=2)
-            if health.get("status") == "ok":
-                return state
-            engine = health.get("engine") or {}
-            if engine.get("state") == "failed":
-                raise CliError(f"the engine failed to start: {engine.get('reason')}; "
-                               "see `slp agent logs --engine`")
-        time.sleep(0.1)
-    raise CliError(f"the agent did not become ready within {timeout:.0f}s; see `slp agent logs`")
 
 
 @app.command()
@@ -105,51 +88,28 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
         typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}, managed by {manager}); "
                    "engine ready")
         return
-    for pid in kill_stale_engines(read_state(settings.paths)):
+    for pid in clean_up_after_dead_agent(settings.paths):
         typer.echo(f"Cleaned up an engine (pid {pid}) left by an agent that died")
-    clear_state(settings.paths)
     if settings.port and not _port_free(settings.host, settings.port):
         raise CliError(f"port {settings.port} on {settings.host} is already in use by another program; "
                        "stop it or choose another port with SLP_PORT")
-    preflight(settings)  # last: it may fetch the default model, which no one should wait for in vain
+    check_can_start(settings)  # last: it may fetch the default model, which no one should wait for in vain
 
-    ensure_private_dir(settings.paths.log_dir)
-    fd = os.open(settings.paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    proc = start_detached(settings.paths)
     try:
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # not a service's child
-        proc = subprocess.Popen([sys.executable, "-m", "slp.server"],
-                                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
-                                close_fds=True, env=env)
-    finally:
-        os.close(fd)
-    state = _wait_until_ready(settings, proc, settings.start_timeout + 30)
+        state = wait_for_detached(proc, settings.paths, settings.start_timeout + 30)
+    except AgentError as exc:
+        raise CliError(str(exc))
     typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}); engine ready")
 
 
 def stop_agent(settings: Settings) -> bool:
-    """Stop the running agent (SIGTERM, then SIGKILL) and any engine it leaves. True if one was running."""
+    """Stop the running agent, through its service when one manages it, and any engine it leaves.
+    True if one was running."""
     if managed_by_service():
         service_stop()
         return True
-    state = live_state(settings.paths)
-    if not state:
-        stale = read_state(settings.paths)
-        if stale:
-            kill_stale_engines(stale)
-            clear_state(settings.paths)
-        return False
-    pid = state["agent_pid"]
-    try:
-        agent = psutil.Process(pid)
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(SHUTDOWN_GRACE + settings.stop_grace + 5)
-    except psutil.TimeoutExpired:
-        agent.kill()
-    except psutil.NoSuchProcess:
-        pass
-    kill_stale_engines(state)
-    clear_state(settings.paths, agent_pid=pid)
-    return True
+    return stop_agent_process(settings.paths, settings.stop_grace)
 
 
 @app.command()

@@ -6,13 +6,13 @@ from typing import Optional
 
 import typer
 
-from slp.cli.agent import preflight
+from slp.cli.agent import check_can_start, stop_agent
 from slp.cli.client import CliError, load_settings, run_cli
+from slp.runstate import live_state
 from slp.service import (
     InstallResult,
     ServiceError,
     ServiceManager,
-    ServiceStatus,
     get_manager,
     install as install_service,
     render,
@@ -33,9 +33,6 @@ _PLATFORM_HELP = "Generate for this platform (linux or darwin) instead of the cu
 
 def _take_over(settings: Settings) -> None:
     """Stop an agent started with `slp agent start` (outside the service): the service needs its port."""
-    from slp.cli.agent import stop_agent
-    from slp.runstate import live_state
-
     state = live_state(settings.paths)
     if state:
         typer.echo(f"Stopping the slp agent started outside the service (pid {state['agent_pid']}) so the "
@@ -77,12 +74,11 @@ def install(print_: bool = typer.Option(False, "--print", help="Show the file th
         manager = get_manager(platform)
 
         def before_start(manager: ServiceManager, result: InstallResult) -> None:
-            probe = ServiceStatus(manager=manager.name, path=manager.path, installed=True)
-            manager.query(probe)
-            if probe.active and not result.changed:
+            active = manager.current().active
+            if active and not result.changed:
                 return  # running with this very file: nothing to start
-            preflight(settings)
-            if not probe.active:
+            check_can_start(settings)
+            if not active:
                 _take_over(settings)
             typer.echo(f"Starting the slp service ({manager.path.name}); waiting for the engine ...")
 

@@ -11,7 +11,8 @@ import sys
 
 from pydantic import ValidationError
 
-from slp.server.runner import AgentError, run_foreground
+from slp.lifecycle import AgentError
+from slp.server.runner import run_foreground
 from slp.settings import Settings, describe_settings_error, paths
 
 

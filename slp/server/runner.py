@@ -22,15 +22,15 @@ from pydantic import ValidationError
 import slp
 from slp.engine.binary import EngineNotFound, find_engine
 from slp.engine.pool import Engine
-from slp.engine.process import kill_stale_engines
 from slp.engine.supervisor import EngineState
 from slp.models.store import ModelError, ModelStore
 from slp.projects.store import ProjectStore
-from slp.runstate import clear_state, live_state, read_state, write_state
+from slp.lifecycle import SHUTDOWN_GRACE, AgentError, clean_up_after_dead_agent
+from slp.runstate import clear_state, live_state, write_state
 from slp.server import keys
 from slp.server.app import apply_settings, create_app
 from slp.server.proxy import engine_name
-from slp.server.preflight import SHUTDOWN_GRACE, AgentError, check_security  # noqa: F401 - re-exported
+from slp.server.security import check_security
 from slp.service.notify import ServiceNotifier, under_systemd
 from slp.settings import Settings, describe_settings_error, ensure_private_dir
 
@@ -103,9 +103,8 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
     running = live_state(paths)
     if running and running.get("agent_pid") != os.getpid():
         raise AgentError(f"an slp agent is already running at {running['url']} (pid {running['agent_pid']})")
-    for pid in kill_stale_engines(read_state(paths)):
+    for pid in clean_up_after_dead_agent(paths):
         log.warning("killed engine pid %s left behind by a dead agent", pid)
-    clear_state(paths)
     try:
         engine_bin, build = find_engine(settings)
     except EngineNotFound as exc:

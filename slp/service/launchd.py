@@ -1,8 +1,8 @@
 """The agent as a launchd LaunchAgent: `~/Library/LaunchAgents/dev.slp.agent.plist` in the user's GUI domain.
 
 launchd has no readiness protocol: after `launchctl bootstrap` the caller polls the agent's run state and
-/health (slp.service.wait_ready). `KeepAlive={SuccessfulExit: false}` restarts the agent when it fails, not
-when it is stopped on purpose (SIGTERM makes it exit 0). stdout/stderr go to slp's agent.log.
+/health (slp.service.agent.wait_ready). `KeepAlive={SuccessfulExit: false}` restarts the agent when it
+fails, not when it is stopped on purpose (SIGTERM makes it exit 0). stdout/stderr go to slp's agent.log.
 """
 
 from __future__ import annotations
@@ -16,14 +16,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from slp.service import (
-    LAUNCHD_LABEL,
-    InstallResult,
-    ServiceError,
-    ServiceManager,
-    ServiceSpec,
-    ServiceStatus,
-)
+from slp.service.base import InstallResult, ServiceError, ServiceManager, ServiceStatus
+from slp.service.spec import LAUNCHD_LABEL, ServiceSpec
 
 _NOT_LOADED = (3, 113)  # "No such process", "Could not find service ... in domain"
 

@@ -13,14 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from slp.service import (
-    SERVICE_NAME,
-    InstallResult,
-    ServiceError,
-    ServiceManager,
-    ServiceSpec,
-    ServiceStatus,
-)
+from slp.service.base import InstallResult, ServiceError, ServiceManager, ServiceStatus
+from slp.service.spec import SERVICE_NAME, ServiceSpec
 
 _SAFE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -48,7 +42,17 @@ def quote(value: str, exec_arg: bool = False) -> str:
     return '"' + "".join(out) + '"'
 
 
-def render_unit(spec: ServiceSpec) -> str:
+AGENT_COMMENTS = (
+    "# slp agent as a systemd user service. Written by `slp service install`: change settings, then run it",
+    "# again (or `slp service uninstall`). Logs: journalctl --user -u slp (engine: slp agent logs --engine).",
+)
+AGENT_DESCRIPTION = "slp local LLM agent (supervises llama.cpp's llama-server)"
+
+
+def render_unit(spec: ServiceSpec, comments: tuple[str, ...] = AGENT_COMMENTS,
+                description: str = AGENT_DESCRIPTION, identifier: str = "slp", journal: bool = True) -> str:
+    """The unit file for `spec` (the agent's by default; an RPC worker passes its own words).
+    `journal` names the journal as stdout/stderr explicitly (the agent's unit always has)."""
     python = spec.program[0]
     if any(ch in python for ch in "\"'\\") or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in python):
         raise ServiceError(f"systemd cannot run an executable whose path has quotes, backslashes or control "
@@ -58,10 +62,9 @@ def render_unit(spec: ServiceSpec) -> str:
     env_lines = [f"Environment={quote(f'{name}={value}')}" for name, value in spec.environment.items()
                  if _ENV_NAME.fullmatch(name)]
     lines = [
-        "# slp agent as a systemd user service. Written by `slp service install`: change settings, then run it",
-        "# again (or `slp service uninstall`). Logs: journalctl --user -u slp (engine: slp agent logs --engine).",
+        *comments,
         "[Unit]",
-        "Description=slp local LLM agent (supervises llama.cpp's llama-server)",
+        f"Description={description}",
         "StartLimitIntervalSec=300",
         "StartLimitBurst=5",
         "",
@@ -75,9 +78,8 @@ def render_unit(spec: ServiceSpec) -> str:
         f"TimeoutStartSec={spec.start_timeout}",
         f"TimeoutStopSec={spec.stop_timeout}",
         "KillMode=mixed",
-        "StandardOutput=journal",
-        "StandardError=journal",
-        "SyslogIdentifier=slp",
+        *(["StandardOutput=journal", "StandardError=journal"] if journal else []),
+        f"SyslogIdentifier={identifier}",
         "",
         "[Install]",
         "WantedBy=default.target",

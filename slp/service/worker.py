@@ -13,18 +13,13 @@ import sys
 import time
 from typing import Mapping, Optional
 
-from slp.service import (
-    InstallResult,
-    ServiceError,
-    ServiceManager,
-    ServiceSpec,
-    ServiceStatus,
-    get_manager,
-    service_environment,
-)
+from slp.service import flow
+from slp.service.base import InstallResult, ServiceError, ServiceManager, ServiceStatus
 from slp.service.launchd import LaunchdManager
-from slp.service.systemd import SystemdManager, quote
-from slp.settings import Settings, ensure_private_dir
+from slp.service.managers import get_manager
+from slp.service.spec import ServiceSpec, service_environment
+from slp.service.systemd import SystemdManager, render_unit
+from slp.settings import Settings
 from slp.worker import WorkerSpec, live_worker_state, log_file, state_file
 from slp.worker.runner import READY_TIMEOUT, STOP_GRACE
 
@@ -46,33 +41,11 @@ def build_worker_spec(settings: Settings, spec: WorkerSpec, environ: Optional[Ma
 
 
 def render_worker_unit(spec: ServiceSpec, port: int) -> str:
-    exec_start = " ".join(quote(arg, exec_arg=i > 0) for i, arg in enumerate(spec.program))
-    env_lines = [f"Environment={quote(f'{name}={value}')}" for name, value in spec.environment.items()]
-    return "\n".join([
-        "# slp RPC worker as a systemd user service. Written by `slp service install --worker`.",
-        f"# Logs: journalctl --user -u slp-worker-{port} and {spec.agent_log}",
-        "[Unit]",
-        f"Description=slp RPC worker on port {port} (llama.cpp ggml-rpc-server; no authentication: "
-        "trusted networks only)",
-        "StartLimitIntervalSec=300",
-        "StartLimitBurst=5",
-        "",
-        "[Service]",
-        "Type=notify",
-        "NotifyAccess=main",
-        f"ExecStart={exec_start}",
-        *env_lines,
-        "Restart=on-failure",
-        "RestartSec=2",
-        f"TimeoutStartSec={spec.start_timeout}",
-        f"TimeoutStopSec={spec.stop_timeout}",
-        "KillMode=mixed",
-        f"SyslogIdentifier=slp-worker-{port}",
-        "",
-        "[Install]",
-        "WantedBy=default.target",
-        "",
-    ])
+    comments = ("# slp RPC worker as a systemd user service. Written by `slp service install --worker`.",
+                f"# Logs: journalctl --user -u slp-worker-{port} and {spec.agent_log}")
+    description = (f"slp RPC worker on port {port} (llama.cpp ggml-rpc-server; no authentication: "
+                   "trusted networks only)")
+    return render_unit(spec, comments, description, identifier=f"slp-worker-{port}", journal=False)
 
 
 class WorkerSystemdManager(SystemdManager):
@@ -123,15 +96,9 @@ def install_worker(settings: Settings, spec: WorkerSpec, platform: Optional[str]
     spec.check()
     manager = worker_manager(spec.port, platform, environ)
     service = build_worker_spec(settings, spec, environ, executable, platform)
-    ensure_private_dir(service.agent_log.parent)
-    result = InstallResult(path=manager.path, changed=manager.write(manager.render(service), service.has_secrets))
+    result = flow.install(manager, service, start, instead="slp worker start")
     if not start:
         return result
-    reason = manager.unavailable()
-    if reason:
-        raise ServiceError(f"wrote {manager.path}, but could not start it: {reason} (use --no-start to only "
-                           "write it, or run `slp worker start`)")
-    manager.activate(result, timeout=service.start_timeout + 30)
     deadline = time.monotonic() + service.start_timeout
     while time.monotonic() < deadline:  # launchd has no readiness protocol; under systemd this is at once
         state = live_worker_state(state_file(settings.paths, spec.port))
@@ -143,23 +110,8 @@ def install_worker(settings: Settings, spec: WorkerSpec, platform: Optional[str]
 
 
 def uninstall_worker(port: int, platform: Optional[str] = None) -> tuple[bool, Optional[str]]:
-    manager = worker_manager(port, platform)
-    reason = manager.unavailable()
-    if reason is None:
-        manager.deactivate()
-    removed = manager.remove()
-    manager.after_remove(reachable=reason is None)
-    return removed, reason
+    return flow.uninstall(worker_manager(port, platform))
 
 
 def worker_status(port: int, platform: Optional[str] = None) -> ServiceStatus:
-    manager = worker_manager(port, platform)
-    result = ServiceStatus(manager=manager.name, path=manager.path, installed=manager.read() is not None)
-    if not result.installed:
-        result.enabled, result.active, result.state = False, False, "not installed"
-        return result
-    reason = manager.unavailable()
-    if reason:
-        result.detail = reason
-    manager.query(result)
-    return result
+    return flow.status(worker_manager(port, platform))

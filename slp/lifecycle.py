@@ -1,0 +1,129 @@
+"""The agent's life seen from outside it: start it detached, wait until it serves, stop it, and clean up
+after one that died. The CLI (`slp agent ...`), the agent itself (`slp.server.runner`) and the service
+package (`slp.service`) all go through here, so each step is written once.
+
+It sits below the CLI, the server and the service package (it imports none of them) and stays quick to
+import: the CLI loads it for every `slp agent` command.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+import psutil
+
+from slp.engine.process import kill_stale_engines, tail_lines
+from slp.runstate import agent_health, clear_state, live_state, read_state
+from slp.settings import Paths, ensure_private_dir
+
+SHUTDOWN_GRACE = 10.0  # seconds in-flight responses get to finish on stop
+
+
+class AgentError(Exception):
+    """The agent cannot start (or did not): one line that says why and what to do."""
+
+
+def clean_up_after_dead_agent(paths: Paths, state: Optional[dict] = None) -> list[int]:
+    """Kill the engines a dead agent's state file names and remove that file; returns the PIDs killed.
+
+    `state` is what the caller already read (say, before it stopped that agent); by default the file is
+    read now. The file goes only while it still names that agent, so a new agent's is never removed.
+    Callers make sure the agent is dead: its engines are killed whatever it is doing.
+    """
+    if state is None:
+        state = read_state(paths)
+    killed = kill_stale_engines(state)
+    clear_state(paths, agent_pid=state.get("agent_pid") if state else None)
+    return killed
+
+
+def start_detached(paths: Paths) -> subprocess.Popen:
+    """Start `python -m slp.server` in its own session, output appended to the agent log; returns at once
+    (see `wait_until_ready`)."""
+    ensure_private_dir(paths.log_dir)
+    fd = os.open(paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # not a service's child
+        return subprocess.Popen([sys.executable, "-m", "slp.server"],
+                                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
+                                close_fds=True, env=env)
+    finally:
+        os.close(fd)
+
+
+def exit_reason(paths: Paths) -> str:
+    """Why a detached agent ended during start-up, from its log: the last error line, else the last line."""
+    lines = tail_lines(paths.agent_log, 30)
+    lines = [line for line in lines if "Error" in line or "error" in line] or lines[-3:]
+    return lines[-1] if lines else f"see {paths.agent_log}"
+
+
+def wait_until_ready(paths: Paths, timeout: float, ended: Callable[[], Optional[str]], *,
+                     name: str = "the agent", hint: str = "see `slp agent logs`",
+                     engine_failed: str = "the engine failed to start", ended_every: float = 0.0,
+                     poll: float = 0.1) -> dict:
+    """Block until the agent has written its run state and its /health says the engine is ready; returns
+    that state. At least one look is taken, however short `timeout`.
+
+    `ended()` says, in one line, why the agent is no longer running (None while it runs); it is asked only
+    while the agent is not healthy, and at most every `ended_every` seconds (asking a service manager
+    costs a subprocess). `name`, `hint` and `engine_failed` word the errors.
+    Raises AgentError when the agent ended, its engine failed for good, or `timeout` ran out.
+    """
+    deadline = time.monotonic() + timeout
+    asked = float("-inf")
+    while True:
+        state = live_state(paths)
+        if state and state.get("url"):
+            code, body = agent_health(state["url"], timeout=2)
+            if code == 200:
+                return state
+            engine = body.get("engine") if isinstance(body, dict) else None
+            if isinstance(engine, dict) and engine.get("state") == "failed":
+                raise AgentError(f"{engine_failed}: {engine.get('reason')}; see `slp agent logs --engine`")
+        now = time.monotonic()
+        if now - asked >= ended_every:
+            asked = now
+            why = ended()
+            if why is not None:
+                raise AgentError(why)
+        if now >= deadline:
+            raise AgentError(f"{name} did not become ready within {timeout:.0f}s; {hint}")
+        time.sleep(poll)
+
+
+def wait_for_detached(proc: subprocess.Popen, paths: Paths, timeout: float) -> dict:
+    """`wait_until_ready` for an agent started here with `start_detached`: its exit ends the wait at once,
+    with the error line from its log."""
+
+    def ended() -> Optional[str]:
+        if proc.poll() is None:
+            return None
+        return f"the agent exited during start-up: {exit_reason(paths)}"
+
+    return wait_until_ready(paths, timeout, ended)
+
+
+def stop_agent_process(paths: Paths, stop_grace: float) -> bool:
+    """Stop the agent the state file names (SIGTERM; SIGKILL once it has had time to drain requests and
+    stop its engines, `SHUTDOWN_GRACE + stop_grace`), then clean up whatever it left. Blocks until then.
+    True if one was running; a stale state file is cleaned up either way."""
+    state = live_state(paths)
+    if not state:
+        clean_up_after_dead_agent(paths)
+        return False
+    try:
+        agent = psutil.Process(state["agent_pid"])
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(SHUTDOWN_GRACE + stop_grace + 5)
+    except psutil.TimeoutExpired:
+        agent.kill()
+    except psutil.NoSuchProcess:
+        pass
+    clean_up_after_dead_agent(paths, state)
+    return True
