@@ -29,6 +29,10 @@ app = typer.Typer(help="Run the agent as a user service that starts at login (sy
                   no_args_is_help=True)
 
 _PLATFORM_HELP = "Generate for this platform (linux or darwin) instead of the current one."
+# Options `uninstall` and `status` share (`install` words --worker and --port its own way).
+_PLATFORM = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP)
+_WORKER = typer.Option(False, "--worker", help="The RPC worker's service on --port instead.")
+_PORT = typer.Option(DEFAULT_PORT, "--port", help="--worker: its port.")
 
 
 def _take_over(settings: Settings) -> None:
@@ -102,9 +106,7 @@ def install(print_: bool = typer.Option(False, "--print", help="Show the file th
 
 @app.command()
 @run_cli
-def uninstall(platform: Optional[str] = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP),
-              worker_: bool = typer.Option(False, "--worker", help="The RPC worker's service on --port instead."),
-              port: int = typer.Option(DEFAULT_PORT, "--port", help="--worker: its port.")) -> None:
+def uninstall(platform: Optional[str] = _PLATFORM, worker_: bool = _WORKER, port: int = _PORT) -> None:
     """Stop the agent's (or a worker's) service, disable it and remove its file (nothing if not installed).
 
     Example: slp service uninstall
@@ -131,9 +133,7 @@ def _yes_no(value: Optional[bool]) -> str:
 @app.command()
 @run_cli
 def status(print_: bool = typer.Option(False, "--print", help="Also show the file `slp service install` would write."),
-           platform: Optional[str] = typer.Option(None, "--platform", hidden=True, help=_PLATFORM_HELP),
-           worker_: bool = typer.Option(False, "--worker", help="The RPC worker's service on --port instead."),
-           port: int = typer.Option(DEFAULT_PORT, "--port", help="--worker: its port.")) -> None:
+           platform: Optional[str] = _PLATFORM, worker_: bool = _WORKER, port: int = _PORT) -> None:
     """Say whether the agent's (or a worker's) service is installed, enabled and active (exit 1 when not).
 
     Example: slp service status
