@@ -50,7 +50,7 @@ def engine(engine_binary, default_model, tmp_path):
 
 @pytest.fixture
 async def client():
-    client = EngineClient(limit=4)
+    client = EngineClient(max_connections=4)
     yield client
     await client.close()
 
@@ -124,7 +124,7 @@ async def test_engine_death_mid_stream_is_an_error_not_an_end(engine, client):
 
 async def test_requests_beyond_the_limit_wait_their_turn(engine):
     _, port = engine
-    client = EngineClient(limit=1)
+    client = EngineClient(max_connections=1)
     try:
         first = await chat(client, port, body(2000, True))
         chunks = first.iter_chunks()
@@ -140,7 +140,7 @@ async def test_requests_beyond_the_limit_wait_their_turn(engine):
         third = asyncio.ensure_future(chat(client, port, body(1)))
         await asyncio.sleep(0.5)
         assert not third.done()
-        client.limit = 2
+        client.max_connections = 2
         async with await asyncio.wait_for(third, 30) as reply:
             assert reply.status == 200
         held.close()

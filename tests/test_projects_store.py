@@ -345,7 +345,7 @@ def test_messages_not_mutated_by_merge():
 
 async def test_recorder_flush_returns_under_steady_traffic(store):
     """flush() waits for what was recorded before it, not for a queue that never empties."""
-    from slp.server.proxy import Recorder
+    from slp.server.services import UsageRecorder as Recorder
 
     project = store.active()
     recorder = Recorder(store)

@@ -222,6 +222,20 @@ class Supervisor:
             except asyncio.TimeoutError:
                 return
 
+    def describe(self) -> str:
+        """The engine's state for an error message: after a crash or a stall, why it ended."""
+        if self.state is not EngineState.READY and self.last_exit is not None:
+            return f"engine for {self.name} {self.state.value} after {self.last_exit.reason}: {self.last_exit.detail}"
+        return f"engine for {self.name} {self.state.value}: {self.reason}"
+
+    async def unavailable(self, detail: str) -> EngineUnavailable:
+        """The error for a request this engine just failed. It is made once the owner has seen why (crash,
+        stall), so the state it reports is observed, not guessed; retrying helps unless the engine failed
+        for good."""
+        await self.settle(1.0)
+        retry = None if self.state is EngineState.FAILED else 2
+        return EngineUnavailable(f"{detail} ({self.describe()})", self.state, retry)
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -1,8 +1,9 @@
 """`create_app(settings, ...)`: the aiohttp application, its middlewares, routes and long-lived parts.
 
-`cleanup_ctx` pairs each start-up with its clean-up: the engine client (requests) and the aiohttp
-session for probes and metrics, the engine supervisor and the usage recorder are created with the app and torn down after in-flight
-requests have finished (graceful shutdown).
+The app's services (typed in `keys`) are made here and handed to the parts that use them; each one
+that holds a resource gets its own cleanup context, torn down after in-flight requests have finished
+(graceful shutdown): the engine pool, the RPC workers' checks, the control HTTP session (health probes,
+metrics), the usage recorder, the project database and the request log.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import secrets
 import time
 from pathlib import Path
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncIterator, Awaitable, Callable, Optional
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +32,8 @@ from slp.server.engine_client import EngineClient
 from slp.server.engines_routes import add_engine_routes
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import add_project_routes
-from slp.server.proxy import Limiter, ProjectCache, Proxy, Recorder
+from slp.server.proxy import Proxy
+from slp.server.services import Admission, ProjectCache, UsageRecorder
 from slp.server.observe import Metrics, RequestLog, make_observer
 from slp.server.routes import add_routes
 from slp.server.schemas import (
@@ -73,108 +75,31 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app[keys.ENGINE_BUILD] = engine_build or {}
     app[keys.STARTED_AT] = time.time()
     app[keys.PUBLIC_URL] = []
-    app[keys.LIMITER] = Limiter(settings.parallel + settings.max_queue)
-    app[keys.RECORDER] = Recorder(projects)
-    app[keys.PROJECT_CACHE] = ProjectCache(projects)
+    admission = app[keys.ADMISSION] = Admission(settings.parallel + settings.max_queue)
+    recorder = app[keys.RECORDER] = UsageRecorder(projects)
+    project_cache = app[keys.PROJECT_CACHE] = ProjectCache(projects)
     app[keys.METRICS] = metrics
     app[keys.CONFIG] = {"loaded_at": time.time(), "error": None, "changed": [], "needs_agent_restart": []}
     workers = app[keys.WORKERS] = WorkerPool()  # RPC workers: checked before each engine start
     metrics.registry.register(WorkerCollector(workers))
-
     engine_key = secrets.token_urlsafe(32)
     app[keys.ENGINE_AUTH] = f"Bearer {engine_key}"
-    cpu_build = (engine_build or {}).get("preset", "cpu") == "cpu"
+    engines = app[keys.ENGINES] = _engine_pool(app, engine_bin, engine_key, on_engine_change)
+    metrics.memory_budget.set(engines.budget)
 
-    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Health probes and metrics scrapes must never queue behind requests for the engines' slots.
-        control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=4))
-        app[keys.ENGINE_CONTROL_HTTP] = control
+    # One cleanup context per resource, in start order; aiohttp tears them down in reverse and goes on
+    # past one that fails, so a supervisor that cannot stop never keeps the database or a socket open.
+    app.cleanup_ctx.extend([
+        _closing(request_log.close),
+        _closing(projects.close),
+        _started(recorder.start, recorder.stop),  # its last writes go to the project store
+        _control_http,
+        _started(lambda: workers.start(lambda: app[keys.SETTINGS].workers), workers.stop),
+        _started(lambda: None, engines.stop),  # the engines stop first: their probes use the control session
+    ])
 
-        def make_engine(name: str, path: Path) -> Engine:
-            current = app[keys.SETTINGS]
-            engine: Optional[Engine] = None
-            asked = time.monotonic()
-
-            async def make_command(model_path: Path, port: int):
-                # Read at each spawn: a config reload changes what the next engine gets. Only the RPC
-                # workers that answer now are passed (probed in a thread: ~2 s at most).
-                current = app[keys.SETTINGS]
-                rpc = await workers.select_async(current.workers, supervisor) if current.workers else []
-                found = models.for_path(model_path)  # a vision model's projector travels with it
-                return engine_command(current, engine_bin, model_path, port, engine_key, name, workers=rpc,
-                                      mmproj=found.mmproj if found is not None else None)
-
-            def changed(state: EngineState, reason: str) -> None:
-                nonlocal asked
-                metrics.engine_changed(name, state)
-                if state is EngineState.READY and asked is not None:
-                    metrics.engine_load_seconds.labels(name).observe(time.monotonic() - asked)
-                    asked = None
-                if on_engine_change is not None and engine is not None:
-                    on_engine_change(engine, state, reason)
-
-            supervisor = Supervisor(
-                make_command, control, start_timeout=current.start_timeout, health_interval=current.health_interval,
-                health_timeout=current.health_timeout, stop_grace=current.stop_grace,
-                max_restarts=current.max_restarts, restart_window=current.restart_window,
-                stall_timeout=current.stall_timeout, name=name, log_path=current.paths.engine_log, on_change=changed,
-                on_restart=lambda reason: metrics.engine_restarted(name, reason))
-            threads = (current.threads or cpu_cores()) if cpu_build else 0
-            engine = Engine(name=name, path=path, supervisor=supervisor, threads=threads, estimate=0,
-                            keep_alive=parse_keep_alive(current.keep_alive))
-            # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
-            # its accept queue in no order. Waiting in our client instead is first come, first served.
-            engine.extra["http"] = EngineClient(limit=current.parallel + 4)
-            return engine
-
-        def estimate(path: Path) -> int:
-            # Through the store: its metadata cache lives in the store (never beside a user's own file),
-            # and a model of several files (split parts, projector) counts all of them.
-            found = models.for_path(path)
-            try:
-                if found is None:
-                    raise ModelError(f"{path} is not in the store")
-                meta = found.metadata
-            except ModelError:
-                return path.stat().st_size * 3 // 2 + COMPUTE_BUFFER_BYTES + app[keys.SETTINGS].cache_ram * 1024 * 1024
-            current = app[keys.SETTINGS]
-            return estimate_bytes(meta, current.ctx_size, current.cache_ram)
-
-        def measure(engine: Engine) -> int:
-            pid = engine.supervisor.pid
-            memory = memory_of(pid)
-            gpu = gpu_memory_of(pid) if not cpu_build else None
-            return (memory["rss_bytes"] if memory else 0) + (gpu or 0)
-
-        def pool_event(event: str, engine: Engine) -> None:
-            if event == "load":
-                metrics.engine_loads.labels(engine.name).inc()
-                return
-            metrics.engine_gone(engine.name, event)
-            asyncio.get_running_loop().create_task(engine.extra["http"].close())
-            if on_engine_change is not None:
-                on_engine_change(engine, EngineState.STOPPED, event)
-
-        app[keys.ENGINES] = EnginePool(
-            make_engine, estimate, measure, budget=memory_budget_bytes(settings), gate=ComputeGate(cpu_cores()),
-            wait_timeout=settings.request_wait_timeout, max_waiting=settings.max_queue, on_event=pool_event,
-            extra_room=workers.free_memory)
-        metrics.memory_budget.set(app[keys.ENGINES].budget)
-        app[keys.RECORDER].start()
-        workers.start(lambda: app[keys.SETTINGS].workers)
-        try:
-            yield
-        finally:
-            await workers.stop()
-            await app[keys.ENGINES].stop()
-            await app[keys.RECORDER].stop()
-            await control.close()
-            projects.close()
-            request_log.close()
-
-    app.cleanup_ctx.append(engine_ctx)
-
-    proxy = Proxy(app)
+    proxy = Proxy(settings=lambda: app[keys.SETTINGS], models=models, projects=project_cache, engines=engines,
+                  admission=admission, recorder=recorder, workers=workers, engine_auth=app[keys.ENGINE_AUTH])
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
     app.router.add_post("/v1/completions", proxy.route("/v1/completions", CompletionRequest, shape_completion))
     app.router.add_post("/v1/embeddings", proxy.route("/v1/embeddings", EmbeddingRequest))
@@ -194,6 +119,109 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     add_project_routes(app, projects, lambda name: models.resolve(name) is not None)
     add_docs_routes(app)
     return app
+
+
+def _closing(close: Callable[[], None]) -> Callable:
+    """A cleanup context for a resource that is ready once made: it only needs closing."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        close()
+    return ctx
+
+
+def _started(start: Callable[[], object], stop: Callable[[], Awaitable[object]]) -> Callable:
+    """A cleanup context for a service with a background task: started with the app, stopped after it."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        start()
+        yield
+        await stop()
+    return ctx
+
+
+async def _control_http(app: web.Application) -> AsyncIterator[None]:
+    """The session for health probes and metrics scrapes: apart from requests, so they never queue behind
+    requests for the engines' slots."""
+    control = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=4))
+    app[keys.ENGINE_CONTROL_HTTP] = control
+    yield
+    await control.close()
+
+
+def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
+                 on_engine_change: Optional[Callable[[Engine, EngineState, str], None]]) -> EnginePool:
+    """The pool of engines, one per loaded model, with the factories it needs: how to make a supervised
+    engine, how to estimate and measure a model's memory, and what to tell metrics when engines come and go."""
+    settings, models, metrics, workers = app[keys.SETTINGS], app[keys.MODELS], app[keys.METRICS], app[keys.WORKERS]
+    cpu_build = app[keys.ENGINE_BUILD].get("preset", "cpu") == "cpu"
+
+    def make_engine(name: str, path: Path) -> Engine:
+        current = app[keys.SETTINGS]
+        engine: Optional[Engine] = None
+        asked = time.monotonic()
+
+        async def make_command(model_path: Path, port: int):
+            # Read at each spawn: a config reload changes what the next engine gets. Only the RPC
+            # workers that answer now are passed (probed in a thread: ~2 s at most).
+            current = app[keys.SETTINGS]
+            rpc = await workers.select_async(current.workers, supervisor) if current.workers else []
+            found = models.for_path(model_path)  # a vision model's projector travels with it
+            return engine_command(current, engine_bin, model_path, port, engine_key, name, workers=rpc,
+                                  mmproj=found.mmproj if found is not None else None)
+
+        def changed(state: EngineState, reason: str) -> None:
+            nonlocal asked
+            metrics.engine_changed(name, state)
+            if state is EngineState.READY and asked is not None:
+                metrics.engine_load_seconds.labels(name).observe(time.monotonic() - asked)
+                asked = None
+            if on_engine_change is not None and engine is not None:
+                on_engine_change(engine, state, reason)
+
+        supervisor = Supervisor(
+            make_command, app[keys.ENGINE_CONTROL_HTTP], start_timeout=current.start_timeout,
+            health_interval=current.health_interval, health_timeout=current.health_timeout,
+            stop_grace=current.stop_grace, max_restarts=current.max_restarts, restart_window=current.restart_window,
+            stall_timeout=current.stall_timeout, name=name, log_path=current.paths.engine_log, on_change=changed,
+            on_restart=lambda reason: metrics.engine_restarted(name, reason))
+        threads = (current.threads or cpu_cores()) if cpu_build else 0
+        engine = Engine(name=name, path=path, supervisor=supervisor, threads=threads, estimate=0,
+                        keep_alive=parse_keep_alive(current.keep_alive))
+        # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
+        # its accept queue in no order. Waiting in our client instead is first come, first served.
+        engine.extra["http"] = EngineClient(max_connections=current.parallel + 4)
+        return engine
+
+    def estimate(path: Path) -> int:
+        # Through the store: its metadata cache lives in the store (never beside a user's own file),
+        # and a model of several files (split parts, projector) counts all of them.
+        found = models.for_path(path)
+        current = app[keys.SETTINGS]
+        try:
+            if found is None:
+                raise ModelError(f"{path} is not in the store")
+            meta = found.metadata
+        except ModelError:
+            return path.stat().st_size * 3 // 2 + COMPUTE_BUFFER_BYTES + current.cache_ram * 1024 * 1024
+        return estimate_bytes(meta, current.ctx_size, current.cache_ram)
+
+    def measure(engine: Engine) -> int:
+        pid = engine.supervisor.pid
+        memory = memory_of(pid)
+        gpu = gpu_memory_of(pid) if not cpu_build else None
+        return (memory["rss_bytes"] if memory else 0) + (gpu or 0)
+
+    def pool_event(event: str, engine: Engine) -> None:
+        if event == "load":
+            metrics.engine_loads.labels(engine.name).inc()
+            return
+        metrics.engine_gone(engine.name, event)
+        asyncio.get_running_loop().create_task(engine.extra["http"].close())
+        if on_engine_change is not None:
+            on_engine_change(engine, EngineState.STOPPED, event)
+
+    return EnginePool(make_engine, estimate, measure, budget=memory_budget_bytes(settings),
+                      gate=ComputeGate(cpu_cores()), wait_timeout=settings.request_wait_timeout,
+                      max_waiting=settings.max_queue, on_event=pool_event, extra_room=workers.free_memory)
 
 
 # Settings a reload can apply: the engine's own (it is restarted when they change) and the agent's timing.
@@ -218,14 +246,14 @@ def apply_settings(app: web.Application, new: Settings) -> dict:
     pool.budget = memory_budget_bytes(applied)
     pool.wait_timeout, pool.max_waiting = applied.request_wait_timeout, applied.max_queue
     app[keys.METRICS].memory_budget.set(pool.budget)
-    app[keys.LIMITER].limit = applied.parallel + applied.max_queue
+    app[keys.ADMISSION].max_admitted = applied.parallel + applied.max_queue
     restart = any(name in ENGINE_SETTINGS or name == "workers" for name in changed)  # workers: --rpc
     for engine in pool.engines():
         engine.supervisor.configure(start_timeout=applied.start_timeout, health_interval=applied.health_interval,
                                     health_timeout=applied.health_timeout, stop_grace=applied.stop_grace,
                                     max_restarts=applied.max_restarts, restart_window=applied.restart_window,
                                     stall_timeout=applied.stall_timeout)
-        engine.extra["http"].limit = applied.parallel + 4
+        engine.extra["http"].max_connections = applied.parallel + 4
         if "keep_alive" in changed:
             engine.keep_alive = parse_keep_alive(applied.keep_alive)
         if restart:

@@ -6,7 +6,7 @@ header multidicts, response objects) was about 0.4 ms of the 1.6 ms the agent ad
 loopback, speaking plain HTTP/1.1 with Content-Length or chunked bodies, so a small client covers it.
 Everything else the agent fetches (health probes, metrics) still goes through aiohttp.
 
-- At most `limit` requests at once (the engine's HTTP threads); later ones wait here, first come first
+- At most `max_connections` requests at once (the engine's HTTP threads); later ones wait here, first come first
   served, rather than in the engine's accept queue in no order.
 - An idle connection is dropped after KEEPALIVE_S, before the engine's own 5 s idle timeout closes it;
   one the engine closed anyway fails at once, before any response byte, and the request is sent again
@@ -124,21 +124,22 @@ class EngineClient:
     """POSTs to one engine at a time (its port changes when it restarts: connections to an old port
     are simply never reused)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, max_connections: int):
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
-        self._slots = asyncio.Semaphore(limit)
-        self._limit = limit
-        self._shrink = 0  # slots to withhold as requests end, after the limit was lowered
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max = max_connections
+        self._shrink = 0  # slots to withhold as requests end, after max_connections was lowered
         self._closed = False
 
     @property
-    def limit(self) -> int:
-        return self._limit
+    def max_connections(self) -> int:
+        """Requests sent to the engine at once; later ones wait here in order."""
+        return self._max
 
-    @limit.setter
-    def limit(self, value: int) -> None:
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
         """Resize (config reload): growing frees slots at once, shrinking takes effect as requests end."""
-        delta = value - self._limit
+        delta = value - self._max
         if delta > 0:
             undone = min(delta, self._shrink)  # first cancel a shrink that has not happened yet
             self._shrink -= undone
@@ -146,7 +147,7 @@ class EngineClient:
                 self._slots.release()
         else:
             self._shrink -= delta
-        self._limit = value
+        self._max = value
 
     async def post(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> EngineResponse:
         """Send; return once the status line and headers are in. Raises EngineConnectionError."""

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from slp.engine.supervisor import EngineUnavailable
 from slp.server import keys
-from slp.server.errors import APIError, error_response
+from slp.server.errors import APIError
 
 log = logging.getLogger("slp.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -26,7 +26,7 @@ LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every refusal into the OpenAI error envelope; a bug becomes a 500, never a stack trace."""
+    """Every refusal leaves as an APIError (OpenAI's envelope); a bug becomes a 500, never a stack trace."""
     try:
         return await handler(request)
     except APIError:
@@ -41,13 +41,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"no route for {request.method} {request.path}"
         elif exc.status == 405:
             message = f"method {request.method} not allowed for {request.path}"
-        return error_response(exc.status, message, code=_code_for(exc.status), headers=_keep_headers(exc))
+        raise APIError(exc.status, message, code=_code_for(exc.status), headers=_keep_headers(exc)) from None
     except EngineUnavailable as exc:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return error_response(503, str(exc), code="engine_unavailable", headers=headers)
+        raise APIError.engine_unavailable(exc) from None
     except Exception:  # noqa: BLE001 - the envelope is the contract, the log keeps the details
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal error in the slp agent; see the agent log", code="internal_error")
+        raise APIError(500, "internal error in the slp agent; see the agent log", code="internal_error") from None
 
 
 def _code_for(status: int) -> Optional[str]:

@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from slp.engine.supervisor import EngineState
+from slp.server.record import RECORD, RequestRecord
 
 log = logging.getLogger("slp.server")
 
@@ -132,14 +133,14 @@ class RequestLog:
         self._handler.close()
 
 
-def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: str, model: Optional[str],
-            status: int, latency: float, ttft: Optional[float], usage: Optional[dict],
-            disconnected: bool = False, engine: Optional[dict] = None) -> None:
+def observe(metrics: Metrics, log: Optional[RequestLog], route: str, status: int, latency: float,
+            record: RequestRecord) -> None:
     """Record a finished proxied request's tokens, time to first token and log line (the middleware
     counts every request and its latency)."""
     prompt = completion = None
-    if ttft is not None:
-        metrics.ttft.labels(route).observe(ttft)
+    usage, project = record.usage, record.project or "-"
+    if record.ttft is not None:
+        metrics.ttft.labels(route).observe(record.ttft)
     if usage:
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
         completion = usage.get("completion_tokens", usage.get("output_tokens"))
@@ -147,35 +148,37 @@ def observe(metrics: Metrics, log: Optional[RequestLog], route: str, project: st
             metrics.tokens.labels("in", project).inc(prompt)
         if completion:
             metrics.tokens.labels("out", project).inc(completion)
-    if disconnected:
+    if record.disconnected:
         metrics.disconnects.labels(route).inc()
     if log is not None:
-        log.write(route=route, project=project, model=model, status=status, prompt_tokens=prompt,
+        engine = {"model": record.engine.model, "pid": record.engine.pid} if record.engine else None
+        log.write(route=route, project=project, model=record.model, status=status, prompt_tokens=prompt,
                   completion_tokens=completion, latency_ms=round(latency * 1000, 2),
-                  ttft_ms=round(ttft * 1000, 2) if ttft is not None else None, client_disconnected=disconnected,
-                  engine=engine)
+                  ttft_ms=round(record.ttft * 1000, 2) if record.ttft is not None else None,
+                  client_disconnected=record.disconnected, engine=engine)
 
 
 def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
-    """Outermost middleware: every answer is counted; proxied requests also get a request-log line.
+    """Outermost middleware: it makes each request's record (`RECORD`); every answer is counted, and
+    proxied requests also get a request-log line.
 
-    The counting and the log line run in a callback scheduled for after the response has been written
-    (as the proxy's usage accounting does, which runs first), so none of it sits between the engine's
+    The counting and the log line run in one callback scheduled for after the response has been
+    written (`record.finish()` first parses the reply's usage), so none of it sits between the engine's
     last byte and the client's. A client gone before its answer counts as 499, not as a failure."""
 
-    def after(route: str, status: int, latency: float, info: Optional[dict]) -> None:
+    def after(route: str, status: int, latency: float, record: RequestRecord) -> None:
         try:
-            metrics.requests.labels(route, str(status), info["project"] if info else "-").inc()
+            record.finish()
+            metrics.requests.labels(route, str(status), record.project or "-").inc()
             metrics.latency.labels(route).observe(latency)
-            if info is not None:
-                observe(metrics, request_log, route, info["project"], info.get("model"), status, latency,
-                        info.get("ttft"), info.get("usage"), info.get("disconnected", False), info.get("engine"))
+            if record.proxied:
+                observe(metrics, request_log, route, status, latency, record)
         except Exception:  # noqa: BLE001 - bookkeeping must never take the agent down
             log.exception("could not account for a %s request", route)
 
     @web.middleware
     async def observer(request: web.Request, handler):
-        started = request["slp_started"] = time.perf_counter()
+        record = request[RECORD] = RequestRecord(started=time.perf_counter())
         status = 500
         try:
             response = await handler(request)
@@ -188,8 +191,8 @@ def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
             status = 499
             raise
         finally:
-            latency = time.perf_counter() - started
+            latency = time.perf_counter() - record.started
             route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-            asyncio.get_running_loop().call_soon(after, route, status, latency, request.get("slp"))
+            asyncio.get_running_loop().call_soon(after, route, status, latency, record)
 
     return observer

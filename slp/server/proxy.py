@@ -8,32 +8,34 @@ after they were sent, and stored by a background writer, off the request path.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import aiohttp
 from aiohttp import web
 
-from slp.engine.pool import UNSET, Engine, ModelTooLarge, parse_keep_alive
+from slp.engine.pool import UNSET, Engine, EnginePool, ModelTooLarge, parse_keep_alive
 from slp.engine.supervisor import EngineState, EngineUnavailable
+from slp.models.store import ModelStore
 from slp.projects.schema import Project
 from slp.projects.shaping import added_usage, shape_chat, shape_plain
 from slp.projects.store import ProjectError, ProjectNotFound
-from slp.server import keys
 from slp.server.engine_client import EngineConnectionError, EngineResponse, EngineStreamError
-from slp.server.errors import APIError, error_response
+from slp.server.errors import APIError
 from slp.server.jsonbody import read_json_object, validate
+from slp.server.record import RECORD, EngineRef, RequestRecord
 from slp.server.schemas import ChatCompletionRequest, validation_context
+from slp.server.services import Admission, ProjectCache, Session, UsageRecorder
+from slp.settings import Settings
+from slp.worker.pool import WorkerPool
 
 log = logging.getLogger("slp.proxy")
 
 _DONE = b"data: [DONE]"
 _TAIL_BYTES = 16384  # tail of a stream kept for its usage event and end marker (see _stream)
-Session = tuple[str, list]  # (session_id, the caller's messages) of a request to store as a conversation
 
 
 def _last_event(stream: bytearray) -> bytes:
@@ -117,7 +119,7 @@ class HiddenUsage:
         return finish[:-1] + b',"timings":' + json.dumps(timings, separators=(",", ":")).encode() + b"}"
 
 
-def engine_error(status: int, data: bytes) -> web.Response:
+def engine_refusal(status: int, data: bytes) -> APIError:
     """The engine's refusal in OpenAI's envelope (llama-server sends {"error": {"code": 400, ...}})."""
     try:
         error = json.loads(data).get("error") or {}
@@ -132,7 +134,8 @@ def engine_error(status: int, data: bytes) -> web.Response:
         status, code, type_ = 400, "not_supported", "invalid_request_error"
     elif status == 500 and any(hint in message for hint in _CLIENT_FAULTS):
         status, code, type_ = 400, "invalid_request", "invalid_request_error"  # the request, not the engine
-    return error_response(status, f"engine: {message}", code=code, type_=type_, param=error.get("param"))
+    param = error.get("param") if isinstance(error.get("param"), str) else None
+    return APIError(status, f"engine: {message}", code=code, param=param, type_=type_)
 
 
 # llama-server answers some malformed requests with a 500; these messages mean the input was at fault.
@@ -140,26 +143,35 @@ _CLIENT_FAULTS = ("Failed to parse", "[json.exception.", "_M_range_check", "out 
 
 
 class Proxy:
-    """Request handlers for the proxied routes; one instance per app."""
+    """Request handlers for the proxied routes; one instance per app, given the services it uses."""
 
-    def __init__(self, app: web.Application):
-        self.app = app
+    def __init__(self, *, settings: Callable[[], Settings], models: ModelStore, projects: ProjectCache,
+                 engines: EnginePool, admission: Admission, recorder: UsageRecorder, workers: WorkerPool,
+                 engine_auth: str):
+        self._settings = settings  # read per request: a config reload replaces the settings
+        self._models = models
+        self._projects = projects
+        self._engines = engines
+        self._admission = admission
+        self._recorder = recorder
+        self._workers = workers
+        self._engine_auth = engine_auth  # "Bearer <key>": the engines' private API key
         self._resolved: dict[str, tuple[int, Path, str]] = {}  # model name -> (store mtime, file, engine name)
 
     # ------------------------------------------------------------------ handlers
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await read_json_object(request)
+        record = request[RECORD]
         keep_alive = _pop_keep_alive(body)
-        unknown = self._validate(request, ChatCompletionRequest, body)
+        self._validate(record, ChatCompletionRequest, body)
         project = await self._project_for(request, body)
         session = (body["session_id"], body["messages"]) if body.get("session_id") else None
         shaped = shape_chat(body, project)
-        if added_usage(body, shaped):
-            request["slp_hide_usage"] = True
-        response = await self._forward(request, "/v1/chat/completions", shaped, project, session,
+        record.hide_usage = added_usage(body, shaped)
+        response = await self._forward(request, record, "/v1/chat/completions", shaped, project, session,
                                        keep_alive=keep_alive)
-        return _report_unknown(response, unknown)
+        return _report_unknown(response, record.unknown_fields)
 
     def route(self, path: str, schema: type, shape: Callable[[dict, Project], dict] = shape_plain,
               end_marker: bytes = _DONE, account: bool = True) -> Callable:
@@ -168,36 +180,33 @@ class Proxy:
 
         async def handler(request: web.Request) -> web.StreamResponse:
             body = await read_json_object(request)
+            record = request[RECORD]
             keep_alive = _pop_keep_alive(body)
-            unknown = self._validate(request, schema, body)
+            self._validate(record, schema, body)
             project = await self._project_for(request, body)
             shaped = shape(body, project)
-            if added_usage(body, shaped):
-                request["slp_hide_usage"] = True
-            response = await self._forward(request, path, shaped, project, None,
+            record.hide_usage = added_usage(body, shaped)
+            response = await self._forward(request, record, path, shaped, project, None,
                                            end_marker=end_marker, account=account, keep_alive=keep_alive)
-            return _report_unknown(response, unknown)
+            return _report_unknown(response, record.unknown_fields)
 
         handler.__doc__ = schema.__doc__
         return handler
 
     # ------------------------------------------------------------------ steps
 
-    def _validate(self, request: web.Request, schema: type, body: dict) -> tuple[str, ...]:
-        """Validate the body (refusing unknown fields under SLP_STRICT); returns the unknown field names,
-        which are passed on to the engine. They are also put in the request (`slp_unknown`) so a stream
-        can report them in its headers."""
-        context = validation_context(self.app[keys.SETTINGS].strict)
+    def _validate(self, record: RequestRecord, schema: type, body: dict) -> None:
+        """Validate the body (refusing unknown fields under SLP_STRICT). The unknown field names, passed
+        on to the engine, go in the record: the reply's headers name them."""
+        context = validation_context(self._settings().strict)
         validate(schema, body, context=context)
-        if context["unknown"]:
-            request["slp_unknown"] = context["unknown"]
-        return context["unknown"]
+        record.unknown_fields = context["unknown"]
 
     async def _project_for(self, request: web.Request, body: dict) -> Project:
         """The project a request runs in: body `project_id`, else `X-SLP-Project`, else the active one."""
         ref = body.get("project_id") or request.headers.get("X-SLP-Project")
         try:
-            return await self.app[keys.PROJECT_CACHE].get(str(ref) if ref else None)
+            return await self._projects.get(str(ref) if ref else None)
         except ProjectNotFound:
             raise APIError(404, f"project {ref!r} not found", code="project_not_found", param="project_id")
         except ProjectError as exc:
@@ -206,7 +215,7 @@ class Proxy:
     def _model_path(self, model_name: str) -> tuple[Path, str]:
         """The file behind a model name and its engine's name; remembered until the models folder changes
         (one stat instead of a resolve per request). Unknown names are an OpenAI-style 404."""
-        store = self.app[keys.MODELS]
+        store = self._models
         try:
             stamp = store.root.stat().st_mtime_ns
         except OSError:
@@ -224,83 +233,81 @@ class Proxy:
         self._resolved[model_name] = (stamp, model.path, name)
         return model.path, name
 
-    async def _forward(self, request: web.Request, path: str, body: dict, project: Project,
-                       session: Optional[Session], end_marker: bytes = _DONE,
+    async def _forward(self, request: web.Request, record: RequestRecord, path: str, body: dict,
+                       project: Project, session: Optional[Session], end_marker: bytes = _DONE,
                        account: bool = True, keep_alive: object = UNSET) -> web.StreamResponse:
-        limiter = self.app[keys.LIMITER]
-        if not limiter.try_acquire():
+        """Admit the request, lease its model's engine (loading it if needed) and send it there."""
+        if not self._admission.try_admit():
             raise APIError(429, "too many requests waiting for the engine; retry shortly",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        info = request["slp"] = {"project": project.name, "model": body.get("model") or project.model}
+        record.project, record.model = project.name, body.get("model") or project.model
         try:
-            model_path, name = self._model_path(info["model"])
+            model_path, name = self._model_path(record.model)
             if keep_alive is UNSET and project.params.keep_alive is not None:
                 keep_alive = parse_keep_alive(project.params.keep_alive)
             try:
-                lease = self.app[keys.ENGINES].lease(name, model_path, keep_alive=keep_alive)
-                async with lease as engine:
-                    return await self._send(request, engine, path, body, project, session, end_marker, account)
+                async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
+                    return await self._send(request, record, engine, path, body, project, session, end_marker,
+                                            account)
             except ModelTooLarge as exc:
                 raise APIError(400, str(exc), code="model_too_large", param="model")
+            except EngineUnavailable as exc:
+                raise APIError.engine_unavailable(exc) from None
         finally:
-            limiter.release()
+            self._admission.leave()
 
-    async def _send(self, request: web.Request, engine: Engine, path: str, body: dict, project: Project,
-                    session: Optional[Session], end_marker: bytes, account: bool) -> web.StreamResponse:
+    async def _send(self, request: web.Request, record: RequestRecord, engine: Engine, path: str, body: dict,
+                    project: Project, session: Optional[Session], end_marker: bytes,
+                    account: bool) -> web.StreamResponse:
         """Forward to a leased, ready engine; its supervisor sees the work and every byte (progress)."""
-        info = request["slp"]
         supervisor = engine.supervisor
         port = supervisor.port
         if supervisor.state is not EngineState.READY or port is None:  # it failed since the lease saw it ready
-            raise EngineUnavailable(_engine_words(engine), supervisor.state, 2)
-        info["engine"] = {"model": engine.name, "pid": supervisor.pid}
+            raise await supervisor.unavailable("the engine stopped serving before the request was sent")
+        record.engine = EngineRef(engine.name, supervisor.pid)
         payload = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Authorization": self.app[keys.ENGINE_AUTH]}
+        headers = {"Content-Type": "application/json", "Authorization": self._engine_auth}
         supervisor.work_begin()
         try:
             try:
                 upstream = await engine.extra["http"].post("127.0.0.1", port, path, payload, headers)
             except EngineConnectionError as exc:
-                await supervisor.settle(1.0)
-                raise EngineUnavailable(f"{exc} ({_engine_words(engine)})", EngineState.RESTARTING, 2)
+                raise await supervisor.unavailable(str(exc))
             supervisor.progress()
             async with upstream:
                 if body.get("stream") and upstream.status == 200:
-                    return await self._stream(request, engine, upstream, project, session, end_marker)
+                    return await self._stream(request, record, engine, upstream, project, session, end_marker)
                 try:
                     data = await upstream.read()
                 except EngineStreamError as exc:
-                    await supervisor.settle(1.0)
-                    raise EngineUnavailable(f"the engine failed before answering: {exc} ({_engine_words(engine)})",
-                                            EngineState.RESTARTING, 2)
+                    raise await supervisor.unavailable(f"the engine failed before answering: {exc}")
                 if upstream.status != 200:
-                    return engine_error(upstream.status, data)
+                    raise engine_refusal(upstream.status, data)
                 if account:
-                    self._account_later(info, self._account_json, data, project, session)
+                    record.account_after(lambda: self._account_json(data, project, session))
                 return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
         finally:
             supervisor.work_end()
 
-    async def _stream(self, request: web.Request, engine: Engine, upstream: EngineResponse, project: Project,
-                      session: Optional[Session], end_marker: bytes) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, record: RequestRecord, engine: Engine, upstream: EngineResponse,
+                      project: Project, session: Optional[Session], end_marker: bytes) -> web.StreamResponse:
         """Pass SSE bytes through as they arrive. Client gone: close upstream so the engine stops.
         Engine gone: end the stream with an error event, never a silently truncated success."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
-        if "slp_unknown" in request:
-            response.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(request["slp_unknown"])
+        if record.unknown_fields:
+            response.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(record.unknown_fields)
         await response.prepare(request)
         keep_all = session is not None
         seen = bytearray()
         failure: Optional[str] = None
-        info = request["slp"]
-        hidden = HiddenUsage() if request.get("slp_hide_usage") else None
+        hidden = HiddenUsage() if record.hide_usage else None
         progress = engine.supervisor.progress
         try:
             async for chunk in upstream.iter_chunks():
                 progress()
                 if not seen:
-                    info["ttft"] = time.perf_counter() - request["slp_started"]
+                    record.ttft = time.perf_counter() - record.started
                 try:
                     if hidden is None:
                         await response.write(chunk)
@@ -310,7 +317,7 @@ class Proxy:
                             await response.write(out)
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
                     upstream.close()  # drops the engine connection: llama-server cancels the generation
-                    info["disconnected"] = True
+                    record.disconnected = True
                     return response
                 seen += chunk
                 if not keep_all and len(seen) > 2 * _TAIL_BYTES:
@@ -325,45 +332,34 @@ class Proxy:
             try:
                 await response.write(hidden.flush())
             except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
-                info["disconnected"] = True
+                record.disconnected = True
                 return response
         if failure is None and end_marker not in _last_event(seen):
             failure = f"engine stream ended before {end_marker.decode()}"
         if failure is not None:
-            await engine.supervisor.settle(1.0)  # let it record why the engine went (crash, stall) first
-            # An engine with RPC workers: name the worker it lost (known once its restart checked them).
-            since = time.time() - (time.perf_counter() - request["slp_started"])
-            lost = await self.app[keys.WORKERS].loss_note(since, engine.supervisor)
-            err = {"error": {"message": f"{failure} ({_engine_words(engine)})" + (f"; {lost}" if lost else ""),
-                             "type": "server_error", "param": None, "code": "engine_failed"}}
-            try:
-                await response.write(b"data: " + json.dumps(err).encode() + b"\n\n")
-            except (ConnectionResetError, RuntimeError):
-                pass
-            log.warning("stream for project %s ended early: %s", project.name, failure)
-            info["engine_failed"] = failure
+            await self._fail_stream(response, record, engine, failure)
         else:
-            self._account_later(info, self._account_stream, bytes(seen), project, session)
+            record.account_after(lambda: self._account_stream(bytes(seen), project, session))
         try:
             await response.write_eof()
         except (ConnectionResetError, RuntimeError):
             pass
         return response
 
+    async def _fail_stream(self, response: web.StreamResponse, record: RequestRecord, engine: Engine,
+                           failure: str) -> None:
+        """End a started stream whose engine failed: the error event says why the engine went (crash,
+        stall) and, for an engine with RPC workers, which worker it lost."""
+        supervisor = engine.supervisor
+        unavailable = await supervisor.unavailable(failure)  # waits until the supervisor knows why
+        since = time.time() - (time.perf_counter() - record.started)
+        lost = await self._workers.loss_note(since, supervisor)
+        message = str(unavailable) + (f"; {lost}" if lost else "")
+        await APIError(500, message, code="engine_failed", type_="server_error").send_as_event(response)
+        log.warning("stream for project %s ended early: %s", record.project, failure)
+        record.engine_failed = failure
+
     # ------------------------------------------------------------------ accounting (after the bytes left)
-
-    @staticmethod
-    def _account_later(info: dict, account: Callable[..., Optional[dict]], *args: Any) -> None:
-        """Parse the reply's usage and queue it for the store once the response has been written (the
-        handler returns first); `info["usage"]` is then set before the observer's callback reads it,
-        since the loop runs callbacks in the order they were scheduled."""
-        def run() -> None:
-            try:
-                info["usage"] = account(*args)
-            except Exception:  # noqa: BLE001 - accounting must never take the agent down
-                log.exception("could not account for a reply")
-
-        asyncio.get_running_loop().call_soon(run)
 
     def _account_json(self, data: bytes, project: Project, session: Optional[Session]) -> Optional[dict]:
         """Queue the usage (and the exchange, for a session) for storage; returns the usage."""
@@ -377,7 +373,7 @@ class Proxy:
         if session and reply.get("choices"):
             assistant = reply["choices"][0].get("message")
         usage = merge_usage(None, reply)
-        self.app[keys.RECORDER].record(project.id, usage, session, assistant)
+        self._recorder.record(project.id, usage, session, assistant)
         return usage
 
     def _account_stream(self, data: bytes, project: Project, session: Optional[Session]) -> Optional[dict]:
@@ -396,7 +392,7 @@ class Proxy:
                     if delta.get("content"):
                         parts.append(delta["content"])
         assistant = {"role": "assistant", "content": "".join(parts)} if session else None
-        self.app[keys.RECORDER].record(project.id, usage, session, assistant)
+        self._recorder.record(project.id, usage, session, assistant)
         return usage
 
 
@@ -411,15 +407,7 @@ def _pop_keep_alive(body: dict) -> object:
         raise APIError(400, str(exc), code="invalid_value", param="keep_alive")
 
 
-def _engine_words(engine: Engine) -> str:
-    """The engine's state for an error message: after a crash or a stall, why it ended."""
-    sup = engine.supervisor
-    if sup.state is not EngineState.READY and sup.last_exit is not None:
-        return f"engine for {engine.name} {sup.state.value} after {sup.last_exit.reason}: {sup.last_exit.detail}"
-    return f"engine for {engine.name} {sup.state.value}: {sup.reason}"
-
-
-def engine_name(models: Any, path: Path) -> str:
+def engine_name(models: ModelStore, path: Path) -> str:
     """What an engine is called (its first alias, else the file's name): in status, logs and metrics."""
     found = models.for_path(path)
     return found.aliases[0] if found is not None and found.aliases else path.stem
@@ -436,130 +424,3 @@ def merge_usage(usage: Optional[dict], event: dict) -> Optional[dict]:
         if isinstance(found.get(key), int):
             merged[key] = max(merged.get(key, 0), found[key])
     return merged
-
-
-class ProjectCache:
-    """Projects as every request needs them, without a thread hop and a query each time.
-
-    The store bumps `revision` on each committed project change (all of them go through this process),
-    which empties the cache; the revision is read before a fetch, so a change racing a fetch is never
-    cached as current.
-    """
-
-    MAX_ENTRIES = 1024
-
-    def __init__(self, store: Any):
-        self._store = store
-        self._revision = -1
-        self._cache: dict[Optional[str], Project] = {}
-
-    async def get(self, ref: Optional[str]) -> Project:
-        """The project named `ref` (id or name), or the active one for None. Raises ProjectNotFound."""
-        revision = self._store.revision
-        if revision != self._revision:
-            self._cache.clear()
-            self._revision = revision
-        project = self._cache.get(ref)
-        if project is None:
-            project = await asyncio.to_thread(self._store.get, ref) if ref else await asyncio.to_thread(self._store.active)
-            # Cache it only if no change committed while it was read (it may predate that change).
-            if self._store.revision == revision == self._revision and len(self._cache) < self.MAX_ENTRIES:
-                self._cache[ref] = project
-        return project
-
-
-class Limiter:
-    """Admission control: the engine's slots plus a bounded queue; beyond that a clear 429."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.in_flight = 0
-
-    def try_acquire(self) -> bool:
-        if self.in_flight >= self.limit:
-            return False
-        self.in_flight += 1
-        return True
-
-    def release(self) -> None:
-        self.in_flight -= 1
-
-
-class Recorder:
-    """Stores usage and conversations in the project store from one background task, in order.
-
-    Records are written in batches, one thread hop each, at most BATCH_SECONDS after the first of a
-    batch: a hop per request cost more agent CPU than the writes. Readers call `flush()` first, so a
-    usage or session read always includes every answered request.
-    """
-
-    BATCH_SECONDS = 0.25
-
-    def __init__(self, store: Any):
-        self._store = store
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
-        self._task: Optional[asyncio.Task] = None
-        self._now = asyncio.Event()
-
-    def record(self, project_id: str, usage: Optional[dict], session: Optional[Session],
-               assistant: Optional[dict]) -> None:
-        try:
-            self._queue.put_nowait((project_id, usage, session, assistant))
-        except asyncio.QueueFull:
-            log.warning("usage recorder is behind; dropping one record for project %s", project_id)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._drain(), name="slp-usage-recorder")
-
-    async def stop(self) -> None:
-        """Write what is queued, then stop (graceful shutdown keeps every acknowledged exchange)."""
-        await self.flush()
-        if self._task:
-            self._task.cancel()
-
-    async def flush(self) -> None:
-        """Return once everything recorded before this call is in the store (later records do not
-        hold it up: it waits for a marker queued behind them, not for an empty queue)."""
-        if self._task is None or self._task.done():
-            return
-        written = asyncio.get_running_loop().create_future()
-        self._now.set()
-        await self._queue.put(written)
-        await written
-
-    async def _drain(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            if not self._now.is_set():
-                try:
-                    await asyncio.wait_for(self._now.wait(), self.BATCH_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
-            self._now.clear()
-            while len(batch) < 512 and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            records = [item for item in batch if not isinstance(item, asyncio.Future)]
-            try:
-                if records:
-                    await asyncio.to_thread(self._write_all, records)
-            except Exception:  # noqa: BLE001 - the thread hop itself failed; accounting goes on
-                log.exception("could not record usage")
-            for marker in batch:
-                if isinstance(marker, asyncio.Future) and not marker.done():
-                    marker.set_result(None)
-
-    def _write_all(self, batch: list) -> None:
-        for item in batch:
-            try:
-                self._write(*item)
-            except Exception:  # noqa: BLE001
-                log.exception("could not record usage for project %s", item[0])
-
-    def _write(self, project_id: str, usage: Optional[dict], session: Optional[Session],
-               assistant: Optional[dict]) -> None:
-        usage = usage or {}
-        self._store.record_usage(project_id, usage.get("prompt_tokens", usage.get("input_tokens")),
-                                 usage.get("completion_tokens", usage.get("output_tokens")))
-        if session and assistant is not None:
-            session_id, messages = session
-            self._store.record_exchange(project_id, session_id, messages, assistant, usage or None)

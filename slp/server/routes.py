@@ -193,10 +193,11 @@ async def get_model(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format: slp's metrics, then each engine's own (re-exported with a model label)."""
     app = request.app
-    m, pool, limiter = app[keys.METRICS], app[keys.ENGINES], app[keys.LIMITER]
+    m, pool, admission = app[keys.METRICS], app[keys.ENGINES], app[keys.ADMISSION]
     settings = app[keys.SETTINGS]
-    m.in_flight.set(limiter.in_flight)
-    m.queued.set(max(0, limiter.in_flight - settings.parallel * max(1, len(pool.engines()))))
+    m.in_flight.set(admission.admitted)
+    slots_total = settings.parallel * max(1, len(pool.engines()))  # each engine serves `parallel` at once
+    m.queued.set(max(0, admission.admitted - slots_total))
     pool.refresh()
     for engine in pool.engines():
         memory = memory_of(engine.supervisor.pid)
