@@ -1,6 +1,7 @@
 """GET /openapi.json and GET /docs, against real agents over the real engine, in a real browser.
 
-- the document is valid OpenAPI 3.1 and has exactly the routes `create_app` registers (drift fails);
+- the document is valid OpenAPI 3.1 and has exactly the routes `create_app` registers: both come from the
+  route table (`slp.server.api.ROUTES`), and a handler's answer must be the model its route documents;
 - real responses (a chat completion, its stream, status, errors) match the documented schemas;
 - Swagger UI renders from the agent's own files (no other host is contacted) and "Try it out" works,
   also with an API key (Authorize) and behind the Host check;
@@ -213,9 +214,11 @@ def test_request_schemas_are_the_validating_models(spec):
     """The documented request bodies are the pydantic models the handlers validate with."""
     from slp.projects.schema import ProjectCreate, ProjectUpdate
     from slp.server import schemas
-    from slp.server.openapi import REQUEST_MODELS
-    from slp.server.openapi import UNKNOWN_FIELDS_NOTE
+    from slp.server.api import ROUTES
+    from slp.server.openapi import UNKNOWN_FIELDS_NOTE, request_models
     from slp.server.schemas import _Known
+
+    REQUEST_MODELS = request_models(ROUTES)
 
     components = spec["components"]["schemas"]
     handlers_validate_with = {ProjectCreate, ProjectUpdate, *(
@@ -249,7 +252,7 @@ def test_request_schemas_are_the_validating_models(spec):
 
 def test_every_route_is_documented_and_every_documented_route_exists(built_app, spec):
     undocumented, unserved = route_drift(built_app, spec)
-    assert not undocumented, f"routes without an entry in slp/server/openapi.py: {sorted(undocumented)}"
+    assert not undocumented, f"routes served without an entry in slp/server/api.py: {sorted(undocumented)}"
     assert not unserved, f"documented routes the app does not serve: {sorted(unserved)}"
     assert ("POST", "/v1/chat/completions") in spec_operations(spec)
     assert ("GET", "/docs/static/{filename}") in spec_operations(spec)
@@ -267,6 +270,112 @@ def test_route_drift_is_detected(built_app, spec):
     undocumented, unserved = route_drift(built_app, smaller)
     assert undocumented == {("GET", "/v1/undocumented"), ("GET", "/v1/status")}
     assert unserved == {("POST", "/v1/ghost")}
+
+
+# ----------------------------------------------------------------------------- the route table (no engine)
+
+def serve(app, scenario):
+    """Run `scenario(client)` against `app` on a real loopback socket (aiohttp's test server)."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def run():
+        async with TestClient(TestServer(app)) as client:
+            await scenario(client)
+
+    asyncio.run(run())
+
+
+def test_public_paths_come_from_the_table():
+    from slp.server.api import PUBLIC_PATHS, ROUTES
+    from slp.server.docs_files import STATIC_FILES
+
+    assert {(r.method, r.path) for r in ROUTES if r.public} == {
+        ("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/static/{filename}")}
+    # A templated public path is public only for the values its parameter lists: any other file name
+    # is an unknown path, which needs the key (test_docs_are_public_and_behind_the_host_check).
+    assert PUBLIC_PATHS == {"/health", "/openapi.json", "/docs", *(f"/docs/static/{name}" for name in STATIC_FILES)}
+
+
+def test_a_handler_answers_only_with_the_model_its_route_documents():
+    from aiohttp import web
+
+    from slp.server.middleware import error_middleware
+    from slp.server.responses import EngineHealth, Health, UnloadResult
+    from slp.server.route_table import Answer, Route, register
+
+    async def documented(request):  # an optional field left out stays out; an extra one is kept
+        return Health(status="starting", agent="ok", engine=EngineHealth(state="starting", reason="r", model="m")), 503
+
+    async def other_model(request):
+        return UnloadResult(model="m", unloaded=False, state="unloaded")
+
+    async def undocumented_status(request):
+        return Health(status="ok", agent="ok", engine=EngineHealth(state="ready", reason="r")), 202
+
+    answers = {200: Answer("ok", Health), 503: Answer("not ready", Health)}
+    app = web.Application(middlewares=[error_middleware])
+    register(app, [Route("GET", f"/{handler.__name__}", handler.__name__, "s", "Agent", answers, handler=handler)
+                   for handler in (documented, other_model, undocumented_status)])
+
+    async def scenario(client):
+        resp = await client.get("/documented")
+        assert resp.status == 503 and resp.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert await resp.json() == {"status": "starting", "agent": "ok",
+                                     "engine": {"state": "starting", "reason": "r", "model": "m"}}
+        for path in ("/other_model", "/undocumented_status"):
+            resp = await client.get(path)
+            assert resp.status == 500, path
+            assert (await resp.json())["error"]["code"] == "internal_error"
+
+    serve(app, scenario)
+
+
+def test_a_route_is_served_by_a_handler_or_forwarded_never_both():
+    from slp.server.route_table import Answer, Forward, Route
+
+    async def handler(request):  # pragma: no cover - never called
+        raise AssertionError
+
+    answers = {200: Answer("ok")}
+    with pytest.raises(ValueError, match="give a handler or a Forward"):
+        Route("GET", "/x", "x", "s", "Agent", answers, handler=handler, forward=Forward())
+    with pytest.raises(ValueError, match="give a handler or a Forward"):
+        Route("GET", "/x", "x", "s", "Agent", answers)
+
+
+def test_status_json_has_every_field_of_before_plus_restarts_and_crashes(tmp_path):
+    """/v1/status is built as the documented Status model; its JSON keeps the fields it had as a hand-made
+    dict (`slp status` and scripts read them), with `restarts` (every restart) beside `crashes`."""
+    from pathlib import Path
+
+    from slp.server.api import ROUTES
+    from slp.server.app import create_app
+    from slp.server.openapi import build_openapi
+    from slp.settings import Settings
+
+    spec = build_openapi(ROUTES)
+    app = create_app(Settings(), Path(tmp_path / "llama-server"), None)  # no engine is loaded
+
+    async def scenario(client):
+        resp = await client.get("/v1/status")
+        assert resp.status == 200
+        status = await resp.json()
+        assert_valid(spec, "Status", status)
+        assert set(status) == {
+            "object", "server", "agent", "engine", "engine_build", "model", "quantization", "context_window",
+            "flash_attention", "model_size", "memory_usage", "gpu", "restarts", "crashes", "config", "engines",
+            "memory_budget", "compute", "workers", "worker_losses", "active_project"}
+        assert set(status["engine"]) == {
+            "state", "reason", "pid", "port", "model", "model_path", "restarts", "crashes", "uptime_s",
+            "last_exit", "log_tail", "memory", "history"}
+        assert status["engine"]["state"] == "unloaded" and status["restarts"] == status["crashes"] == 0
+        assert status["active_project"]["name"] == "general_chat"
+        restarts = spec["components"]["schemas"]["Status"]["properties"]["restarts"]["description"]
+        assert "slp_engine_restarts_total" in restarts
+
+    serve(app, scenario)
 
 
 def test_real_responses_match_the_documented_schemas(agent, spec):

@@ -20,7 +20,7 @@ from slp.projects import ProjectInvalid, ProjectStore, check_session_id, shape_c
 from slp.server.errors import APIError
 from slp.server.middleware import error_middleware, make_auth
 from slp.server.jsonbody import read_json_object
-from slp.server.projects_routes import add_project_routes
+from slp.server.api import add_project_routes
 
 MODELS = {"slp-orchestra-mini", "SmolLM2-135M-Instruct-Q4_1"}
 

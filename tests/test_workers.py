@@ -355,7 +355,7 @@ def test_two_loopback_workers_serve_the_default_model(workers, agents):
         assert f'slp_worker_up{{address="{address}"}} 1.0' in metrics
     table = agent.cli("status", check=True).stdout
     assert all(f"{address} in-use" in table for address in addresses)
-    from slp.server.openapi import WorkerRow
+    from slp.server.responses import WorkerRow
 
     for row in agent.status()["workers"]:
         WorkerRow.model_validate(row)  # what /v1/status documents

@@ -1,4 +1,5 @@
-"""GET /openapi.json and GET /docs (Swagger UI 5, served from the installed `swagger-ui-bundle-v2`).
+"""GET /docs (Swagger UI 5, served from the installed `swagger-ui-bundle-v2`) and its files; the document it
+shows, /openapi.json, is made from the route table (`slp.server.api`), which also routes these.
 
 Swagger UI's files come from the Python package, under /docs/static/, never from a CDN, so the
 docs work offline; only the files the page uses are served, by name. The page, its files and the
@@ -9,23 +10,15 @@ agent the page came from (`servers: [{"url": "/"}]`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
-from slp.server import keys
 from slp.server.docs_files import STATIC_FILES
 from slp.server.errors import APIError
 
-DOCS_PATH = "/docs"
-OPENAPI_PATH = "/openapi.json"
-STATIC_PREFIX = "/docs/static"
 STATIC_DIR = Path(str(swagger_ui_path))
-# Readable without an API key: a browser cannot send one when it opens /docs, and these hold no data
-# (every operation tried from the page still needs the key, entered with Swagger's Authorize button).
-PUBLIC_DOC_PATHS = frozenset([OPENAPI_PATH, DOCS_PATH, *(f"{STATIC_PREFIX}/{name}" for name in STATIC_FILES)])
 
 # Relative URLs: the page lives at /docs, so "docs/static/x" is /docs/static/x, also behind a path prefix.
 PAGE = """<!DOCTYPE html>
@@ -59,29 +52,14 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-def add_docs_routes(app: web.Application) -> None:
-    """Register /openapi.json, /docs and /docs/static/… on `app` (call after every other route)."""
-    settings = app[keys.SETTINGS]
-    spec: list[bytes] = []  # built on first request: the document's models cost memory nobody else needs
+async def docs_page(request: web.Request) -> web.Response:
+    return web.Response(text=PAGE, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
-    async def openapi_json(request: web.Request) -> web.Response:
-        if not spec:
-            from slp.server.openapi import build_openapi
 
-            spec.append(json.dumps(build_openapi(api_key_required=settings.api_key is not None)).encode())
-        return web.Response(body=spec[0], content_type="application/json", headers={"Cache-Control": "no-cache"})
-
-    async def docs_page(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html", headers={"Cache-Control": "no-cache"})
-
-    async def static_file(request: web.Request) -> web.StreamResponse:
-        name = request.match_info["filename"]
-        if name not in STATIC_FILES:
-            raise APIError(404, f"no file {name!r} in the docs' static files", code="not_found")
-        return web.FileResponse(STATIC_DIR / name, headers={"Content-Type": STATIC_FILES[name],
-                                                             "Cache-Control": "public, max-age=3600"})
-
-    app.router.add_get(OPENAPI_PATH, openapi_json)
-    app.router.add_get(DOCS_PATH, docs_page)
-    app.router.add_get(STATIC_PREFIX + "/{filename}", static_file)
-
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """One of Swagger UI's files, by name only (no listing, no traversal)."""
+    name = request.match_info["filename"]
+    if name not in STATIC_FILES:
+        raise APIError(404, f"no file {name!r} in the docs' static files", code="not_found")
+    return web.FileResponse(STATIC_DIR / name, headers={"Content-Type": STATIC_FILES[name],
+                                                         "Cache-Control": "public, max-age=3600"})

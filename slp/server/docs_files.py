@@ -1,5 +1,5 @@
-"""The Swagger UI files `/docs` serves: shared by the docs routes and the OpenAPI document that lists them
-(one layer below both, so neither imports the other at module level)."""
+"""The Swagger UI files `/docs` serves: shared by the docs handlers and the route table that lists them
+(its `filename` parameter, and so the document and the public paths), one layer below both."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Routes that show and steer the loaded engines: `GET /v1/engines`, `POST /v1/models/{model}/load|unload`."""
+"""Handlers that show and steer the loaded engines: `GET /v1/engines`, `POST /v1/models/{model}/load|unload`
+(routed and documented in `slp.server.api`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from slp.engine.pool import UNSET, ModelTooLarge, parse_keep_alive
 from slp.server import keys
 from slp.server.errors import APIError
 from slp.server.jsonbody import read_json_object, validate
-from slp.server.schemas import LoadModelRequest
 from slp.server.proxy import engine_name
+from slp.server.responses import ComputeState, EngineList, EngineRow, UnloadResult
 from slp.server.routes import engines_payload
+from slp.server.schemas import LoadModelRequest
 
 
 def _installed(request: web.Request):
@@ -31,25 +33,17 @@ async def _options(request: web.Request) -> LoadModelRequest:
     return validate(LoadModelRequest, await read_json_object(request))
 
 
-def _row(app: web.Application, path) -> dict:
-    for row in engines_payload(app):
-        if row["path"] == str(path):
-            return row
-    return {"model": None, "state": "unloaded"}
-
-
-async def list_engines(request: web.Request) -> web.Response:
+async def list_engines(request: web.Request) -> EngineList:
     """Every loaded engine (model, aliases, PID, state, memory, threads, slots, queue, leases, last use,
     expiry) and the memory budget: what `slp ps` shows."""
     app = request.app
     pool = app[keys.ENGINES]
     rows = await asyncio.to_thread(engines_payload, app)
-    return web.json_response({"object": "list", "data": rows, "budget_bytes": pool.budget,
-                              "reserved_bytes": pool.used(), "waiting_for_memory": pool.waiting_for_room,
-                              "compute": pool.gate.snapshot()})
+    return EngineList(object="list", data=rows, budget_bytes=pool.budget, reserved_bytes=pool.used(),
+                      waiting_for_memory=pool.waiting_for_room, compute=ComputeState.model_validate(pool.gate.snapshot()))
 
 
-async def load_model(request: web.Request) -> web.Response:
+async def load_model(request: web.Request) -> EngineRow:
     """Load a model now and wait until its engine is ready; `pin` keeps it resident (no expiry, no eviction)."""
     app = request.app
     model = _installed(request)
@@ -65,19 +59,16 @@ async def load_model(request: web.Request) -> web.Response:
         engine = await app[keys.ENGINES].load(name, model.path, pin=options.pin, keep_alive=keep_alive)
     except ModelTooLarge as exc:
         raise APIError(400, str(exc), code="model_too_large", param="model")
-    return web.json_response(await asyncio.to_thread(_row, app, engine.path))
+    for row in await asyncio.to_thread(engines_payload, app):
+        if row.path == str(engine.path):
+            return row
+    raise APIError(503, f"the model '{name}' was unloaded as soon as it was ready; load it again",
+                   code="engine_unavailable")
 
 
-async def unload_model(request: web.Request) -> web.Response:
+async def unload_model(request: web.Request) -> UnloadResult:
     """Unload a model once the requests it is serving have finished (none is cut)."""
     app = request.app
     model = _installed(request)
     unloaded = await app[keys.ENGINES].unload(model.path)
-    return web.json_response({"model": engine_name(app[keys.MODELS], model.path), "unloaded": unloaded,
-                              "state": "unloaded"})
-
-
-def add_engine_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/engines", list_engines)
-    app.router.add_post("/v1/models/{model}/load", load_model)
-    app.router.add_post("/v1/models/{model}/unload", unload_model)
+    return UnloadResult(model=engine_name(app[keys.MODELS], model.path), unloaded=unloaded, state="unloaded")

@@ -1,18 +1,19 @@
-"""HTTP routes for projects under /v1/projects.
+"""Handlers for projects under /v1/projects (routed and documented in `slp.server.api`).
 
-Validation lives in the pydantic models of `slp.projects.schema` (the OpenAPI doc is generated from
-them); the handlers only parse JSON, call the store off the event loop and map store errors to
-the OpenAI error envelope.
+Validation lives in the pydantic models of `slp.projects.schema`; the handlers only parse JSON, call the
+store off the event loop, map store errors to the OpenAI error envelope and return the store's models.
+What they use is set on the app as `ProjectRoutes` (the store, and how to tell an installed model).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from aiohttp import web
 
-from slp.projects.schema import ProjectCreate, ProjectUpdate
+from slp.projects.schema import Project, ProjectCreate, ProjectUpdate, ProjectUsage, SessionDetail
 from slp.projects.store import (
     ProjectConflict,
     ProjectError,
@@ -24,6 +25,19 @@ from slp.projects.store import (
 from slp.server import keys
 from slp.server.errors import APIError
 from slp.server.jsonbody import read_json_object
+from slp.server.responses import ProjectDeleted, ProjectList, SessionList
+
+
+@dataclass(frozen=True)
+class ProjectRoutes:
+    """What the project handlers use: the store, and `model_exists(name)` (a model name or alias is
+    installed; it may block: it runs in a thread)."""
+
+    store: ProjectStore
+    model_exists: Callable[[str], bool]
+
+
+PROJECT_ROUTES = web.AppKey("project_routes", ProjectRoutes)
 
 
 def _api_error(exc: ProjectError) -> APIError:
@@ -60,71 +74,58 @@ async def _settled(request: web.Request) -> None:
         await recorder.flush()
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
+def _store(request: web.Request) -> ProjectStore:
+    return request.app[PROJECT_ROUTES].store
 
 
-def add_project_routes(app: web.Application, store: ProjectStore, model_exists: Callable[[str], bool]) -> None:
-    """Register the /v1/projects routes on `app`; `model_exists` says whether a model name or alias is installed."""
+async def _check_model(request: web.Request, model: str) -> None:
+    if not await asyncio.to_thread(request.app[PROJECT_ROUTES].model_exists, model):
+        raise APIError(422, f"model '{model}' is not installed (see: slp models list)",
+                       code="model_not_found", param="model")
 
-    async def check_model(model: str) -> None:
-        if not await asyncio.to_thread(model_exists, model):
-            raise APIError(422, f"model '{model}' is not installed (see: slp models list)",
-                           code="model_not_found", param="model")
 
-    async def list_projects(request: web.Request) -> web.Response:
-        projects = await _call(store.list)
-        return _json({"object": "list", "data": [p.model_dump(mode="json") for p in projects]})
+async def list_projects(request: web.Request) -> ProjectList:
+    return ProjectList(object="list", data=await _call(_store(request).list))
 
-    async def create_project(request: web.Request) -> web.Response:
-        spec = _validate(ProjectCreate, await read_json_object(request))
-        if "model" in spec.model_fields_set:  # the default alias may be pulled later
-            await check_model(spec.model)
-        project = await _call(store.create, spec)
-        return _json(project.model_dump(mode="json"), status=201)
 
-    async def get_project(request: web.Request) -> web.Response:
-        project = await _call(store.get, request.match_info["project"])
-        return _json(project.model_dump(mode="json"))
+async def create_project(request: web.Request) -> Project:
+    spec = _validate(ProjectCreate, await read_json_object(request))
+    if "model" in spec.model_fields_set:  # the default alias may be pulled later
+        await _check_model(request, spec.model)
+    return await _call(_store(request).create, spec)
 
-    async def update_project(request: web.Request) -> web.Response:
-        patch = _validate(ProjectUpdate, await read_json_object(request))
-        if patch.model is not None:
-            await check_model(patch.model)
-        project = await _call(store.update, request.match_info["project"], patch)
-        return _json(project.model_dump(mode="json"))
 
-    async def delete_project(request: web.Request) -> web.Response:
-        await _settled(request)
-        project = await _call(store.delete, request.match_info["project"])
-        return _json({"id": project.id, "object": "project.deleted", "deleted": True})
+async def get_project(request: web.Request) -> Project:
+    return await _call(_store(request).get, request.match_info["project"])
 
-    async def activate_project(request: web.Request) -> web.Response:
-        project = await _call(store.activate, request.match_info["project"])
-        return _json(project.model_dump(mode="json"))
 
-    async def project_usage(request: web.Request) -> web.Response:
-        await _settled(request)
-        usage = await _call(store.usage, request.match_info["project"])
-        return _json(usage.model_dump(mode="json"))
+async def update_project(request: web.Request) -> Project:
+    patch = _validate(ProjectUpdate, await read_json_object(request))
+    if patch.model is not None:
+        await _check_model(request, patch.model)
+    return await _call(_store(request).update, request.match_info["project"], patch)
 
-    async def list_sessions(request: web.Request) -> web.Response:
-        await _settled(request)
-        sessions = await _call(store.sessions, request.match_info["project"])
-        return _json({"object": "list", "data": [s.model_dump(mode="json") for s in sessions]})
 
-    async def get_session(request: web.Request) -> web.Response:
-        await _settled(request)
-        detail = await _call(store.session, request.match_info["project"], request.match_info["session_id"])
-        return _json(detail.model_dump(mode="json"))
+async def delete_project(request: web.Request) -> ProjectDeleted:
+    await _settled(request)
+    project = await _call(_store(request).delete, request.match_info["project"])
+    return ProjectDeleted(id=project.id, object="project.deleted", deleted=True)
 
-    router = app.router
-    router.add_get("/v1/projects", list_projects)
-    router.add_post("/v1/projects", create_project)
-    router.add_get("/v1/projects/{project}", get_project)
-    router.add_patch("/v1/projects/{project}", update_project)
-    router.add_delete("/v1/projects/{project}", delete_project)
-    router.add_post("/v1/projects/{project}/activate", activate_project)
-    router.add_get("/v1/projects/{project}/usage", project_usage)
-    router.add_get("/v1/projects/{project}/sessions", list_sessions)
-    router.add_get("/v1/projects/{project}/sessions/{session_id}", get_session)
+
+async def activate_project(request: web.Request) -> Project:
+    return await _call(_store(request).activate, request.match_info["project"])
+
+
+async def project_usage(request: web.Request) -> ProjectUsage:
+    await _settled(request)
+    return await _call(_store(request).usage, request.match_info["project"])
+
+
+async def list_sessions(request: web.Request) -> SessionList:
+    await _settled(request)
+    return SessionList(object="list", data=await _call(_store(request).sessions, request.match_info["project"]))
+
+
+async def get_session(request: web.Request) -> SessionDetail:
+    await _settled(request)
+    return await _call(_store(request).session, request.match_info["project"], request.match_info["session_id"])

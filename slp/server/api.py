@@ -1,0 +1,383 @@
+"""Every route of the agent, declared once: `ROUTES`.
+
+`add_api_routes` fills the app's router from this list, and `/openapi.json` is made from the same list
+(`slp.server.openapi`), so what is served and what is documented cannot drift apart: each entry names its
+handler (or what the proxy forwards), its request and response models, its errors and whether it needs the
+API key. The public paths the auth middleware lets through (`PUBLIC_PATHS`) come from it too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+from aiohttp import web
+
+from slp.projects.schema import SESSION_ID_PATTERN, Project, ProjectCreate, ProjectUpdate, ProjectUsage, SessionDetail
+from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
+from slp.projects.store import ProjectStore
+from slp.server import docs, engines_routes, keys, projects_routes, routes
+from slp.server.docs_files import STATIC_FILES
+from slp.server.projects_routes import PROJECT_ROUTES, ProjectRoutes
+from slp.server.responses import (
+    EXAMPLE_PROJECT,
+    AnthropicMessageResponse,
+    AnthropicStreamEvent,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    DetokenizedText,
+    EmbeddingList,
+    EngineList,
+    EngineRow,
+    Health,
+    Model,
+    ModelList,
+    ProjectDeleted,
+    ProjectList,
+    RerankList,
+    ResponseObject,
+    ResponseStreamEvent,
+    SessionList,
+    Status,
+    TemplatedPrompt,
+    TokenCount,
+    TokenList,
+    UnloadResult,
+)
+from slp.server.route_table import Answer, Forward, Route, Stream, path_param, public_paths, register
+from slp.server.schemas import (
+    AnthropicCountTokensRequest,
+    AnthropicMessagesRequest,
+    ApplyTemplateRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    LoadModelRequest,
+    RerankRequest,
+    ResponsesRequest,
+    TokenizeRequest,
+)
+from slp.settings import DEFAULT_MODEL_ALIAS
+
+# ----------------------------------------------------------------------------- parameters and examples
+
+PROJECT_HEADER = {
+    "name": "X-SLP-Project", "in": "header", "required": False,
+    "description": "slp: the project (id or name) the request runs in, when the body has no `project_id`; "
+                   "default: the active project. The project supplies the model, system prompt and generation "
+                   "defaults the request does not set.",
+    "schema": {"type": "string"}, "example": EXAMPLE_PROJECT,
+}
+PROJECT_PARAM = path_param("project", "Project id or name.", EXAMPLE_PROJECT)
+SESSION_PARAM = path_param("session_id", "Session id as sent in a chat request's `session_id`.", "my-session",
+                           SESSION_ID_PATTERN)
+MODEL_PARAM = path_param("model", "A model name or alias.", DEFAULT_MODEL_ALIAS)
+FILENAME_PARAM = path_param("filename", "One of the files the page loads.", "swagger-ui.css", enum=STATIC_FILES)
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+CHAT_EXAMPLE = {"id": "chatcmpl-3bU5KcTzK1mJm3o0tD5uNwYc7nG1sQpX", "object": "chat.completion",
+                "created": 1767225600, "model": DEFAULT_MODEL_ALIAS,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "The capital of France is Paris."}}],
+                "usage": {"prompt_tokens": 36, "completion_tokens": 8, "total_tokens": 44},
+                "system_fingerprint": "b0-0c1e5709"}
+CHUNK_LINES = (
+    '{"id":"chatcmpl-3bU5","object":"chat.completion.chunk","created":1767225600,"model":"slp-orchestra-mini",'
+    '"choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}',
+    '{"id":"chatcmpl-3bU5","object":"chat.completion.chunk","created":1767225600,"model":"slp-orchestra-mini",'
+    '"choices":[{"index":0,"delta":{"content":"Paris"},"finish_reason":null}]}',
+    '{"id":"chatcmpl-3bU5","object":"chat.completion.chunk","created":1767225600,"model":"slp-orchestra-mini",'
+    '"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}',
+    "[DONE]",
+)
+COMPLETION_LINES = (
+    '{"id":"chatcmpl-0AtK","object":"text_completion","created":1767225600,"model":"slp-orchestra-mini",'
+    '"choices":[{"index":0,"text":" Paris","logprobs":null,"finish_reason":null}]}',
+    "[DONE]",
+)
+RESPONSES_LINES = (
+    "event: response.created\n",
+    '{"type":"response.created","response":{"id":"resp_53Wi","object":"response","status":"in_progress"}}',
+    "event: response.output_text.delta\n",
+    '{"type":"response.output_text.delta","item_id":"msg_13uV","delta":"Paris"}',
+    "event: response.completed\n",
+    '{"type":"response.completed","response":{"id":"resp_53Wi","object":"response","status":"completed",'
+    '"model":"slp-orchestra-mini","output":[],"usage":{"input_tokens":26,"output_tokens":2,"total_tokens":28}}}',
+)
+ANTHROPIC_LINES = (
+    "event: message_start\n",
+    '{"type":"message_start","message":{"id":"chatcmpl-28Yf","type":"message","role":"assistant","content":[],'
+    '"model":"slp-orchestra-mini","stop_reason":null,"stop_sequence":null,'
+    '"usage":{"input_tokens":26,"output_tokens":0}}}',
+    "event: content_block_delta\n",
+    '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Paris"}}',
+    "event: message_stop\n",
+    '{"type":"message_stop"}',
+)
+STREAM_NOTE = (" If the engine fails mid-stream, the stream ends with an `ErrorResponse` event instead of "
+               "`[DONE]` (the status is already 200).")
+PICKS_MODEL = " The project (`project_id` / `X-SLP-Project`) picks the model."
+CHAT_DESCRIPTION = (
+    "OpenAI-compatible chat completion, served by llama.cpp's llama-server. slp validates the request "
+    "(schema below), applies the project (model, system prompt, generation defaults), starts or switches "
+    "the engine when needed, then forwards it; unknown fields go to llama-server untouched.\n\n"
+    "slp fields: `project_id` (or header `X-SLP-Project`) picks the project; `session_id` stores the "
+    "exchange under the project as a conversation (GET /v1/projects/{project}/sessions/{session_id}).\n\n"
+    "With `\"stream\": true` the reply is `text/event-stream`: `data: <ChatCompletionChunk>` events, "
+    "then `data: [DONE]`." + STREAM_NOTE)
+
+
+def _example_of(model: type) -> Any:
+    extra = model.model_config.get("json_schema_extra")
+    return extra["examples"][0] if isinstance(extra, dict) and extra.get("examples") else None
+
+
+# ----------------------------------------------------------------------------- errors by kind of route
+
+# Proxied routes: slp's own refusals and llama-server's, passed through (401, 403, 413 are added for all).
+PROXIED = {
+    400: "Invalid request: bad JSON, a field of the wrong type or out of range (`param` names it). Refusals of "
+         "llama-server itself (e.g. a prompt longer than the context window) have a message starting with "
+         "`engine:`.",
+    404: "The model (`model`) is not installed, or the project (`project_id` / `X-SLP-Project`) does not exist.",
+    415: None, 429: None,
+    500: "An internal error, in the agent or in llama-server (message `engine: …`).",
+    503: None,
+}
+PROJECT_BODY = {400: "The body is not a JSON object.", 415: None, 422: None}
+NO_PROJECT = {404: "No project has that id or name."}
+NO_MODEL = {404: "No installed model has that name."}
+
+
+# ----------------------------------------------------------------------------- the document
+
+@functools.lru_cache(maxsize=2)
+def _document(api_key_required: bool) -> bytes:
+    """The OpenAPI document as JSON, made on first request: building it (every model's JSON schema) costs
+    memory the agent otherwise never needs, so `slp.server.openapi` is imported only here."""
+    from slp.server.openapi import build_openapi
+
+    return json.dumps(build_openapi(ROUTES, api_key_required=api_key_required)).encode()
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    document = _document(request.app[keys.SETTINGS].api_key is not None)
+    return web.Response(body=document, content_type="application/json", headers={"Cache-Control": "no-cache"})
+
+
+# ----------------------------------------------------------------------------- the table
+
+ROUTES: tuple[Route, ...] = (
+    # --- OpenAI-compatible, proxied to llama-server
+    Route("POST", "/v1/chat/completions", "createChatCompletion", "Chat completion", "OpenAI-compatible",
+          forward=Forward(handler="chat_completions"), description=CHAT_DESCRIPTION, params=(PROJECT_HEADER,),
+          request=ChatCompletionRequest, request_example=_example_of(ChatCompletionRequest),
+          request_description="Messages and sampling options (OpenAI's chat completion request).",
+          answers={200: Answer("The completion, or a stream of chunks when `stream` is true.", ChatCompletion,
+                               example=CHAT_EXAMPLE,
+                               stream=Stream(ChatCompletionChunk, CHUNK_LINES, "Server-sent events; each `data:` "
+                                             "line holds a ChatCompletionChunk, the last one `[DONE]`."))},
+          errors=PROXIED),
+    Route("POST", "/v1/completions", "createCompletion", "Text completion", "OpenAI-compatible",
+          forward=Forward(shape=shape_completion),
+          description="OpenAI-compatible (legacy) text completion of `prompt`; the project's generation "
+                      "defaults apply (its system prompt does not). `\"stream\": true` sends "
+                      "`data: <Completion>` events, then `data: [DONE]`." + STREAM_NOTE,
+          params=(PROJECT_HEADER,), request=CompletionRequest, request_example=_example_of(CompletionRequest),
+          request_description="Prompt and options.",
+          answers={200: Answer("The completion, or a stream when `stream` is true.", Completion,
+                               stream=Stream(Completion, COMPLETION_LINES, "Server-sent events; each `data:` line "
+                                             "holds a Completion with a piece of text, the last `[DONE]`."))},
+          errors=PROXIED),
+    Route("POST", "/v1/embeddings", "createEmbedding", "Embeddings", "OpenAI-compatible", forward=Forward(),
+          description="OpenAI-compatible embeddings of `input`, forwarded to llama-server. llama-server "
+                      "answers 501 when it was not started with embeddings enabled.",
+          params=(PROJECT_HEADER,), request=EmbeddingRequest,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "input": "The capital of France is Paris."},
+          request_description="Text (or tokens) to embed.",
+          answers={200: Answer("One embedding per input.", EmbeddingList)},
+          errors={**PROXIED, 501: "The engine does not serve embeddings (llama-server without `--embeddings`)."}),
+    Route("POST", "/v1/responses", "createResponse", "Responses API", "OpenAI-compatible",
+          forward=Forward(shape=shape_responses, end_marker=b"response.completed"),
+          description="OpenAI's Responses API, served by llama-server; the project's system prompt and defaults "
+                      "apply. `\"stream\": true` sends typed events ending with `response.completed`."
+                      + STREAM_NOTE + PICKS_MODEL,
+          params=(PROJECT_HEADER,), request=ResponsesRequest, request_description=ResponsesRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "input": "What is the capital of France?",
+                           "max_output_tokens": 16},
+          answers={200: Answer("The response, or its events.", ResponseObject,
+                               stream=Stream(ResponseStreamEvent, RESPONSES_LINES, "Server-sent events, `event:` "
+                                             "named by their `type`.", done=False))},
+          errors=PROXIED),
+    # --- llama-server's other APIs, proxied the same way (validation, project, engine, forward)
+    Route("POST", "/v1/messages", "createAnthropicMessage", "Anthropic Messages API", "Engine",
+          forward=Forward(shape=shape_anthropic, end_marker=b"message_stop"),
+          description="Anthropic's Messages API, served by llama-server; the project's system prompt and "
+                      "defaults apply. `\"stream\": true` sends Anthropic's events ending with `message_stop`. "
+                      "Errors use the OpenAI envelope like every route." + STREAM_NOTE + PICKS_MODEL,
+          params=(PROJECT_HEADER,), request=AnthropicMessagesRequest,
+          request_description=AnthropicMessagesRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "max_tokens": 64, "messages": QUESTION},
+          answers={200: Answer("The message, or its events.", AnthropicMessageResponse,
+                               stream=Stream(AnthropicStreamEvent, ANTHROPIC_LINES, "Server-sent events, `event:` "
+                                             "named by their `type`.", done=False))},
+          errors=PROXIED),
+    Route("POST", "/v1/messages/count_tokens", "countAnthropicTokens", "Count a message's tokens", "Engine",
+          forward=Forward(shape=shape_anthropic, account=False),
+          description="Anthropic's token counting, by llama-server." + PICKS_MODEL,
+          params=(PROJECT_HEADER,), request=AnthropicCountTokensRequest,
+          request_description=AnthropicCountTokensRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "messages": QUESTION},
+          answers={200: Answer("The prompt's token count.", TokenCount)}, errors=PROXIED),
+    Route("POST", "/v1/rerank", "rerank", "Rerank documents", "Engine", forward=Forward(account=False),
+          description="Scores `documents` against `query` (llama-server's rerank API). Needs an engine started "
+                      "with reranking; otherwise llama-server answers 501." + PICKS_MODEL,
+          params=(PROJECT_HEADER,), request=RerankRequest, request_description=RerankRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "query": "What is the capital of France?",
+                           "documents": ["Paris is the capital of France.", "Bananas are yellow."]},
+          answers={200: Answer("One relevance score per document.", RerankList)},
+          errors={**PROXIED, 501: "The engine does not rerank (llama-server without `--reranking`)."}),
+    Route("POST", "/tokenize", "tokenize", "Text to tokens", "Engine", forward=Forward(account=False),
+          description="Tokenizes `content` with the model's tokenizer (llama-server)." + PICKS_MODEL,
+          params=(PROJECT_HEADER,), request=TokenizeRequest, request_description=TokenizeRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "content": "What is the capital of France?"},
+          answers={200: Answer("The tokens.", TokenList)}, errors=PROXIED),
+    Route("POST", "/detokenize", "detokenize", "Tokens to text", "Engine", forward=Forward(account=False),
+          description="Turns token ids back into text (llama-server)." + PICKS_MODEL,
+          params=(PROJECT_HEADER,), request=DetokenizeRequest, request_description=DetokenizeRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "tokens": [1780, 314, 260, 3575]},
+          answers={200: Answer("The text.", DetokenizedText)}, errors=PROXIED),
+    Route("POST", "/apply-template", "applyTemplate", "The prompt for a conversation", "Engine",
+          forward=Forward(shape=shape_chat, account=False),
+          description="Applies the model's chat template to `messages`, the project's system prompt included, "
+                      "without generating (llama-server)." + PICKS_MODEL,
+          params=(PROJECT_HEADER,), request=ApplyTemplateRequest, request_description=ApplyTemplateRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "messages": QUESTION},
+          answers={200: Answer("The prompt.", TemplatedPrompt)}, errors=PROXIED),
+
+    # --- the agent
+    Route("GET", "/health", "health", "Liveness and engine readiness", "Agent", handler=routes.health,
+          description="Answered without an API key (for service managers). 200 when the engine is ready, "
+                      "503 with the engine's state and why otherwise.",
+          answers={200: Answer("The engine is ready.", Health),
+                   503: Answer("The engine is not ready (starting, restarting, failed, …).", Health)},
+          public=True),
+    Route("GET", "/v1/status", "getStatus", "Agent, engine, model and active project", "Agent",
+          handler=routes.status,
+          description="Everything `slp status` shows: the agent process, the engine (state, pid, memory, "
+                      "restarts, recent history), its build, the model and its metadata, context window, "
+                      "GPU and the active project.",
+          answers={200: Answer("The status.", Status)}),
+    Route("GET", "/metrics", "getMetrics", "Prometheus metrics", "Agent", handler=routes.metrics,
+          description="slp's metrics (requests, latency, engine state, restarts, memory), then llama-server's "
+                      "own when the engine is ready, in Prometheus' text format.",
+          answers={200: Answer("The metrics.", content={"text/plain": {"schema": {"type": "string"}}})}),
+    Route("GET", "/v1/models", "listModels", "Installed models", "OpenAI-compatible", handler=routes.list_models,
+          description="Every installed model, once per alias and once under its own name (OpenAI list shape).",
+          answers={200: Answer("The models.", ModelList)}),
+    Route("GET", "/v1/engines", "listEngines", "Loaded engines", "Agent", handler=engines_routes.list_engines,
+          description="One engine per loaded model: PID, state, memory, threads, slots, queue, leases, last use "
+                      "and expiry, plus the memory budget (what `slp ps` shows).",
+          answers={200: Answer("The engines.", EngineList)}),
+    Route("POST", "/v1/models/{model}/load", "loadModel", "Load a model now", "Agent",
+          handler=engines_routes.load_model,
+          description="Starts the model's engine (if it is not loaded) and waits until it is ready. `pin` keeps "
+                      "it resident; `keep_alive` sets how long it stays once idle. The body is optional.",
+          params=(MODEL_PARAM,), request=LoadModelRequest, request_example={"pin": True},
+          request_description="Optional: pin it, or set its keep-alive.", request_required=False,
+          answers={200: Answer("The engine, ready.", EngineRow)},
+          errors={**NO_MODEL, 503: None, 415: None,
+                  400: "A bad option, or a model larger than the memory budget (`model_too_large`)."}),
+    Route("POST", "/v1/models/{model}/unload", "unloadModel", "Unload a model", "Agent",
+          handler=engines_routes.unload_model,
+          description="Stops the model's engine once the requests it serves have finished (none is cut).",
+          params=(MODEL_PARAM,), answers={200: Answer("Unloaded (or was not loaded).", UnloadResult)},
+          errors=NO_MODEL),
+    Route("GET", "/v1/models/{model}", "retrieveModel", "One model", "OpenAI-compatible", handler=routes.get_model,
+          params=(MODEL_PARAM,), answers={200: Answer("The model.", Model)}, errors=NO_MODEL),
+
+    # --- projects
+    Route("GET", "/v1/projects", "listProjects", "List projects", "Projects", handler=projects_routes.list_projects,
+          answers={200: Answer("Every project, the built-in `general_chat` included.", ProjectList)}),
+    Route("POST", "/v1/projects", "createProject", "Create a project", "Projects",
+          handler=projects_routes.create_project, request=ProjectCreate,
+          request_example={"name": "travel", "description": "Trip planning",
+                           "system_prompt": "You are a concise travel assistant.",
+                           "params": {"temperature": 0.7, "max_tokens": 256}},
+          request_description="The new project; `model` must be installed when given.",
+          answers={201: Answer("The created project.", Project)},
+          errors={**PROJECT_BODY, 409: "A project with that name exists."}),
+    Route("GET", "/v1/projects/{project}", "getProject", "Get a project", "Projects",
+          handler=projects_routes.get_project, params=(PROJECT_PARAM,),
+          answers={200: Answer("The project.", Project)}, errors=NO_PROJECT),
+    Route("PATCH", "/v1/projects/{project}", "updateProject", "Change a project", "Projects",
+          handler=projects_routes.update_project, params=(PROJECT_PARAM,), request=ProjectUpdate,
+          request_example={"system_prompt": "Answer in one sentence.", "params": {"temperature": 0.2}},
+          request_description="Only the fields given change; see ProjectUpdate for null and `params`.",
+          answers={200: Answer("The changed project.", Project)},
+          errors={**NO_PROJECT, **PROJECT_BODY,
+                  409: "The new name is taken, or the built-in project cannot be renamed."}),
+    Route("DELETE", "/v1/projects/{project}", "deleteProject", "Delete a project", "Projects",
+          handler=projects_routes.delete_project,
+          description="Deletes the project with its usage and sessions; the built-in project cannot be "
+                      "deleted (409). Deleting the active project makes `general_chat` active.",
+          params=(PROJECT_PARAM,), answers={200: Answer("Deleted.", ProjectDeleted)},
+          errors={**NO_PROJECT, 409: "The built-in project cannot be deleted."}),
+    Route("POST", "/v1/projects/{project}/activate", "activateProject", "Make a project the active one",
+          "Projects", handler=projects_routes.activate_project,
+          description="Requests that name no project run in the active one.", params=(PROJECT_PARAM,),
+          answers={200: Answer("The project, now active.", Project)}, errors=NO_PROJECT),
+    Route("GET", "/v1/projects/{project}/usage", "getProjectUsage", "Token usage of a project", "Projects",
+          handler=projects_routes.project_usage, params=(PROJECT_PARAM,),
+          answers={200: Answer("Totals over every request served under the project.", ProjectUsage)},
+          errors=NO_PROJECT),
+    Route("GET", "/v1/projects/{project}/sessions", "listSessions", "Conversations of a project", "Projects",
+          handler=projects_routes.list_sessions,
+          description="Sessions are created by chat requests that send a `session_id`; most recent first.",
+          params=(PROJECT_PARAM,), answers={200: Answer("The sessions.", SessionList)}, errors=NO_PROJECT),
+    Route("GET", "/v1/projects/{project}/sessions/{session_id}", "getSession", "One conversation with its history",
+          "Projects", handler=projects_routes.get_session, params=(PROJECT_PARAM, SESSION_PARAM),
+          answers={200: Answer("The session.", SessionDetail)},
+          errors={404: "No such project, or the project has no such session."}),
+
+    # --- this documentation: public (a browser cannot send a key when it opens /docs, and these hold no
+    # data; every operation tried from the page still needs the key, entered with Swagger's Authorize)
+    Route("GET", "/openapi.json", "getOpenAPI", "This OpenAPI 3.1 document", "Docs",
+          handler=openapi_json, description="Answered without an API key.",
+          answers={200: Answer("The document.", content={"application/json": {"schema": {"type": "object"}}})},
+          public=True),
+    Route("GET", "/docs", "getDocs", "Interactive API documentation (Swagger UI)", "Docs", handler=docs.docs_page,
+          description="Swagger UI for this document; its files are served from the agent under "
+                      "`/docs/static/` (never a CDN). Answered without an API key; use Authorize to "
+                      "send one with \"Try it out\".",
+          answers={200: Answer("The page.", content={"text/html": {"schema": {"type": "string"}}})}, public=True),
+    Route("GET", "/docs/static/{filename}", "getDocsFile", "A file of Swagger UI", "Docs",
+          handler=docs.static_file,
+          description="The Swagger UI files /docs loads, from the installed swagger-ui-bundle-v2 package. "
+                      "Answered without an API key.",
+          params=(FILENAME_PARAM,),
+          answers={200: Answer("The file.", content={ctype: {"schema": {}}
+                                                     for ctype in sorted({*STATIC_FILES.values()})}),
+                   304: Answer("Not modified (the ETag matched).")},
+          errors={404: "Not one of the files.",
+                  401: "Not one of the files, and the agent has an API key (any other name is an unknown path, "
+                       "which needs the key like every path)."},
+          public=True),
+)
+
+PUBLIC_PATHS = public_paths(ROUTES)
+
+
+def add_api_routes(app: web.Application, proxy: Any, projects: ProjectRoutes) -> None:
+    """Serve every route of `ROUTES` on `app`: the proxied ones by `proxy`, the project ones with `projects`."""
+    app[PROJECT_ROUTES] = projects
+    register(app, ROUTES, proxy)
+
+
+def add_project_routes(app: web.Application, store: ProjectStore, model_exists: Callable[[str], bool]) -> None:
+    """Serve only the /v1/projects routes on `app` (tests mount them alone, beside a stand-in chat route)."""
+    app[PROJECT_ROUTES] = ProjectRoutes(store, model_exists)
+    register(app, [route for route in ROUTES if route.tag == "Projects"])
