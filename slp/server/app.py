@@ -24,29 +24,15 @@ from slp.engine.pool import Engine, EnginePool, parse_keep_alive
 from slp.engine.process import memory_of
 from slp.engine.supervisor import EngineState, Supervisor
 from slp.models.store import ModelError, ModelStore
-from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
 from slp.projects.store import ProjectStore
 from slp.server import keys
-from slp.server.docs import PUBLIC_DOC_PATHS, add_docs_routes
+from slp.server.api import PUBLIC_PATHS, add_api_routes
 from slp.server.engine_client import EngineClient
-from slp.server.engines_routes import add_engine_routes
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
-from slp.server.projects_routes import add_project_routes
+from slp.server.projects_routes import ProjectRoutes
 from slp.server.proxy import Proxy
 from slp.server.services import Admission, ProjectCache, UsageRecorder
 from slp.server.observe import Metrics, RequestLog, make_observer
-from slp.server.routes import add_routes
-from slp.server.schemas import (
-    AnthropicCountTokensRequest,
-    AnthropicMessagesRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    ResponsesRequest,
-    ApplyTemplateRequest,
-    DetokenizeRequest,
-    RerankRequest,
-    TokenizeRequest,
-)
 from slp.settings import Settings
 from slp.worker.metrics import WorkerCollector
 from slp.worker.pool import WorkerPool
@@ -63,7 +49,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     middlewares.append(preflight)
     if settings.api_key is not None:
         # /health stays open for service managers and load balancers: it says ready or not, no details.
-        middlewares.append(make_auth(settings.api_key.get_secret_value(), {"/health", *PUBLIC_DOC_PATHS}))
+        middlewares.append(make_auth(settings.api_key.get_secret_value(), PUBLIC_PATHS))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app.on_response_prepare.append(add_cors_headers)
 
@@ -100,24 +86,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
     proxy = Proxy(settings=lambda: app[keys.SETTINGS], models=models, projects=project_cache, engines=engines,
                   admission=admission, recorder=recorder, workers=workers, engine_auth=app[keys.ENGINE_AUTH])
-    app.router.add_post("/v1/chat/completions", proxy.chat_completions)
-    app.router.add_post("/v1/completions", proxy.route("/v1/completions", CompletionRequest, shape_completion))
-    app.router.add_post("/v1/embeddings", proxy.route("/v1/embeddings", EmbeddingRequest))
-    app.router.add_post("/v1/responses", proxy.route("/v1/responses", ResponsesRequest, shape_responses,
-                                                     end_marker=b"response.completed"))
-    app.router.add_post("/v1/messages", proxy.route("/v1/messages", AnthropicMessagesRequest, shape_anthropic,
-                                                    end_marker=b"message_stop"))
-    app.router.add_post("/v1/messages/count_tokens", proxy.route(
-        "/v1/messages/count_tokens", AnthropicCountTokensRequest, shape_anthropic, account=False))
-    app.router.add_post("/v1/rerank", proxy.route("/v1/rerank", RerankRequest, account=False))
-    app.router.add_post("/tokenize", proxy.route("/tokenize", TokenizeRequest, account=False))
-    app.router.add_post("/detokenize", proxy.route("/detokenize", DetokenizeRequest, account=False))
-    app.router.add_post("/apply-template", proxy.route("/apply-template", ApplyTemplateRequest, shape_chat,
-                                                       account=False))
-    add_routes(app)
-    add_engine_routes(app)
-    add_project_routes(app, projects, lambda name: models.resolve(name) is not None)
-    add_docs_routes(app)
+    add_api_routes(app, proxy, ProjectRoutes(projects, lambda name: models.resolve(name) is not None))
     return app
 
 

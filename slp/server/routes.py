@@ -1,4 +1,4 @@
-"""slp's own routes: health, status and the model list."""
+"""slp's own handlers: health, status, the model list and metrics (routed and documented in `slp.server.api`)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,28 @@ from slp.engine.process import memory_of, tail_lines
 from slp.engine.pool import Engine
 from slp.engine.supervisor import EngineState
 from slp.models.store import ModelError
+from slp.projects.schema import Project
 from slp.server import keys
 from slp.server.errors import APIError
+from slp.server.responses import (
+    ActiveProject,
+    AgentInfo,
+    ComputeState,
+    ConfigState,
+    EngineHealth,
+    EngineRow,
+    EngineStatus,
+    Health,
+    MemoryBudget,
+    MemoryUsage,
+    Model,
+    ModelDetails,
+    ModelInfo,
+    ModelList,
+    Status,
+    WorkerLoss,
+    WorkerRow,
+)
 
 
 def human_size(n: int | None) -> str | None:
@@ -45,37 +65,34 @@ def primary_engine(app: web.Application, model: Optional[str] = None) -> Optiona
     return max(engines, key=lambda e: e.last_used) if engines else None
 
 
-async def health(request: web.Request) -> web.Response:
+async def health(request: web.Request) -> tuple[Health, int]:
     """Agent liveness and engine readiness: 200 when the default engine is ready (or was unloaded on
     purpose), 503 (with why) while it starts, restarts or has failed."""
     engine = primary_engine(request.app)
     if engine is None:
         if request.app[keys.ENGINES].loading():  # the first load is still checking the memory budget
-            body = {"status": "starting", "agent": "ok", "engine": {"state": "starting", "reason": "loading"}}
-            return web.json_response(body, status=503)
-        body = {"status": "ok", "agent": "ok", "engine": {"state": "unloaded", "reason": "no model is loaded"}}
-        return web.json_response(body)
+            return Health(status="starting", agent="ok", engine=EngineHealth(state="starting", reason="loading")), 503
+        return Health(status="ok", agent="ok", engine=EngineHealth(state="unloaded", reason="no model is loaded")), 200
     supervisor = engine.supervisor
     ready = supervisor.state is EngineState.READY
-    body = {"status": "ok" if ready else supervisor.state.value,
-            "agent": "ok", "engine": {"state": supervisor.state.value, "reason": supervisor.reason,
-                                      "model": engine.name}}
-    return web.json_response(body, status=200 if ready else 503)
+    body = Health(status="ok" if ready else supervisor.state.value, agent="ok",
+                  engine=EngineHealth(state=supervisor.state.value, reason=supervisor.reason, model=engine.name))
+    return body, 200 if ready else 503
 
 
-def status_payload(app: web.Application, active_model: Optional[str] = None) -> dict:
-    """Everything `slp status` shows, and more, as one JSON object (the table describes the engine of
-    the active project's model; `engines` lists every loaded one)."""
+def status_payload(app: web.Application, project: Project) -> Status:
+    """Everything `slp status` shows, and more (the table describes the engine of the active `project`'s
+    model; `engines` lists every loaded one). Blocks: reads process memory and maybe a model's metadata."""
     settings = app[keys.SETTINGS]
     pool = app[keys.ENGINES]
-    primary = primary_engine(app, active_model)
+    primary = primary_engine(app, project.model)
     if primary is not None:
         supervisor = primary.supervisor
         engine = {**supervisor.snapshot(), "model": primary.name}
         history = list(supervisor.history)[-10:]
     else:
         engine = {"state": "unloaded", "reason": "no model is loaded", "pid": None, "port": None, "model": None,
-                  "model_path": None, "restarts": 0, "uptime_s": None, "last_exit": None}
+                  "model_path": None, "restarts": 0, "crashes": 0, "uptime_s": None, "last_exit": None}
         history = []
     pid = engine["pid"]
     memory = memory_of(pid)
@@ -85,8 +102,8 @@ def status_payload(app: web.Application, active_model: Optional[str] = None) -> 
         memory["gpu_bytes"] = gpu_bytes
     model = None
     model_path = Path(engine["model_path"]) if engine.get("model_path") else None
-    if model_path is None and active_model:
-        found = app[keys.MODELS].resolve(active_model)
+    if model_path is None and project.model:
+        found = app[keys.MODELS].resolve(project.model)
         model_path = found.path if found is not None else None
     if model_path is not None:
         installed = app[keys.MODELS].for_path(model_path)
@@ -96,8 +113,9 @@ def status_payload(app: web.Application, active_model: Optional[str] = None) -> 
             except ModelError as exc:
                 meta = {"error": str(exc)}
             meta["gguf_name"] = meta.pop("name", None)  # the file's own label; `name` is what requests use
-            model = {**meta, "name": installed.name, "aliases": list(installed.aliases), "path": str(installed.path),
-                     "size_bytes": installed.size_bytes, "size": human_size(installed.size_bytes)}
+            model = ModelInfo.model_validate({
+                **meta, "name": installed.name, "aliases": list(installed.aliases), "path": str(installed.path),
+                "size_bytes": installed.size_bytes, "size": human_size(installed.size_bytes)})
     if engine["state"] == EngineState.FAILED.value and engine.get("last_exit"):
         engine["log_tail"] = engine["last_exit"]["log_tail"]
     elif engine["state"] != EngineState.READY.value:
@@ -105,35 +123,36 @@ def status_payload(app: web.Application, active_model: Optional[str] = None) -> 
     engine["memory"] = memory
     engine["history"] = history
     pool.refresh()
-    return {
-        "object": "slp.status",
-        "server": app[keys.PUBLIC_URL][0] if app[keys.PUBLIC_URL] else None,
-        "agent": {"pid": os.getpid(), "version": slp.__version__,
-                  "uptime_s": round(time.time() - app[keys.STARTED_AT], 1),
-                  "rss_bytes": psutil.Process().memory_info().rss},
-        "engine": engine,
-        "engine_build": build,
-        "model": model,
-        "quantization": (model or {}).get("quantization"),
-        "context_window": settings.ctx_size,
-        "flash_attention": settings.flash_attn,
-        "model_size": (model or {}).get("size"),
-        "memory_usage": {"percent": memory["percent"] if memory else None,
-                         "rss_bytes": memory["rss_bytes"] if memory else None,
-                         "gpu_bytes": gpu_bytes},
-        "gpu": gpu_description(build.get("preset"), settings.gpu_layers),
-        "restarts": engine["restarts"],
-        "engines": engines_payload(app),
-        "memory_budget": {"budget_bytes": pool.budget, "reserved_bytes": pool.used(),
-                          "waiting_for_memory": pool.waiting_for_room},
-        "compute": pool.gate.snapshot(),
-        "config": app[keys.CONFIG],
-        "workers": app[keys.WORKERS].snapshot(),  # RPC workers (SLP_WORKERS): address, state, rtt, memory
-        "worker_losses": app[keys.WORKERS].losses_since(0)[-5:],
-    }
+    workers = app[keys.WORKERS]
+    return Status(
+        object="slp.status",
+        server=app[keys.PUBLIC_URL][0] if app[keys.PUBLIC_URL] else None,
+        agent=AgentInfo(pid=os.getpid(), version=slp.__version__, uptime_s=round(time.time() - app[keys.STARTED_AT], 1),
+                        rss_bytes=psutil.Process().memory_info().rss),
+        engine=EngineStatus.model_validate(engine),
+        engine_build=build,
+        model=model,
+        quantization=model.quantization if model is not None else None,
+        context_window=settings.ctx_size,
+        flash_attention=settings.flash_attn,
+        model_size=model.size if model is not None else None,
+        memory_usage=MemoryUsage(percent=memory["percent"] if memory else None,
+                                 rss_bytes=memory["rss_bytes"] if memory else None, gpu_bytes=gpu_bytes),
+        gpu=gpu_description(build.get("preset"), settings.gpu_layers),
+        restarts=engine["restarts"],
+        crashes=engine["crashes"],
+        engines=engines_payload(app),
+        memory_budget=MemoryBudget(budget_bytes=pool.budget, reserved_bytes=pool.used(),
+                                   waiting_for_memory=pool.waiting_for_room),
+        compute=ComputeState.model_validate(pool.gate.snapshot()),
+        config=ConfigState.model_validate(app[keys.CONFIG]),
+        workers=[WorkerRow.model_validate(row) for row in workers.snapshot()],  # RPC workers (SLP_WORKERS)
+        worker_losses=[WorkerLoss.model_validate(loss) for loss in workers.losses_since(0)[-5:]],
+        active_project=ActiveProject(id=project.id, name=project.name),
+    )
 
 
-def engines_payload(app: web.Application) -> list[dict]:
+def engines_payload(app: web.Application) -> list[EngineRow]:
     """Every loaded engine: what `slp ps` shows (memory measured now, slots from the engine's own use)."""
     pool = app[keys.ENGINES]
     settings = app[keys.SETTINGS]
@@ -149,43 +168,41 @@ def engines_payload(app: web.Application) -> list[dict]:
         busy = engine.supervisor.in_flight
         row["slots"] = {"busy": min(busy, settings.parallel), "total": settings.parallel}
         row["queued"] = max(0, busy - settings.parallel)
-        rows.append(row)
+        rows.append(EngineRow.model_validate(row))
     return rows
 
 
-async def status(request: web.Request) -> web.Response:
+async def status(request: web.Request) -> Status:
     """The agent, its engines, the model and the active project (what `slp status` prints)."""
     project = await asyncio.to_thread(request.app[keys.PROJECTS].active)
     # Off the event loop: the first read of a model's GGUF metadata takes seconds (then it is cached).
-    payload = await asyncio.to_thread(status_payload, request.app, project.model)
-    payload["active_project"] = {"id": project.id, "name": project.name}
-    return web.json_response(payload)
+    return await asyncio.to_thread(status_payload, request.app, project)
 
 
-def _model_entries(app: web.Application) -> list[dict]:
+def _model_entries(app: web.Application) -> list[Model]:
     entries = []
     for model in app[keys.MODELS].list():
         created = int(model.path.stat().st_mtime) if model.path.exists() else 0
         for name in (*model.aliases, model.name):
-            entries.append({"id": name, "object": "model", "created": created, "owned_by": "slp",
-                            "root": model.name})
+            entries.append(Model(id=name, object="model", created=created, owned_by="slp", root=model.name))
     return entries
 
 
-async def list_models(request: web.Request) -> web.Response:
+async def list_models(request: web.Request) -> ModelList:
     """Models a request may name: every installed model and its aliases (OpenAI list shape)."""
-    return web.json_response({"object": "list", "data": _model_entries(request.app)})
+    return ModelList(object="list", data=_model_entries(request.app))
 
 
-async def get_model(request: web.Request) -> web.Response:
+async def get_model(request: web.Request) -> Model:
     """One model (OpenAI's shape) and, under `details`, what `slp model show --json` says of it."""
     name = request.match_info["model"]
     for entry in _model_entries(request.app):
-        if entry["id"] == name:
-            installed = request.app[keys.MODELS].resolve(entry["root"])
+        if entry.id == name:
+            installed = request.app[keys.MODELS].resolve(entry.root)
             # Off the event loop: the first read of a model's GGUF metadata takes seconds (then it is cached).
             details = await asyncio.get_running_loop().run_in_executor(None, installed.facts) if installed else None
-            return web.json_response({**entry, "details": details})
+            entry.details = ModelDetails.model_validate(details) if details is not None else None
+            return entry
     raise APIError(404, f"The model '{name}' does not exist or is not installed", code="model_not_found",
                    param="model")
 
@@ -246,10 +263,3 @@ def _label_engine_metrics(text: bytes, model: str, families: dict[str, list[str]
         labelled = name.replace("{", f'{{model="{label}",', 1) if "{" in name else f'{name}{{model="{label}"}}'
         families.setdefault(family, []).append(f"{labelled} {value}")
 
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/health", health)
-    app.router.add_get("/v1/status", status)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model}", get_model)
-    app.router.add_get("/metrics", metrics)
