@@ -7,6 +7,7 @@ builds it first, and a test that needs it fails (never skips) when it is missing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import psutil
 import pytest
@@ -78,6 +79,30 @@ def engine_binary() -> Path:
     builds = cached_builds()
     assert builds, "no llama-server in the engine cache: run `python3 build.py` (make test does)"
     return builds[0][1]
+
+
+@contextlib.contextmanager
+def bare_engine(argv: list[str], port: int, log_path: Path, env: Optional[dict] = None,
+                timeout: float = 60) -> Iterator[subprocess.Popen]:
+    """A bare llama-server (no agent) run from `argv`, yielded once `/health` on `port` answers 200;
+    killed afterwards. Fails the test, with its log, if it exits before it is healthy."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def healthy() -> bool:
+        assert proc.poll() is None, f"llama-server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, timeout, "the bare llama-server to become healthy")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def expected_gpu_row(binary: Path) -> str:

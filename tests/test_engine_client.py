@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import urllib.request
+import time
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import bare_engine, free_port
 from slp.server import engine_client
 from slp.server.engine_client import EngineClient, EngineStreamError
 
@@ -27,25 +26,10 @@ def body(max_tokens: int, stream: bool = False) -> bytes:
 def engine(engine_binary, default_model, tmp_path):
     """A bare llama-server on loopback (no agent), stopped afterwards."""
     port = free_port()
-    log = open(tmp_path / "engine.log", "wb")
-    proc = subprocess.Popen([str(engine_binary), "--model", str(default_model), "--host", "127.0.0.1",
-                             "--port", str(port), "--parallel", "2", "--no-webui"], stdout=log, stderr=log)
-
-    def healthy() -> bool:
-        assert proc.poll() is None, f"llama-server exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(healthy, 60, "llama-server to become healthy")
+    argv = [str(engine_binary), "--model", str(default_model), "--host", "127.0.0.1", "--port", str(port),
+            "--parallel", "2", "--no-webui"]
+    with bare_engine(argv, port, tmp_path / "engine.log") as proc:
         yield proc, port
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
 
 
 @pytest.fixture
@@ -57,6 +41,21 @@ async def client():
 
 def chat(client: EngineClient, port: int, data: bytes):
     return client.post("127.0.0.1", port, "/v1/chat/completions", data, HEADERS)
+
+
+async def closed_by_the_engine(client: EngineClient, port: int, timeout: float = 15) -> None:
+    """Wait until the engine has closed the pooled idle connection (llama-server's 5 s idle timeout)."""
+    deadline = time.monotonic() + timeout
+    while not all(conn.reader.at_eof() for conn in client._idle[("127.0.0.1", port)]):
+        assert time.monotonic() < deadline, f"the engine kept an idle connection open for {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+async def while_the_engine_streams(chunks, count: int) -> None:
+    """Let `count` more chunks of a running stream arrive: time in which the engine demonstrably works,
+    so anything else that could run, would have run (a condition, not a fixed sleep)."""
+    for _ in range(count):
+        await chunks.__anext__()
 
 
 async def test_reply_and_stream_then_the_connection_is_reused(engine, client):
@@ -88,7 +87,7 @@ async def test_a_connection_the_engine_closed_while_idle_is_retried(engine, clie
     monkeypatch.setattr(engine_client, "KEEPALIVE_S", 60.0)
     async with await chat(client, port, body(1)) as reply:
         await reply.read()
-    await asyncio.sleep(6)
+    await closed_by_the_engine(client, port)
     taken = []
     connection = client._connection
 
@@ -103,7 +102,7 @@ async def test_a_connection_the_engine_closed_while_idle_is_retried(engine, clie
     assert taken == [False]  # the engine's close had arrived: the pooled one was dropped unused
     # Now the race: the close arrives only as the connection is reused. Skipping the check makes the
     # client really send into the closed connection; it must notice and send again on a new one.
-    await asyncio.sleep(6)
+    await closed_by_the_engine(client, port)
     monkeypatch.setattr(engine_client._Connection, "usable", lambda self: True)
     taken.clear()
     async with await chat(client, port, body(1)) as reply:
@@ -125,24 +124,40 @@ async def test_engine_death_mid_stream_is_an_error_not_an_end(engine, client):
 async def test_requests_beyond_the_limit_wait_their_turn(engine):
     _, port = engine
     client = EngineClient(max_connections=1)
+    order: list[str] = []
+
+    async def request(name: str):
+        reply = await chat(client, port, body(1))
+        order.append(f"{name} admitted")
+        return reply
+
     try:
         first = await chat(client, port, body(2000, True))
         chunks = first.iter_chunks()
         await chunks.__anext__()
-        second = asyncio.ensure_future(chat(client, port, body(1)))
-        await asyncio.sleep(0.5)
-        assert not second.done()  # waiting for the only slot
+        second = asyncio.ensure_future(request("second"))
+        # The engine has two slots: were the client's only slot not taken, the second request would be
+        # answered while the first streams on.
+        await while_the_engine_streams(chunks, 10)
+        order.append("first closed")
         first.close()  # as when a client disconnects: the engine stops that generation
         async with await asyncio.wait_for(second, 30) as reply:
             assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
-        # A config reload that raises the limit lets a waiting request in at once.
+        assert order == ["first closed", "second admitted"], "the second request waited for the only slot"
+
+        # A config reload that raises the limit lets a waiting request in at once, while the other streams.
+        order.clear()
         held = await chat(client, port, body(2000, True))
-        third = asyncio.ensure_future(chat(client, port, body(1)))
-        await asyncio.sleep(0.5)
-        assert not third.done()
+        held_chunks = held.iter_chunks()
+        await held_chunks.__anext__()
+        third = asyncio.ensure_future(request("third"))
+        await while_the_engine_streams(held_chunks, 10)
+        order.append("limit raised")
         client.max_connections = 2
         async with await asyncio.wait_for(third, 30) as reply:
             assert reply.status == 200
+        assert order == ["limit raised", "third admitted"]
+        await held_chunks.__anext__()  # the held stream was never interrupted
         held.close()
     finally:
         await client.close()

@@ -28,7 +28,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import REPO, SLP, free_port, kill_all_under, make_agent, processes_under, wait_for
+from conftest import REPO, SLP, free_port, kill_all_under, processes_under, wait_for
 from slp.worker.probe import CMD_HELLO, CONN_CAPS_SIZE, PROTOCOL, probe_worker
 
 MODEL = "slp-orchestra-mini"
@@ -104,18 +104,9 @@ def workers(tmp_path):
 
 
 @pytest.fixture
-def agents(tmp_path, default_model, engine_binary):
-    made = []
-
-    def factory(**settings: str):
-        agent = make_agent(tmp_path / f"agent{len(made)}", **settings)
-        made.append(agent)
-        return agent
-
-    yield factory
-    for agent in made:
-        agent.stop()
-        kill_all_under(agent.home)
+def agents(fresh_agent):
+    """Agents over the real engine that a test may break: conftest's `fresh_agent` (stopped and reaped after)."""
+    return fresh_agent
 
 
 def stream_and(agent, after_events: int, action, max_tokens: int = 4000) -> tuple[list[bytes], float]:
