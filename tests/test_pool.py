@@ -49,7 +49,7 @@ class StandInSupervisor:
         self.state = EngineState.STOPPED
 
     def snapshot(self) -> dict:
-        return {"state": self.state.value, "reason": "", "pid": None, "port": None, "restarts": 0,
+        return {"state": self.state.value, "reason": "", "pid": None, "port": None, "restarts": 0, "crashes": 0,
                 "last_exit": None, "uptime_s": None}
 
 
