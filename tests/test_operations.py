@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -82,11 +83,32 @@ def test_request_log_has_one_json_line_per_request(agent):
     assert oct(log.stat().st_mode & 0o777) == "0o600"
 
 
+def nonblank_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
 def test_agent_logs_command(agent):
-    out = agent.cli("agent", "logs", "-n", "5", check=True).stdout
-    assert out.strip()
-    engine = agent.cli("agent", "logs", "--engine", "-n", "50", check=True).stdout
-    assert "slp: starting engine" in engine or "slot" in engine
+    """`slp agent logs` prints the agent's log as it is, its last N lines; `--engine` the engine's."""
+    agent_log = agent.home / "logs" / "agent.log"
+    before = nonblank_lines(agent_log)
+    out = agent.cli("agent", "logs", "-n", "3", check=True).stdout.splitlines()  # a started agent logs more than 3
+    assert len(out) == 3 and out in (before[-3:], nonblank_lines(agent_log)[-3:]), out
+    engine = agent.status()["engine"]
+    everything = agent.cli("agent", "logs", "-n", "100000", check=True).stdout
+    # The supervisor's line for the engine now serving, in the agent's log format.
+    ready = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO slp\.engine: slp-orchestra-mini ready: serving "
+                       rf"\S+\.gguf on 127\.0\.0\.1:{engine['port']} \(pid {engine['pid']}\)$", re.M)
+    assert ready.search(everything), everything[-2000:]
+
+    engine_log = agent.home / "logs" / "engine.log"
+    shown = agent.cli("agent", "logs", "--engine", "-n", "5", check=True).stdout.splitlines()
+    assert len(shown) == 5 and shown == nonblank_lines(engine_log)[-5:]
+    starts = [line for line in nonblank_lines(engine_log) if line.startswith("--- slp: starting engine at ")]
+    assert starts, "slp marks each engine start in the engine's log"
+    argv = starts[-1].split(": ", 1)[1].split()
+    assert argv[argv.index("--port") + 1] == str(engine["port"]) and argv[argv.index("--alias") + 1] == \
+        "slp-orchestra-mini"
+    assert argv[argv.index("--model") + 1] == engine["model_path"]
 
 
 def test_config_reload_restarts_the_engine_only_when_needed(fresh_agent):
