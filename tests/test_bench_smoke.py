@@ -1,6 +1,7 @@
 """The benchmark harness works end to end: `python -m bench --quick` starts the bare engine and a real
 agent, runs every workload, and writes a complete, sane report. Benchmarks are not tests: nothing here
-asserts a speed (the machine running the suite is shared and noisy); only that the numbers exist.
+asserts a speed (the machine running the suite is shared and noisy); only that the numbers exist, are
+sane (p50 <= p99, finite, within wide bounds), and that each verdict is its goal's rule applied to its value.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.report import GOALS, WORKLOAD_TITLES, fmt
 
-pytestmark = pytest.mark.engine
+REPO = Path(__file__).resolve().parent.parent
 
 
 def finite_positive(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.engine
 def test_quick_bench_writes_a_complete_report(tmp_path, default_model, engine_binary):
     out = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
@@ -52,6 +54,23 @@ def test_quick_bench_writes_a_complete_report(tmp_path, default_model, engine_bi
     assert expected <= keys, f"missing rows: {sorted(expected - keys)}"
     assert {row["workload"] for row in doc["rows"]} == {"a", "b", "c", "d"}
 
+    check_report(doc, (out / "latest.md").read_text())
+    facts = doc["facts"]
+    assert facts["cpu_model"] and facts["logical_cores"] >= 1 and facts["slp_version"] and facts["date"]
+    assert facts["engine_build"].get("commit"), facts["engine_build"]
+
+
+def table(md: str, heading: str) -> list[list[str]]:
+    """The cells of the data rows of the first table under `heading` in a markdown report."""
+    lines = md.split(f"{heading}\n", 1)[1].split("\n## ", 1)[0].splitlines()
+    rows = [line for line in lines if line.startswith("|")]
+    assert len(rows) >= 2 and set(rows[1]) <= set("|-: "), f"no table under {heading!r}"
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def check_report(doc: dict, md: str) -> None:
+    """The report's numbers are sane and its Markdown says what its JSON says (any run: quick or full)."""
+    rows = {row["key"]: row for row in doc["rows"]}
     for row in doc["rows"]:
         for side in ("direct", "agent"):
             assert finite_positive(row[side]), f"{row['metric']}: {side} = {row[side]!r}"
@@ -59,17 +78,28 @@ def test_quick_bench_writes_a_complete_report(tmp_path, default_model, engine_bi
             assert finite_positive(row["ratio"]), f"{row['metric']}: ratio = {row['ratio']!r}"
         if row["added"] is not None:  # a difference may be negative on a noisy machine, but it is a number
             assert math.isfinite(row["added"]), f"{row['metric']}: added = {row['added']!r}"
+    for c in (1, 8, 32):
+        for side in ("direct", "agent"):
+            p50, p99 = rows[f"a.c{c}.p50_ms"][side], rows[f"a.c{c}.p99_ms"][side]
+            assert p50 <= p99 < 60_000, f"c={c} {side}: p50 {p50} ms, p99 {p99} ms"
+    for c in (1, 8):
+        for side in ("direct", "agent"):
+            assert rows[f"b.c{c}.ttft_ms"][side] < 60_000 and rows[f"b.c{c}.tokens_per_s"][side] < 100_000
+    assert 10 < rows["c.rss_idle_mb"]["agent"] < 4096, "the agent's idle memory, in MB"
+    assert 0 < rows["d.first_token_s"]["direct"] < 120 and 0 < rows["d.first_token_s"]["agent"] < 120
 
-    assert len(doc["goals"]) == 8
-    for goal in doc["goals"]:
-        assert isinstance(goal["pass"], bool) and math.isfinite(goal["value"]), goal
+    # Every goal is measured, and its verdict is the goal's own rule applied to the measured value.
+    assert [g["goal"] for g in doc["goals"]] == [goal.label for goal in GOALS]
+    for goal, g in zip(GOALS, doc["goals"]):
+        assert g["value"] is not None and math.isfinite(g["value"]), g
+        assert g["pass"] is bool(goal.ok(g["value"])) and g["shown"] == goal.show(g["value"]), g
+    targets = table(md, "## Targets")
+    assert targets == [[g["goal"], g["limit"], g["shown"], "pass" if g["pass"] else "**FAIL**"]
+                       for g in doc["goals"]], "the Markdown targets are the JSON's"
 
-    facts = doc["facts"]
-    assert facts["cpu_model"] and facts["logical_cores"] >= 1 and facts["slp_version"] and facts["date"]
-    assert facts["engine_build"].get("commit"), facts["engine_build"]
+    results = table(md, "## Results")
+    assert len(results) == len(doc["rows"])
+    for cells, row in zip(results, doc["rows"]):
+        assert cells[0] == WORKLOAD_TITLES[row["workload"]] and cells[1] == row["metric"], cells
+        assert cells[3] == fmt(row["direct"]) and cells[4] == fmt(row["agent"]), cells
 
-    md = (out / "latest.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
-    for workload in ("a: tiny requests", "b: streaming", "c: cost", "d: cold start"):
-        assert any(line.startswith(f"| {workload}") for line in table), f"no {workload!r} rows in latest.md"
-    assert "## Targets" in md and ("pass" in md or "FAIL" in md)
