@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS_CACHE = Path(os.environ.get("SLP_TEST_MODELS_DIR", Path.home() / ".cache" / "slp" / "test-models"))
 SLP = [sys.executable, "-m", "slp"]
 ARTIFACTS = REPO / "tests" / "artifacts"
+STANDIN_ENGINE = REPO / "tests" / "standin_engine.py"  # a stand-in for llama-server, for fast tests of logic
 
 
 def free_port() -> int:
@@ -205,6 +206,28 @@ def fresh_agent(tmp_path, default_model, engine_binary):
 def agent(tmp_path_factory, default_model, engine_binary) -> Agent:
     """One running agent shared by the tests that cannot disturb each other."""
     agent = make_agent(tmp_path_factory.mktemp("shared-agent"), max_tokens="128")
+    agent.start()
+    yield agent
+    agent.stop()
+    kill_all_under(agent.home)
+
+
+@pytest.fixture(scope="module")
+def standin_agent(tmp_path_factory, default_model) -> Agent:
+    """A real agent whose engine is the stand-in (tests/standin_engine.py, named as such): fast and
+    deterministic (the n-th token is " w<n>"; engines generate 4 tokens unless asked for more). Stall
+    timeout 1 s, a quick watchdog. `agent.record` is the folder where the stand-in writes each request
+    it got and the exact bytes it answered."""
+    root = tmp_path_factory.mktemp("standin-agent")
+    wrapper = root / "llama-server"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN_ENGINE}" "$@"\n')
+    wrapper.chmod(0o755)
+    record = root / "record"
+    record.mkdir()
+    agent = make_agent(root / "home", engine_bin=str(wrapper), max_tokens="4", stall_timeout="1",
+                       health_interval="0.2", health_timeout="1")
+    agent.env["STANDIN_RECORD"] = str(record)
+    agent.record = record
     agent.start()
     yield agent
     agent.stop()

@@ -17,7 +17,7 @@ What the real engine cannot be made to do on demand, this one does when told:
 - per process, from the environment: STANDIN_LOAD_S (seconds of "Loading model" before ready),
   STANDIN_EXIT_AT_START (exit with that code at once: a crash loop), STANDIN_IGNORE_TERM (ignore
   SIGTERM, so a stop must escalate to SIGKILL), STANDIN_RECORD (a folder: each request's body and the
-  exact bytes of each reply are written there, `<n>.request.json` and `<n>.reply`, so a test can
+  exact bytes of each reply are written there, `<pid>-<n>.request.json` and `<pid>-<n>.reply`, so a test can
   compare what the client got with what the engine sent).
 
 Run: python tests/standin_engine.py --port 8080 [--api-key K] [-m FILE] [--alias NAME] [...]
@@ -112,7 +112,7 @@ class StandIn:
         body = await request.json()
         n = next(self.serial)
         if self.record is not None:
-            (self.record / f"{n}.request.json").write_text(json.dumps(body))
+            (self.record / f"{os.getpid()}-{n}.request.json").write_text(json.dumps(body))
         told = body.get("standin") or {}
         if told.get("status"):
             reply = self.error(int(told["status"]), told.get("message", "stand-in refusal"),
@@ -187,7 +187,7 @@ class StandIn:
 
     def _record(self, n: int, data: bytes) -> None:
         if self.record is not None:
-            (self.record / f"{n}.reply").write_bytes(data)
+            (self.record / f"{os.getpid()}-{n}.reply").write_bytes(data)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-"""The /v1/projects routes over real HTTP on loopback, and the project/chat CLI against them."""
+"""The /v1/projects routes over real HTTP on loopback, and the project CLI against them; `slp chat` against
+a real agent (its engine the stand-in, so the test runs in seconds)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ from typer.testing import CliRunner
 
 from slp.cli.chat import chat
 from slp.cli.project import app as project_app
-from slp.projects import ProjectInvalid, ProjectStore, check_session_id, shape_chat
-from slp.server.errors import APIError
+from slp.projects import ProjectStore
 from slp.server.middleware import error_middleware, make_auth
-from slp.server.jsonbody import read_json_object
 from slp.server.api import add_project_routes
 
 MODELS = {"slp-orchestra-mini", "SmolLM2-135M-Instruct-Q4_1"}
@@ -63,41 +62,11 @@ class ServerThread:
         self.loop.close()
 
 
-def fake_chat_route(app: web.Application, store: ProjectStore) -> None:
-    """Stands in for the owner's proxy: shapes, 'generates' an echo as SSE, records usage and the exchange."""
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        body = await read_json_object(request)
-        try:
-            session_id = check_session_id(body["session_id"]) if "session_id" in body else None
-        except ProjectInvalid as exc:
-            raise APIError(422, exc.message, code=exc.code, param=exc.param) from None
-        project = await asyncio.to_thread(store.get, body["project_id"]) if "project_id" in body \
-            else await asyncio.to_thread(store.active)
-        shaped = shape_chat(body, project)
-        text = f"echo[{shaped['model']}|{shaped['messages'][0]['content']}]: {body['messages'][-1]['content']}"
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for piece in (text[: len(text) // 2], text[len(text) // 2:]):
-            chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        # Recorded before [DONE], so a client that resumes right after the reply finds this turn.
-        await asyncio.to_thread(store.record_usage, project.id, 7, 3)
-        if session_id:
-            await asyncio.to_thread(store.record_exchange, project.id, session_id, body["messages"],
-                                    {"role": "assistant", "content": text}, {"prompt_tokens": 7})
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    app.router.add_post("/v1/chat/completions", completions)
-
-
 @pytest.fixture
 def server(tmp_path):
     store = ProjectStore(tmp_path / "db" / "slp.db")
     app = web.Application()
     add_project_routes(app, store, lambda m: m in MODELS)
-    fake_chat_route(app, store)
     srv = ServerThread(app).start()
     srv.store = store
     yield srv
@@ -316,30 +285,45 @@ def test_cli_bad_setting_is_one_line(monkeypatch):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_cli_chat_records_and_resumes(cli, server):
-    cli("project", "create", "talk", "--system", "SYS")
-    r = cli("chat", "--project", "talk", input="hello\n\nsecond\n/exit\nignored\n")
-    assert r.exit_code == 0, r.output
-    assert r.stdout.splitlines() == ["echo[slp-orchestra-mini|SYS]: hello", "echo[slp-orchestra-mini|SYS]: second"]
+def test_cli_chat_records_and_resumes_through_the_real_agent(standin_agent):
+    """`slp chat` (the real command, in its own process) against a real agent and its proxy; the engine is
+    the stand-in, so each reply is known (" w1 w2 w3 w4") and what the engine was sent can be read back."""
+    agent = standin_agent
+    agent.cli("project", "create", "talk", "--system", "SYS", check=True)
+    reply = " w1 w2 w3 w4"
+    r = agent.cli("chat", "--project", "talk", input="hello\n\nsecond\n/exit\nignored\n", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [reply, reply]
     hint = r.stderr.strip().splitlines()[-1]
     assert hint.startswith("slp chat --resume ")
     session_id = hint.split()[-1]
 
-    detail = server.store.session("talk", session_id)
-    assert [m["content"] for m in detail.messages] == [
-        "hello", "echo[slp-orchestra-mini|SYS]: hello", "second", "echo[slp-orchestra-mini|SYS]: second"]
-    assert server.store.usage("talk").requests == 2
+    def sent(last_user: str) -> list[dict]:
+        """The messages the engine got for the turn that ended with `last_user`."""
+        for path in sorted(agent.record.glob("*.request.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+            messages = json.loads(path.read_text())["messages"]
+            if messages[-1] == {"role": "user", "content": last_user}:
+                return messages
+        raise AssertionError(f"the engine never got a turn ending in {last_user!r}")
+
+    assert sent("second") == [{"role": "system", "content": "SYS"}, {"role": "user", "content": "hello"},
+                              {"role": "assistant", "content": reply}, {"role": "user", "content": "second"}]
+    detail = agent.get(f"/v1/projects/talk/sessions/{session_id}")
+    assert [m["content"] for m in detail["messages"]] == ["hello", reply, "second", reply]
+    assert agent.get("/v1/projects/talk/usage")["requests"] == 2
 
     # Resume without --project: the session is found in whichever project holds it; EOF ends the chat.
-    r = cli("chat", "--resume", session_id, input="third\n")
-    assert r.exit_code == 0, r.output
-    assert r.stdout.strip() == "echo[slp-orchestra-mini|SYS]: third"
-    detail = server.store.session("talk", session_id)
-    assert detail.message_count == 6 and detail.exchange_count == 3
-    assert detail.messages[0] == {"role": "user", "content": "hello"}  # the caller's messages, unshaped
+    r = agent.cli("chat", "--resume", session_id, input="third\n", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"Resumed session {session_id} of project talk (4 messages)." in r.stderr
+    assert r.stdout.splitlines() == [reply]
+    assert [m["content"] for m in sent("third")] == ["SYS", "hello", reply, "second", reply, "third"]
+    detail = agent.get(f"/v1/projects/talk/sessions/{session_id}")
+    assert detail["message_count"] == 6 and detail["exchange_count"] == 3
+    assert detail["messages"][0] == {"role": "user", "content": "hello"}  # the caller's messages, unshaped
 
-    r = cli("chat", "--resume", "nosuch", input="x\n")
-    assert r.exit_code == 1 and r.stderr.startswith("Error: no session 'nosuch'")
+    r = agent.cli("chat", "--resume", "nosuch", input="x\n", timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("Error: no session 'nosuch'")
 
 
 def test_cli_sends_api_key(tmp_path, monkeypatch):

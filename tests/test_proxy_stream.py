@@ -3,42 +3,19 @@ engine is the stand-in (`tests/standin_engine.py`, named as such), so what the e
 the byte and it can be told to die, stall or refuse. The same behaviour against the real llama-server
 is tested end to end in test_faults.py, test_stall.py and test_client_compat.py.
 
-The stand-in records each request it got and the exact bytes it sent back (STANDIN_RECORD), so a test
-compares what the client received with what the engine sent.
+The stand-in records each request it got and the exact bytes it sent back (`standin_agent.record`), so a
+test compares what the client received with what the engine sent.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import Agent, kill_all_under, make_agent, wait_for
-
-STANDIN = Path(__file__).resolve().parent / "standin_engine.py"
-
-
-@pytest.fixture(scope="module")
-def standin_agent(tmp_path_factory, default_model) -> Agent:
-    """An agent whose engine binary is a wrapper that runs the stand-in (stall timeout 1 s, quick watchdog)."""
-    root = tmp_path_factory.mktemp("standin-agent")
-    wrapper = root / "llama-server"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
-    wrapper.chmod(0o755)
-    record = root / "record"
-    record.mkdir()
-    agent = make_agent(root / "home", engine_bin=str(wrapper), stall_timeout="1", health_interval="0.2",
-                       health_timeout="1")
-    agent.env["STANDIN_RECORD"] = str(record)
-    agent.record = record
-    agent.start()
-    yield agent
-    agent.stop()
-    kill_all_under(agent.home)
+from conftest import Agent, wait_for
 
 
 def ask(marker: str, **extra) -> dict:
