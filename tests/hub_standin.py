@@ -80,6 +80,7 @@ class Request:
     path: str
     range: Optional[str]
     authorization: Optional[str]
+    sent: int = 0  # bytes of the file body written to the client
 
 
 @dataclass
@@ -117,9 +118,10 @@ class HubStandIn:
         name = f"{request.match_info['owner']}/{request.match_info['name']}"
         return name, self.repos.get(name)
 
-    def _record(self, request: web.Request) -> None:
+    def _record(self, request: web.Request) -> Request:
         self.requests.append(Request(request.method, request.path, request.headers.get("Range"),
                                      request.headers.get("Authorization")))
+        return self.requests[-1]
 
     async def info(self, request: web.Request) -> web.Response:
         self._record(request)
@@ -144,7 +146,7 @@ class HubStandIn:
                                   "siblings": siblings})
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
-        self._record(request)
+        record = self._record(request)
         _, repo = self._repo(request)
         if repo is None:
             return self._error(404, "RepoNotFound")
@@ -185,6 +187,7 @@ class HubStandIn:
                 if chunk:
                     await response.write(chunk)
                     sent += len(chunk)
+                    record.sent = sent
                     left -= len(chunk)
                 if cut is not None and sent >= cut:
                     # The client is interrupted meanwhile; the wait is bounded so a failing test ends.

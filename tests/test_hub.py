@@ -190,6 +190,8 @@ def test_ctrl_c_leaves_nothing_in_the_store_and_the_next_pull_resumes(hub, env, 
     resumed = slp(env, "model", "pull", f"hf:{REPO}:Q4_1")
     assert resumed.returncode == 0, resumed.stderr
     assert [r.range for r in hub.gets(FILE)] == [None, f"bytes={cut}-"]
+    size = default_model.stat().st_size
+    assert [r.sent for r in hub.gets(FILE)] == [cut, size - cut], "the resumed pull fetched only the rest"
     assert not partial.exists()
     shown = json.loads(slp(env, "model", "show", NAME, "--json").stdout)
     assert file_sha256(Path(shown["path"])) == file_sha256(default_model) == shown["sha256"]

@@ -111,14 +111,24 @@ def test_unknown_project_is_a_404(agent):
     assert response.status_code == 404 and response.json()["error"]["code"] == "project_not_found"
 
 
-def test_slp_chat_streams_a_reply_and_prints_resume_hint(agent):
+def test_slp_chat_streams_a_reply_and_a_resumed_chat_continues_the_session(agent):
     proc = agent.cli("chat", input="What is the capital of France?\n/exit\n", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), "the reply is printed"
     match = re.search(r"slp chat --resume (\S+)", proc.stdout + proc.stderr)
     assert match
-    again = agent.cli("chat", "--resume", match.group(1), input="/exit\n", timeout=60)
+    session_id = match.group(1)
+    again = agent.cli("chat", "--resume", session_id, input="And of Italy?\n/exit\n", timeout=120)
     assert again.returncode == 0, again.stderr
+    resumed = re.search(rf"Resumed session {session_id} of project (\S+) \(2 messages\)\.", again.stderr)
+    assert resumed, again.stderr
+    detail = agent.get(f"/v1/projects/{resumed.group(1)}/sessions/{session_id}")
+    messages = detail["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert messages[0]["content"] == "What is the capital of France?" and messages[2]["content"] == "And of Italy?"
+    assert messages[1]["content"].strip() == proc.stdout.strip(), "the first reply, as printed, is the stored one"
+    assert messages[3]["content"].strip() == again.stdout.strip(), "the resumed turn continued the same session"
+    assert detail["exchange_count"] == 2
 
 
 def test_activation_survives_an_agent_restart(fresh_agent):
