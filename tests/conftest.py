@@ -7,6 +7,7 @@ builds it first, and a test that needs it fails (never skips) when it is missing
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -44,6 +45,17 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         if value:
             return value
         time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.01):
+    """`wait_for` for async tests: poll without blocking the event loop the awaited work runs on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_until
 from slp.engine.budget import ComputeGate, parse_budget
 from slp.engine.pool import Engine, EnginePool, ModelTooLarge, parse_keep_alive
 from slp.engine.supervisor import EngineState, EngineUnavailable
@@ -111,10 +112,10 @@ async def test_a_load_waits_for_a_lease_to_end_then_evicts():
             await release.wait()
 
     holder = asyncio.create_task(hold_a())
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: pool.get(Path("a")) is not None, 2, "a to be leased")
     waiter = asyncio.create_task(pool.load("b", Path("b")))
-    await asyncio.sleep(0.05)
-    assert not waiter.done() and pool.waiting_for_room == 1, "b waits while a serves a request"
+    await wait_until(lambda: pool.waiting_for_room == 1, 2, "b to wait for room")
+    assert not waiter.done(), "b waits while a serves a request"
     release.set()
     await holder
     engine = await asyncio.wait_for(waiter, 2)
@@ -134,11 +135,7 @@ async def test_keep_alive_zero_unloads_after_the_reply_and_a_new_request_reloads
     pool, made = make_pool({"a": 10 * MB}, 100 * MB)
     async with pool.lease("a", Path("a"), keep_alive=0.0):
         assert pool.get(Path("a")) is not None
-    for _ in range(100):
-        if pool.get(Path("a")) is None:
-            break
-        await asyncio.sleep(0.01)
-    assert pool.get(Path("a")) is None, "keep_alive 0: unloaded once the last lease ended"
+    await wait_until(lambda: pool.get(Path("a")) is None, 1, "keep_alive 0: unloaded once the last lease ended")
     async with pool.lease("a", Path("a")):
         pass
     assert made == ["a", "a"]

@@ -19,22 +19,12 @@ import aiohttp
 import psutil
 import pytest
 
+from conftest import wait_until
 from slp.engine.process import EngineCommand
 from slp.engine.supervisor import BACKOFF_FIRST, EngineState, EngineUnavailable, Supervisor
 
 STANDIN = Path(__file__).resolve().parent / "standin_engine.py"
 KEY = "standin-key"
-
-
-async def until(predicate, timeout: float, what: str, interval: float = 0.02):
-    """Await until `predicate()` is truthy (returns it); fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def gone(pid: int) -> bool:
@@ -96,7 +86,7 @@ async def test_start_is_ready_once_health_answers_and_stop_ends_the_process(harn
     h.env["STANDIN_LOAD_S"] = "0.5"  # /health says "Loading model" (503) for half a second
     h.supervisor.start(Path("model.gguf"))
     h.supervisor.start(Path("model.gguf"))  # idempotent: still one engine
-    await until(lambda: h.supervisor.pid, 10, "a process")
+    await wait_until(lambda: h.supervisor.pid, 10, "a process")
     assert h.supervisor.state is EngineState.STARTING, "not ready while /health answers 503"
     pid = await h.ready()
     assert h.states() == [EngineState.STARTING, EngineState.READY]
@@ -120,7 +110,7 @@ async def test_a_crash_is_restarted_with_exponential_backoff_and_counted(harness
     for expected in (BACKOFF_FIRST, 2 * BACKOFF_FIRST):
         pid = h.supervisor.pid
         os.kill(pid, signal.SIGKILL)
-        await until(lambda: h.supervisor.pid not in (None, pid) and h.supervisor.state is EngineState.READY, 20,
+        await wait_until(lambda: h.supervisor.pid not in (None, pid) and h.supervisor.state is EngineState.READY, 20,
                     "the replacement engine")
         history = list(h.supervisor.history)
         waiting = [i for i, e in enumerate(history) if "restarting in" in e["reason"]][-1]
@@ -152,7 +142,7 @@ async def test_too_many_crashes_in_the_window_is_failed_until_asked_again(harnes
     del h.env["STANDIN_EXIT_AT_START"]  # fixed; a restart leaves failed
     h.supervisor.restart()
     # (wait_ready right after restart() would still see `failed`: the owner has not woken yet.)
-    await until(lambda: h.supervisor.state is not EngineState.FAILED, 5, "the owner to act on the restart")
+    await wait_until(lambda: h.supervisor.state is not EngineState.FAILED, 5, "the owner to act on the restart")
     await h.ready()
     assert h.supervisor.state is EngineState.READY
     assert h.restarts == ["crash", "crash"], "leaving failed starts an engine; none was replaced"
@@ -175,7 +165,7 @@ async def test_a_process_that_stops_answering_is_hung_and_replaced(harness):
     pid = await h.ready()
     os.kill(pid, signal.SIGSTOP)
     try:
-        await until(lambda: h.supervisor.last_exit is not None, 10, "the watchdog to call it hung")
+        await wait_until(lambda: h.supervisor.last_exit is not None, 10, "the watchdog to call it hung")
     finally:
         if not gone(pid):
             os.kill(pid, signal.SIGKILL)
@@ -252,13 +242,13 @@ async def test_a_restart_on_purpose_is_a_restart_not_a_crash(harness):
     h.supervisor.start(Path("model.gguf"))
     pid = await h.ready()
     h.supervisor.restart("config")
-    await until(lambda: h.supervisor.pid not in (None, pid) and h.supervisor.state is EngineState.READY, 20,
+    await wait_until(lambda: h.supervisor.pid not in (None, pid) and h.supervisor.state is EngineState.READY, 20,
                 "the new engine")
     assert gone(pid)
     snap = h.supervisor.snapshot()
     assert snap["restarts"] == 1 and snap["crashes"] == 0 and snap["last_exit"] is None
     assert h.restarts == ["config"]
     h.supervisor.use_model(Path("other.gguf"))
-    await until(lambda: h.supervisor.model_path == Path("other.gguf") and h.supervisor.state is EngineState.READY
+    await wait_until(lambda: h.supervisor.model_path == Path("other.gguf") and h.supervisor.state is EngineState.READY
                 and h.supervisor.restarts == 2, 20, "the engine for the other model")
     assert h.restarts == ["config", "model"]
