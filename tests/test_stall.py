@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -105,7 +106,10 @@ def test_a_wedged_engine_is_caught_its_requests_end_cleanly_and_it_is_replaced(f
     metrics = requests.get(f"{agent.url}/metrics", timeout=10).text
     assert 'slp_engine_restarts_total{model="slp-orchestra-mini",reason="stall"} 1.0' in metrics
     log = (agent.home / "logs" / "agent.log").read_text()
-    assert "stall" in log and "no progress" in log
+    # The supervisor's own line for this stall, with its numbers (stall timeout 4 s, the first backoff).
+    assert re.search(r"^\S+ \S+ INFO slp\.engine: slp-orchestra-mini restarting: stall: no progress for \d+s with "
+                     r"[12] request\(s\) in flight \(no bytes, CPU idle; stall timeout 4s\); killed; "
+                     r"restarting in 0\.25s$", log, re.M), log[-3000:]
     reply = requests.post(f"{agent.url}/v1/chat/completions", json={**CHAT, "max_tokens": 4}, timeout=60)
     assert reply.status_code == 200, "serving resumes"
 
