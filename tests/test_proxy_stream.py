@@ -135,3 +135,25 @@ def test_an_engine_error_status_becomes_an_openai_error(standin_agent, engine_st
     error = resp.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"] == f"engine: refused {marker}" and error["code"] == code and error["type"] == type_
+
+
+def engine_processing(agent: Agent) -> float:
+    """The engine's own `requests_processing` gauge, as the agent re-exports it."""
+    text = requests.get(f"{agent.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith('llamacpp:requests_processing{model="slp-orchestra-mini"}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("the engine's metrics are not re-exported")
+
+
+def test_a_client_that_hangs_up_stops_the_engine_s_generation(standin_agent):
+    marker = uuid.uuid4().hex
+    body = ask(marker, stream=True, max_tokens=200, standin={"token_delay": 0.05})  # 10 s if read to the end
+    with requests.post(f"{standin_agent.url}/v1/chat/completions", stream=True, timeout=30, json=body) as resp:
+        lines = resp.iter_lines()
+        first = [line for line, _ in zip((line for line in lines if line), range(3))]
+        assert engine_processing(standin_agent) == 1, "the engine is generating for this client"
+    assert len(first) == 3 and all(line.startswith(b"data: ") for line in first)
+    wait_for(lambda: engine_processing(standin_agent) == 0, 5, "the engine to stop generating for the gone client")
+    _, sent = sent_by_engine(standin_agent, marker)
+    assert b"[DONE]" not in sent and len(events(sent)) < 100, "the generation was cut short"
