@@ -141,9 +141,8 @@ async def test_too_many_crashes_in_the_window_is_failed_until_asked_again(harnes
 
     del h.env["STANDIN_EXIT_AT_START"]  # fixed; a restart leaves failed
     h.supervisor.restart()
-    # (wait_ready right after restart() would still see `failed`: the owner has not woken yet.)
-    await wait_until(lambda: h.supervisor.state is not EngineState.FAILED, 5, "the owner to act on the restart")
-    await h.ready()
+    assert h.supervisor.state is EngineState.FAILED  # the owner has not woken yet...
+    await h.supervisor.wait_ready(20)  # ...and a caller need not check: the restart asked for is waited for
     assert h.supervisor.state is EngineState.READY
     assert h.restarts == ["crash", "crash"], "leaving failed starts an engine; none was replaced"
 

@@ -198,7 +198,7 @@ class Supervisor:
         """Block until the engine is ready. Raises EngineUnavailable when failed, stopped or timed out."""
         deadline = asyncio.get_running_loop().time() + timeout
         while self.state is not EngineState.READY:
-            if self.state is EngineState.FAILED:
+            if self.state is EngineState.FAILED and not self._want_restart:  # a restart asked for: wait for it
                 raise EngineUnavailable(f"engine failed: {self.reason}", self.state, None)
             if not self._want_running:
                 raise EngineUnavailable("engine is stopped", self.state, None)
