@@ -66,7 +66,7 @@ def exit_reason(paths: Paths) -> str:
 def wait_until_ready(paths: Paths, timeout: float, ended: Callable[[], Optional[str]], *,
                      name: str = "the agent", hint: str = "see `slp agent logs`",
                      engine_failed: str = "the engine failed to start", ended_every: float = 0.0,
-                     poll: float = 0.1) -> dict:
+                     poll: float = 0.05) -> dict:
     """Block until the agent has written its run state and its /health says the engine is ready; returns
     that state. At least one look is taken, however short `timeout`.
 

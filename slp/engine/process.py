@@ -11,6 +11,8 @@ import asyncio
 import ctypes
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -53,20 +55,68 @@ def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES, backups: int = LOG
     os.replace(path, path.with_name(f"{path.name}.1"))
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now, for the engine's private loopback socket."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _open_log(command: EngineCommand) -> int:
+    command.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rotate_log(command.log_path)
+    fd = os.open(command.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.write(fd, f"--- slp: starting engine at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                 f"{' '.join(command.argv)}\n".encode())
+    return fd
+
+
 async def spawn(command: EngineCommand) -> asyncio.subprocess.Process:
     """Start the engine in a new session (own process group), output appended to its log.
 
     Raises OSError when the binary cannot be executed (missing, not executable).
     """
-    command.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    rotate_log(command.log_path)
-    fd = os.open(command.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = _open_log(command)
     try:
-        os.write(fd, f"--- slp: starting engine at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                     f"{' '.join(command.argv)}\n".encode())
         return await asyncio.create_subprocess_exec(
             *command.argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd,
             env={**os.environ, **command.env}, start_new_session=True, preexec_fn=_die_with_parent)
+    finally:
+        os.close(fd)
+
+
+class StartedProcess:
+    """An engine started before the event loop ran (`spawn_now`), with what the supervisor uses of an
+    asyncio subprocess: `pid`, `returncode` and `wait()` (which polls: asyncio does not reap it)."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        while self._popen.poll() is None:
+            await asyncio.sleep(0.05)
+        return self._popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL its group and reap it (an engine nobody took over)."""
+        if self._popen.poll() is None:
+            signal_group(self.pid, signal.SIGKILL)
+            self._popen.wait()
+        signal_group(self.pid, signal.SIGKILL)
+
+
+def spawn_now(command: EngineCommand) -> StartedProcess:
+    """`spawn` without an event loop, as the agent process does first thing (see slp.server.head_start)."""
+    fd = _open_log(command)
+    try:
+        return StartedProcess(subprocess.Popen(
+            command.argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env={**os.environ, **command.env},
+            start_new_session=True, preexec_fn=_die_with_parent))
     finally:
         os.close(fd)
 
@@ -79,7 +129,7 @@ def signal_group(pid: int, sig: int) -> None:
         pass
 
 
-async def terminate(proc: asyncio.subprocess.Process, grace: float) -> Optional[int]:
+async def terminate(proc: "asyncio.subprocess.Process | StartedProcess", grace: float) -> Optional[int]:
     """SIGTERM to the group, wait up to `grace` seconds, then SIGKILL the group. Returns the exit code."""
     if proc.returncode is None:
         signal_group(proc.pid, signal.SIGTERM)

@@ -21,7 +21,6 @@ import enum
 import inspect
 import logging
 import signal
-import socket
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from typing import Awaitable, Callable, Optional, Union
 import aiohttp
 import psutil
 
-from slp.engine.process import EngineCommand, spawn, tail_lines, terminate
+from slp.engine.process import EngineCommand, StartedProcess, free_port, spawn, tail_lines, terminate
 
 log = logging.getLogger("slp.engine")
 
@@ -81,13 +80,6 @@ def cpu_seconds(pid: int) -> float:
         return times.user + times.system
     except psutil.Error:
         return 0.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now, for the engine's private loopback socket."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def describe_exit(code: Optional[int]) -> tuple[Optional[int], Optional[str], str]:
@@ -140,6 +132,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
+        self._adopted: Optional[tuple[StartedProcess, int]] = None  # see adopt()
 
     # ------------------------------------------------------------------ verbs (idempotent)
 
@@ -309,16 +302,25 @@ class Supervisor:
     def _intent_changed(self) -> bool:
         return not self._want_running or self._want_restart
 
+    def adopt(self, process: StartedProcess, port: int) -> None:
+        """Take over an engine already started on `port` (the agent's head start) as the next one to run,
+        instead of spawning it; call before `start`."""
+        self._adopted = (process, port)
+
     async def _one_engine(self) -> Optional[ExitInfo]:
         """Run one engine process to its end. None: ended on purpose; ExitInfo: it failed."""
-        self.port = free_port()
-        try:
-            command = self._make_command(self.model_path, self.port)
-            if inspect.isawaitable(command):  # a factory that must ask something first (RPC workers)
-                command = await command
-            proc = await spawn(command)
-        except OSError as exc:
-            return ExitInfo("spawn-failed", f"cannot run the engine: {exc}", log_tail=tail_lines(self._log_path))
+        adopted, self._adopted = self._adopted, None
+        if adopted is not None:
+            proc, self.port = adopted
+        else:
+            self.port = free_port()
+            try:
+                command = self._make_command(self.model_path, self.port)
+                if inspect.isawaitable(command):  # a factory that must ask something first (RPC workers)
+                    command = await command
+                proc = await spawn(command)
+            except OSError as exc:
+                return ExitInfo("spawn-failed", f"cannot run the engine: {exc}", log_tail=tail_lines(self._log_path))
         self.pid = proc.pid
         exited = asyncio.ensure_future(proc.wait())
         try:
@@ -344,7 +346,7 @@ class Supervisor:
                                 log_tail=tail_lines(self._log_path))
             self._wake.clear()
             waker = asyncio.ensure_future(self._wake.wait())
-            await asyncio.wait({exited, waker}, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({exited, waker}, timeout=0.02, return_when=asyncio.FIRST_COMPLETED)
             waker.cancel()
         self.started_at = time.time()
         self._set(EngineState.READY, f"serving {self.model_path.name} on 127.0.0.1:{self.port} (pid {proc.pid})")

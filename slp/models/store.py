@@ -421,3 +421,9 @@ def _projector_beside(model: Path) -> Optional[Path]:
     projectors = sorted(p for p in ggufs if "mmproj" in p.name.lower())
     models = {name_for_file(p.name) for p in ggufs if "mmproj" not in p.name.lower()}
     return projectors[0] if len(projectors) == 1 and len(models) == 1 else None
+
+
+def engine_name(models: ModelStore, path: Path) -> str:
+    """What an engine is called (its first alias, else the file's name): in status, logs and metrics."""
+    found = models.for_path(path)
+    return found.aliases[0] if found is not None and found.aliases else path.stem

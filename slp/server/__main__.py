@@ -12,7 +12,7 @@ import sys
 from pydantic import ValidationError
 
 from slp.lifecycle import AgentError
-from slp.server.runner import run_foreground
+from slp.server.head_start import head_start
 from slp.settings import Settings, describe_settings_error, paths
 
 
@@ -26,11 +26,17 @@ def main() -> int:
     except (ValueError, OSError) as exc:  # an unreadable or malformed config.toml
         print(f"Error: cannot read {paths().config_file}: {exc}", file=sys.stderr)
         return 1
+    head = head_start(settings)  # the engine loads while the rest of the agent is imported
     try:
-        run_foreground(settings)
+        from slp.server.runner import run_foreground
+
+        run_foreground(settings, head)
     except AgentError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if head is not None:
+            head.discard()
     return 0
 
 

@@ -28,6 +28,7 @@ from slp.projects.store import ProjectStore
 from slp.server import keys
 from slp.server.api import PUBLIC_PATHS, add_api_routes
 from slp.server.engine_client import EngineClient
+from slp.server.head_start import HeadStart
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import ProjectRoutes
 from slp.server.proxy import Proxy
@@ -39,8 +40,10 @@ from slp.worker.pool import WorkerPool
 
 
 def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict],
-               on_engine_change: Optional[Callable[[Engine, EngineState, str], None]] = None) -> web.Application:
-    """Build the agent app. The engine is created stopped; the runner starts it once the socket is bound."""
+               on_engine_change: Optional[Callable[[Engine, EngineState, str], None]] = None,
+               head_start: Optional[HeadStart] = None) -> web.Application:
+    """Build the agent app. Engines start when a model is loaded (the runner loads the default one once
+    the socket is bound); `head_start` is that model's engine, already started, for its supervisor to adopt."""
     metrics = Metrics()
     request_log = RequestLog(settings.paths.request_log)
     middlewares = [make_observer(metrics, request_log), error_middleware,
@@ -68,9 +71,9 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app[keys.CONFIG] = {"loaded_at": time.time(), "error": None, "changed": [], "needs_agent_restart": []}
     workers = app[keys.WORKERS] = WorkerPool()  # RPC workers: checked before each engine start
     metrics.registry.register(WorkerCollector(workers))
-    engine_key = secrets.token_urlsafe(32)
+    engine_key = head_start.api_key if head_start is not None else secrets.token_urlsafe(32)
     app[keys.ENGINE_AUTH] = f"Bearer {engine_key}"
-    engines = app[keys.ENGINES] = _engine_pool(app, engine_bin, engine_key, on_engine_change)
+    engines = app[keys.ENGINES] = _engine_pool(app, engine_bin, engine_key, on_engine_change, head_start)
     metrics.memory_budget.set(engines.budget)
 
     # One cleanup context per resource, in start order; aiohttp tears them down in reverse and goes on
@@ -117,7 +120,8 @@ async def _control_http(app: web.Application) -> AsyncIterator[None]:
 
 
 def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
-                 on_engine_change: Optional[Callable[[Engine, EngineState, str], None]]) -> EnginePool:
+                 on_engine_change: Optional[Callable[[Engine, EngineState, str], None]],
+                 head_start: Optional[HeadStart]) -> EnginePool:
     """The pool of engines, one per loaded model, with the factories it needs: how to make a supervised
     engine, how to estimate and measure a model's memory, and what to tell metrics when engines come and go."""
     settings, models, metrics, workers = app[keys.SETTINGS], app[keys.MODELS], app[keys.METRICS], app[keys.WORKERS]
@@ -152,6 +156,10 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
             stop_grace=current.stop_grace, max_restarts=current.max_restarts, restart_window=current.restart_window,
             stall_timeout=current.stall_timeout, name=name, log_path=current.paths.engine_log, on_change=changed,
             on_restart=lambda reason: metrics.engine_restarted(name, reason))
+        head = head_start
+        if head is not None and not head.adopted and head.model_path == path and head.name == name:
+            supervisor.adopt(head.process, head.port)  # started before the agent's imports: take it over
+            head.adopted = True
         threads = (current.threads or cpu_cores()) if cpu_build else 0
         engine = Engine(name=name, path=path, supervisor=supervisor, threads=threads, estimate=0,
                         keep_alive=parse_keep_alive(current.keep_alive))

@@ -11,7 +11,7 @@ from slp.engine.pool import UNSET, ModelTooLarge, parse_keep_alive
 from slp.server import keys
 from slp.server.errors import APIError
 from slp.server.jsonbody import read_json_object, validate
-from slp.server.proxy import engine_name
+from slp.models.store import engine_name
 from slp.server.responses import ComputeState, EngineList, EngineRow, UnloadResult
 from slp.server.routes import engines_payload
 from slp.server.schemas import LoadModelRequest

@@ -407,12 +407,6 @@ def _pop_keep_alive(body: dict) -> object:
         raise APIError(400, str(exc), code="invalid_value", param="keep_alive")
 
 
-def engine_name(models: ModelStore, path: Path) -> str:
-    """What an engine is called (its first alias, else the file's name): in status, logs and metrics."""
-    found = models.for_path(path)
-    return found.aliases[0] if found is not None and found.aliases else path.stem
-
-
 def merge_usage(usage: Optional[dict], event: dict) -> Optional[dict]:
     """Token counts from one event of any of the engine's APIs (OpenAI chat/responses, Anthropic),
     merged with what earlier events said (Anthropic splits input and output across events)."""

@@ -23,13 +23,12 @@ import slp
 from slp.engine.binary import EngineNotFound, find_engine
 from slp.engine.pool import Engine
 from slp.engine.supervisor import EngineState
-from slp.models.store import ModelError, ModelStore
-from slp.projects.store import ProjectStore
+from slp.models.store import ModelError, ModelStore, engine_name
 from slp.lifecycle import SHUTDOWN_GRACE, AgentError, clean_up_after_dead_agent
 from slp.runstate import clear_state, live_state, write_state
 from slp.server import keys
 from slp.server.app import apply_settings, create_app
-from slp.server.proxy import engine_name
+from slp.server.head_start import HeadStart, installed_model
 from slp.server.security import check_security
 from slp.service.notify import ServiceNotifier, under_systemd
 from slp.settings import Settings, describe_settings_error, ensure_private_dir
@@ -39,15 +38,11 @@ log = logging.getLogger("slp.agent")
 def pick_model(settings: Settings) -> Path:
     """The model the engine starts with: the active project's, else `settings.model` (fetched if it is
     the embedded default)."""
-    models = ModelStore(settings.resolved_models_dir)
-    with ProjectStore(settings.paths.db_file) as projects:
-        wanted = [projects.active().model, settings.model]
-    for name in wanted:
-        found = models.resolve(name)
-        if found is not None:
-            return found.path
+    found = installed_model(settings)
+    if found is not None:
+        return found
     try:
-        return models.pull(settings.model, progress=False).path
+        return ModelStore(settings.resolved_models_dir).pull(settings.model, progress=False).path
     except ModelError as exc:
         raise AgentError(f"model {settings.model!r} is not installed and cannot be fetched: {exc}")
 
@@ -74,7 +69,7 @@ def warm_metadata(models: ModelStore, model_path: Path) -> None:
             pass  # a damaged file: the engine's own failure says so
 
 
-async def load_default(app: web.Application, name: str, path: Path) -> None:
+async def load_default(app: web.Application, name: str, path: Path, head: Optional[HeadStart]) -> None:
     """The model the agent starts with stays resident (pinned): `slp status` describes it, and `/health`
     is ready when it is. Other models load on demand and follow keep-alive."""
     try:
@@ -83,6 +78,9 @@ async def load_default(app: web.Application, name: str, path: Path) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - status and /health say why; the agent keeps serving
         log.error("the default model %s did not load: %s", name, exc)
+    finally:
+        if head is not None:
+            head.discard()  # the head start's engine, if the load did not take it over
 
 
 def setup_logging(settings: Settings) -> None:
@@ -96,7 +94,7 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> None:
+async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head: Optional[HeadStart] = None) -> None:
     """Run until SIGTERM/SIGINT. Raises AgentError for anything the user must fix."""
     check_security(settings)
     paths = settings.paths
@@ -153,7 +151,7 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
 
     primary_name = model_path.stem
     boot: Optional[asyncio.Task] = None
-    app = create_app(settings, engine_bin, build, on_engine_change)
+    app = create_app(settings, engine_bin, build, on_engine_change, head_start=head)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     await runner.setup()
     try:
@@ -178,7 +176,7 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)  # handlers only record; the loop below acts
         primary_name = engine_name(app[keys.MODELS], model_path)
-        boot = asyncio.create_task(load_default(app, primary_name, model_path))
+        boot = asyncio.create_task(load_default(app, primary_name, model_path, head))
         if ready is not None:
             ready.set()
         while not stop.is_set():
@@ -199,7 +197,7 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None) -> No
         log.info("slp agent stopped")
 
 
-def run_foreground(settings: Settings) -> None:
+def run_foreground(settings: Settings, head: Optional[HeadStart] = None) -> None:
     """Blocking entry point for `python -m slp.server` and `slp agent start --foreground`."""
     from slp.models.metadata import isolate_parsing
 
@@ -208,6 +206,6 @@ def run_foreground(settings: Settings) -> None:
     try:
         import uvloop
 
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, head=head))
     except ImportError:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, head=head))

@@ -1,0 +1,51 @@
+"""The agent's head start (slp/server/head_start.py): its default engine is spawned before the agent's own
+imports and adopted by the supervisor; one that nobody adopts is killed. Real agent, real engine."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from datetime import datetime
+
+import psutil
+
+from conftest import SLP, processes_under, wait_for
+
+
+def engine_starts(agent) -> list[str]:
+    return [line for line in (agent.home / "logs" / "engine.log").read_text().splitlines()
+            if line.startswith("--- slp: starting engine")]
+
+
+def test_the_default_engine_is_the_head_start_adopted_once(fresh_agent):
+    agent = fresh_agent()
+    agent.start()
+    status = agent.status()
+    engine = psutil.Process(status["engine"]["pid"])
+    assert engine.ppid() == agent.state()["agent_pid"], "the agent itself started the engine (pdeathsig, reaping)"
+    assert len(engine_starts(agent)) == 1, "one engine was started, not a head start plus the supervisor's own"
+    listening = next(line for line in (agent.home / "logs" / "agent.log").read_text().splitlines()
+                     if "listening on" in line)
+    listening_at = datetime.strptime(listening[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    assert engine.create_time() < listening_at, "the engine was spawned before the agent had even bound its port"
+    assert status["engine"]["state"] == "ready" and status["engine"]["restarts"] == 0
+    # The adopted engine is supervised like any other: killed, it is noticed and replaced.
+    engine.kill()
+    wait_for(lambda: agent.status()["engine"]["crashes"] == 1 and agent.status()["engine"]["state"] == "ready",
+             30, "the adopted engine's crash to be noticed and the engine replaced")
+    assert "SIGKILL" in agent.status()["engine"]["last_exit"]["detail"]
+    assert len(engine_starts(agent)) == 2
+
+
+def test_a_head_start_nobody_adopts_is_killed(fresh_agent):
+    """The agent refuses to start (its port is taken) after the head start spawned the engine."""
+    agent = fresh_agent()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", agent.port))
+        taken.listen()
+        proc = subprocess.run([sys.executable, "-m", "slp.server"], env=agent.env, capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 1 and "already in use" in proc.stderr, proc.stderr
+    assert len(engine_starts(agent)) == 1, "the head start did spawn an engine"
+    wait_for(lambda: not processes_under(agent.home), 10, "no engine left behind")
