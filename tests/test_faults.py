@@ -34,7 +34,7 @@ def test_engine_sigkill_is_restarted_and_status_says_why(fresh_agent):
     agent.start()
     old_pid = agent.engine_pid()
     os.kill(old_pid, signal.SIGKILL)
-    wait_for(lambda: agent.status()["engine"]["restarts"] >= 1 and engine_ready(agent), 20, "engine restart")
+    wait_for(lambda: agent.status()["engine"]["crashes"] >= 1 and engine_ready(agent), 20, "engine restart")
     status = agent.status()
     assert status["engine"]["pid"] != old_pid
     assert status["engine"]["last_exit"]["signal"] == "SIGKILL"
@@ -74,7 +74,7 @@ def test_hung_engine_is_detected_and_replaced(fresh_agent):
     pid = agent.engine_pid()
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: agent.status()["engine"]["restarts"] >= 1, 20, "the watchdog to notice the hang")
+        wait_for(lambda: agent.status()["engine"]["crashes"] >= 1, 20, "the watchdog to notice the hang")
     finally:
         if psutil.pid_exists(pid):
             os.kill(pid, signal.SIGKILL)

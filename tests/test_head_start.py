@@ -38,8 +38,20 @@ def test_the_default_engine_is_the_head_start_adopted_once(fresh_agent):
     assert len(engine_starts(agent)) == 2
 
 
-def test_a_head_start_nobody_adopts_is_killed(fresh_agent):
-    """The agent refuses to start (its port is taken) after the head start spawned the engine."""
+def test_a_head_start_nobody_adopts_is_killed_while_the_agent_serves(fresh_agent):
+    """The default model does not fit the memory budget: the load refuses it after the head start had
+    spawned its engine; that engine goes, the agent stays (and says why)."""
+    agent = fresh_agent(memory_budget="10MB")
+    agent.start()
+    assert len(engine_starts(agent)) == 1, "the head start did spawn an engine"
+    engines = lambda: [p for p in processes_under(agent.home) if "llama-server" in p.name()]  # noqa: E731
+    wait_for(lambda: not engines(), 10, "the unadopted engine to be killed")
+    assert psutil.pid_exists(agent.state()["agent_pid"]) and agent.status()["engine"]["state"] == "unloaded"
+    assert "did not load" in (agent.home / "logs" / "agent.log").read_text()
+
+
+def test_no_head_start_when_the_agent_will_refuse(fresh_agent):
+    """Its port is taken: the agent refuses to start, and no engine was spawned for nothing."""
     agent = fresh_agent()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", agent.port))
@@ -47,5 +59,6 @@ def test_a_head_start_nobody_adopts_is_killed(fresh_agent):
         proc = subprocess.run([sys.executable, "-m", "slp.server"], env=agent.env, capture_output=True, text=True,
                               timeout=120)
     assert proc.returncode == 1 and "already in use" in proc.stderr, proc.stderr
-    assert len(engine_starts(agent)) == 1, "the head start did spawn an engine"
-    wait_for(lambda: not processes_under(agent.home), 10, "no engine left behind")
+    log = agent.home / "logs" / "engine.log"
+    assert not log.exists() or not engine_starts(agent)
+    assert not processes_under(agent.home) and not (agent.home / "run" / "agent.json").exists()

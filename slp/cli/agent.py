@@ -179,7 +179,8 @@ def status() -> None:
     info = AgentClient(state["url"], settings=settings).request("GET", "/v1/status")
     engine = info["engine"]
     typer.echo(f"agent:  running at {state['url']} (pid {state['agent_pid']}, up {info['agent']['uptime_s']:.0f}s)")
-    typer.echo(f"engine: {engine['state']} (pid {engine['pid']}) - {engine['reason']}; restarts: {engine['restarts']}")
+    typer.echo(f"engine: {engine['state']} (pid {engine['pid']}) - {engine['reason']}; "
+               f"restarts: {engine['restarts']} (crashes: {engine.get('crashes', 0)})")
 
 
 @app.command()

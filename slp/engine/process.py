@@ -87,7 +87,8 @@ async def spawn(command: EngineCommand) -> asyncio.subprocess.Process:
 
 class StartedProcess:
     """An engine started before the event loop ran (`spawn_now`), with what the supervisor uses of an
-    asyncio subprocess: `pid`, `returncode` and `wait()` (which polls: asyncio does not reap it)."""
+    asyncio subprocess: `pid`, `returncode` and `wait()` (asyncio does not watch it: a pidfd tells the
+    loop when it exits, or, where there is none, it is polled)."""
 
     def __init__(self, popen: subprocess.Popen):
         self._popen = popen
@@ -98,15 +99,32 @@ class StartedProcess:
         return self._popen.poll()
 
     async def wait(self) -> int:
-        while self._popen.poll() is None:
-            await asyncio.sleep(0.05)
-        return self._popen.returncode
+        if self._popen.poll() is not None:
+            return self._popen.returncode
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux 5.3+
+            while self._popen.poll() is None:
+                await asyncio.sleep(0.05)
+            return self._popen.returncode
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        loop.add_reader(pidfd, lambda: ended.done() or ended.set_result(None))
+        try:
+            await ended
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return self._popen.wait()
 
     def kill(self) -> None:
-        """SIGKILL its group and reap it (an engine nobody took over)."""
+        """SIGKILL its group and reap it (an engine nobody took over); waits at most a second."""
         if self._popen.poll() is None:
             signal_group(self.pid, signal.SIGKILL)
-            self._popen.wait()
+            try:
+                self._popen.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass  # stuck in the kernel (a GPU driver, a disk): it dies when it can
         signal_group(self.pid, signal.SIGKILL)
 
 

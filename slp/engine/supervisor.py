@@ -4,7 +4,7 @@ Only `_run` changes the state. Callers express intent (`start`, `stop`, `restart
 setting what they want and waking the owner; they never check the state first, and every verb is
 idempotent. Readiness races the health probe against the process exiting, a deadline and new intent;
 once ready, a watchdog treats a process that exists but does not answer as hung and replaces it.
-Crashes restart with exponential backoff until `max_restarts` happen within `restart_window`; then
+Crashes restart with exponential backoff until more than `max_restarts` happen within `restart_window`; then
 the state is `failed` (with the exit code/signal and the log tail) until someone asks again.
 
 Liveness is judged by progress, not only by `/health`: llama.cpp can wedge mid-decode while its HTTP
@@ -285,6 +285,9 @@ class Supervisor:
                 self._set(EngineState.RESTARTING, f"{ended.reason}: {ended.detail}; restarting in {delay:.2f}s")
                 await self._wait_for_intent(delay)
         finally:
+            leftover, self._adopted = self._adopted, None
+            if leftover is not None:  # stopped before it ran the engine it was to adopt
+                await terminate(leftover[0], self._stop_grace)
             self.pid = None
             self._set(EngineState.STOPPED, "stopped")
 

@@ -12,6 +12,7 @@ import sys
 from pydantic import ValidationError
 
 from slp.lifecycle import AgentError
+from slp.runstate import clear_state
 from slp.server.head_start import head_start
 from slp.settings import Settings, describe_settings_error, paths
 
@@ -37,6 +38,7 @@ def main() -> int:
     finally:
         if head is not None:
             head.discard()
+            clear_state(settings.paths, agent_pid=os.getpid())  # the head start's, if the agent never served
     return 0
 
 

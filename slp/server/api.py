@@ -378,6 +378,6 @@ def add_api_routes(app: web.Application, proxy: Any, projects: ProjectRoutes) ->
 
 
 def add_project_routes(app: web.Application, store: ProjectStore, model_exists: Callable[[str], bool]) -> None:
-    """Serve only the /v1/projects routes on `app` (tests mount them alone, beside a stand-in chat route)."""
+    """Serve only the /v1/projects routes on `app` (the project API tests mount them alone, on a real app)."""
     app[PROJECT_ROUTES] = ProjectRoutes(store, model_exists)
     register(app, [route for route in ROUTES if route.tag == "Projects"])

@@ -66,7 +66,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app[keys.PUBLIC_URL] = []
     admission = app[keys.ADMISSION] = Admission(settings.parallel + settings.max_queue)
     recorder = app[keys.RECORDER] = UsageRecorder(projects)
-    project_cache = app[keys.PROJECT_CACHE] = ProjectCache(projects)
+    project_cache = ProjectCache(projects)  # the proxy's own: only it reads projects per request
     app[keys.METRICS] = metrics
     app[keys.CONFIG] = {"loaded_at": time.time(), "error": None, "changed": [], "needs_agent_restart": []}
     workers = app[keys.WORKERS] = WorkerPool()  # RPC workers: checked before each engine start

@@ -4,24 +4,30 @@ Cold start is Python importing aiohttp, pydantic models and the rest (most of a 
 then the engine loading its model. Nothing in the engine's start needs the agent's web stack, so
 `python -m slp.server` spawns it first, from the few modules imported here, and the two overlap; once the
 event loop runs, the default model's supervisor adopts this engine instead of spawning another
-(`Supervisor.adopt`). An engine nobody adopted (the agent refused to start, the model no longer fits the
-memory budget) is killed. Without a head start (RPC workers configured, the model not installed yet,
-another agent running) the agent starts its engine as always.
+(`Supervisor.adopt`). It is in the state file from the start, so a next start reaps it like any engine of
+a dead agent; one nobody adopted (the default model did not fit the memory budget, the agent failed later
+in its start) is killed. Without a head start (RPC workers configured, the model not installed yet,
+another agent running, a start the agent will refuse) the agent starts its engine as always.
 """
 
 from __future__ import annotations
 
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from slp.engine.binary import EngineNotFound, find_engine
+import psutil
+
+from slp.engine.binary import find_engine
 from slp.engine.command import engine_command
 from slp.engine.process import StartedProcess, free_port, spawn_now
+from slp.lifecycle import clean_up_after_dead_agent
 from slp.models.store import ModelStore, engine_name
 from slp.projects.store import ProjectStore
-from slp.runstate import live_state
+from slp.runstate import live_state, write_state
+from slp.server.security import check_security
 from slp.settings import Settings
 
 
@@ -55,16 +61,21 @@ def installed_model(settings: Settings) -> Optional[Path]:
 
 
 def head_start(settings: Settings) -> Optional[HeadStart]:
-    """Spawn the default model's engine now, or None when the agent should start it itself."""
-    if settings.workers or live_state(settings.paths):
-        return None  # workers are checked before each start; a running agent makes this one refuse
+    """Spawn the default model's engine now, or None when the agent should start it itself: whenever the
+    agent is about to refuse (another agent runs, an unsafe address, its port taken) or the start needs
+    what only the agent does (fetching the model, checking RPC workers)."""
+    paths = settings.paths
+    if settings.workers or live_state(paths) or not _port_free(settings.host, settings.port):
+        return None
     try:
+        check_security(settings)
         binary, _ = find_engine(settings)
         model_path = installed_model(settings)
-    except (EngineNotFound, Exception):  # noqa: BLE001 - only a head start: the agent reports it in its words
+    except Exception:  # noqa: BLE001 - only a head start: the agent says what is wrong in its own words
         return None
     if model_path is None:
         return None
+    clean_up_after_dead_agent(paths)  # a dead agent's engines free their memory before this one loads
     models = ModelStore(settings.resolved_models_dir)
     found = models.for_path(model_path)
     name, port, key = engine_name(models, model_path), free_port(), secrets.token_urlsafe(32)
@@ -74,4 +85,24 @@ def head_start(settings: Settings) -> Optional[HeadStart]:
         process = spawn_now(command)
     except OSError:
         return None
+    if settings.port:
+        # In the state file at once, so a next start reaps it even if this agent is killed before it
+        # serves (the parent-death signal does that on Linux only). The URL is where it will listen.
+        me, engine = psutil.Process(), psutil.Process(process.pid)
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        write_state(paths, {"agent_pid": me.pid, "agent_create_time": me.create_time(), "host": settings.host,
+                            "port": settings.port, "url": f"http://{host}:{settings.port}",
+                            "engine_pid": process.pid, "engine_create_time": engine.create_time(),
+                            "engines": [{"model": name, "pid": process.pid, "create_time": engine.create_time()}]})
     return HeadStart(model_path=model_path, name=name, port=port, api_key=key, process=process)
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the agent's own listener does
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -50,7 +50,7 @@ class Metrics:
         self.engine_state = Gauge("slp_engine_state", "1 for each loaded engine's current state", ["model", "state"],
                                   registry=r)
         self.engine_restarts = Counter("slp_engine_restarts", "Engine restarts by model and reason (crash, hang, "
-                                       "stall, start-timeout, user, config)", ["model", "reason"], registry=r)
+                                       "stall, start-timeout, user, config, model)", ["model", "reason"], registry=r)
         self.engine_rss = Gauge("slp_engine_rss_bytes", "Engine resident memory", ["model"], registry=r)
         self.engine_cpu = Gauge("slp_engine_cpu_seconds", "Engine CPU time (user+system)", ["model"], registry=r)
         self.engine_loads = Counter("slp_engine_loads", "Engines loaded, by model", ["model"], registry=r)
@@ -155,7 +155,8 @@ def observe(metrics: Metrics, log: Optional[RequestLog], route: str, status: int
         log.write(route=route, project=project, model=record.model, status=status, prompt_tokens=prompt,
                   completion_tokens=completion, latency_ms=round(latency * 1000, 2),
                   ttft_ms=round(record.ttft * 1000, 2) if record.ttft is not None else None,
-                  client_disconnected=record.disconnected, engine=engine)
+                  client_disconnected=record.disconnected, engine=engine,
+                  **({"engine_failed": record.engine_failed} if record.engine_failed else {}))
 
 
 def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
@@ -187,8 +188,9 @@ def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
         except web.HTTPException as exc:
             status = exc.status
             raise
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the client left before its answer (aiohttp cancels the handler)
             status = 499
+            record.disconnected = True
             raise
         finally:
             latency = time.perf_counter() - record.started

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from slp.engine.pool import UNSET, Engine, EnginePool, ModelTooLarge, parse_keep_alive
 from slp.engine.supervisor import EngineState, EngineUnavailable
-from slp.models.store import ModelStore
+from slp.models.store import ModelStore, engine_name
 from slp.projects.schema import Project
 from slp.projects.shaping import added_usage, shape_chat, shape_plain
 from slp.projects.store import ProjectError, ProjectNotFound
@@ -169,9 +169,8 @@ class Proxy:
         session = (body["session_id"], body["messages"]) if body.get("session_id") else None
         shaped = shape_chat(body, project)
         record.hide_usage = added_usage(body, shaped)
-        response = await self._forward(request, record, "/v1/chat/completions", shaped, project, session,
-                                       keep_alive=keep_alive)
-        return _report_unknown(response, record.unknown_fields)
+        return await self._forward(request, record, "/v1/chat/completions", shaped, project, session,
+                                   keep_alive=keep_alive)
 
     def route(self, path: str, schema: type, shape: Callable[[dict, Project], dict] = shape_plain,
               end_marker: bytes = _DONE, account: bool = True) -> Callable:
@@ -186,9 +185,8 @@ class Proxy:
             project = await self._project_for(request, body)
             shaped = shape(body, project)
             record.hide_usage = added_usage(body, shaped)
-            response = await self._forward(request, record, path, shaped, project, None,
-                                           end_marker=end_marker, account=account, keep_alive=keep_alive)
-            return _report_unknown(response, record.unknown_fields)
+            return await self._forward(request, record, path, shaped, project, None,
+                                       end_marker=end_marker, account=account, keep_alive=keep_alive)
 
         handler.__doc__ = schema.__doc__
         return handler
@@ -229,14 +227,26 @@ class Proxy:
                            "see GET /v1/models or `slp model list`", code="model_not_found", param="model")
         if len(self._resolved) > 256:
             self._resolved.clear()
-        name = model.aliases[0] if model.aliases else model.name
+        name = engine_name(store, model.path)  # as the runner and the load route name it: one engine per file
         self._resolved[model_name] = (stamp, model.path, name)
         return model.path, name
 
     async def _forward(self, request: web.Request, record: RequestRecord, path: str, body: dict,
                        project: Project, session: Optional[Session], end_marker: bytes = _DONE,
                        account: bool = True, keep_alive: object = UNSET) -> web.StreamResponse:
-        """Admit the request, lease its model's engine (loading it if needed) and send it there."""
+        """Admit the request, lease its model's engine (loading it if needed) and send it there. Every
+        answer, error or not, names the request's unknown fields (a stream's headers name them itself)."""
+        try:
+            return _report_unknown(await self._admitted(request, record, path, body, project, session,
+                                                        end_marker, account, keep_alive), record.unknown_fields)
+        except APIError as exc:
+            if record.unknown_fields:
+                exc.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(record.unknown_fields)
+            raise
+
+    async def _admitted(self, request: web.Request, record: RequestRecord, path: str, body: dict,
+                        project: Project, session: Optional[Session], end_marker: bytes, account: bool,
+                        keep_alive: object) -> web.StreamResponse:
         if not self._admission.try_admit():
             raise APIError(429, "too many requests waiting for the engine; retry shortly",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})

@@ -101,8 +101,9 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head:
     running = live_state(paths)
     if running and running.get("agent_pid") != os.getpid():
         raise AgentError(f"an slp agent is already running at {running['url']} (pid {running['agent_pid']})")
-    for pid in clean_up_after_dead_agent(paths):
-        log.warning("killed engine pid %s left behind by a dead agent", pid)
+    if running is None:  # (a state file of this agent's own: its head start has cleaned up already)
+        for pid in clean_up_after_dead_agent(paths):
+            log.warning("killed engine pid %s left behind by a dead agent", pid)
     try:
         engine_bin, build = find_engine(settings)
     except EngineNotFound as exc:
@@ -131,7 +132,7 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head:
 
     def record_engines() -> None:
         """Every engine's PID and create time in the state file, so a next start can reap them all."""
-        if not state["url"] or keys.ENGINES not in app:
+        if not state["url"]:
             return
         engines = []
         for engine in app[keys.ENGINES].engines():
