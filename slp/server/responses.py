@@ -21,7 +21,7 @@ EXAMPLE_PROJECT = "general_chat"
 class _Open(BaseModel):
     """Responses may carry more fields than listed (llama-server adds some over versions)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 def dump_json(body: BaseModel) -> bytes:

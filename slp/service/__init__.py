@@ -15,37 +15,28 @@ One module a concern:
 - `notify`: sd_notify, used by the running agent and worker.
 
 The platform is an argument everywhere (default: `sys.platform`) so both generators are testable on any
-OS. The names below are this package's interface.
+OS. The names below are this package's interface; each is imported when first asked for, so the running
+agent, which needs only `notify`, does not load the service managers.
 """
 
 from __future__ import annotations
 
-from slp.service.agent import (
-    install,
-    installed_service,
-    managed_by_service,
-    render,
-    service_start,
-    service_stop,
-    status,
-    uninstall,
-    wait_ready,
-)
-from slp.service.base import InstallResult, ManagerUnavailable, ServiceError, ServiceManager, ServiceStatus
-from slp.service.managers import get_manager
-from slp.service.spec import (
-    LAUNCHD_LABEL,
-    MODEL_FETCH_ALLOWANCE,
-    SERVICE_NAME,
-    STOP_MARGIN,
-    ServiceSpec,
-    build_spec,
-    service_environment,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "LAUNCHD_LABEL", "MODEL_FETCH_ALLOWANCE", "SERVICE_NAME", "STOP_MARGIN", "InstallResult",
-    "ManagerUnavailable", "ServiceError", "ServiceManager", "ServiceSpec", "ServiceStatus", "build_spec",
-    "get_manager", "install", "installed_service", "managed_by_service", "render", "service_environment",
-    "service_start", "service_stop", "status", "uninstall", "wait_ready",
-]
+_HOMES = {
+    "slp.service.agent": ("install", "installed_service", "managed_by_service", "render", "service_start",
+                          "service_stop", "status", "uninstall", "wait_ready"),
+    "slp.service.base": ("InstallResult", "ManagerUnavailable", "ServiceError", "ServiceManager", "ServiceStatus"),
+    "slp.service.managers": ("get_manager",),
+    "slp.service.spec": ("LAUNCHD_LABEL", "MODEL_FETCH_ALLOWANCE", "SERVICE_NAME", "STOP_MARGIN", "ServiceSpec",
+                         "build_spec", "service_environment"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_HOME_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME_OF[name]), name)
