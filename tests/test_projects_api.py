@@ -19,9 +19,17 @@ from slp.cli.chat import chat
 from slp.cli.project import app as project_app
 from slp.projects import ProjectStore
 from slp.server.middleware import error_middleware, make_auth
-from slp.server.api import add_project_routes
+from slp.server.api import ROUTES
+from slp.server.projects_routes import PROJECT_ROUTES, ProjectRoutes
+from slp.server.route_table import register
 
 MODELS = {"slp-orchestra-mini", "SmolLM2-135M-Instruct-Q4_1"}
+
+
+def add_project_routes(app: web.Application, store: ProjectStore, model_exists) -> None:
+    """Only the /v1/projects routes of the agent's route table, on `app`."""
+    app[PROJECT_ROUTES] = ProjectRoutes(store, model_exists)
+    register(app, [route for route in ROUTES if route.tag == "Projects"])
 
 
 @pytest.fixture(autouse=True)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
 from slp.projects.schema import SESSION_ID_PATTERN, Project, ProjectCreate, ProjectUpdate, ProjectUsage, SessionDetail
 from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
-from slp.projects.store import ProjectStore
 from slp.server import docs, engines_routes, keys, projects_routes, routes
 from slp.server.docs_files import STATIC_FILES
 from slp.server.projects_routes import PROJECT_ROUTES, ProjectRoutes
@@ -375,9 +374,3 @@ def add_api_routes(app: web.Application, proxy: Any, projects: ProjectRoutes) ->
     """Serve every route of `ROUTES` on `app`: the proxied ones by `proxy`, the project ones with `projects`."""
     app[PROJECT_ROUTES] = projects
     register(app, ROUTES, proxy)
-
-
-def add_project_routes(app: web.Application, store: ProjectStore, model_exists: Callable[[str], bool]) -> None:
-    """Serve only the /v1/projects routes on `app` (the project API tests mount them alone, on a real app)."""
-    app[PROJECT_ROUTES] = ProjectRoutes(store, model_exists)
-    register(app, [route for route in ROUTES if route.tag == "Projects"])

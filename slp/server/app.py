@@ -31,7 +31,7 @@ from slp.server.engine_client import EngineClient
 from slp.server.head_start import HeadStart
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import ProjectRoutes
-from slp.server.proxy import Proxy
+from slp.server.proxy import Proxy, name_unknown_fields
 from slp.server.services import Admission, ProjectCache, UsageRecorder
 from slp.server.observe import Metrics, RequestLog, make_observer
 from slp.settings import Settings
@@ -54,7 +54,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
         # /health stays open for service managers and load balancers: it says ready or not, no details.
         middlewares.append(make_auth(settings.api_key.get_secret_value(), PUBLIC_PATHS))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
-    app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.extend([add_cors_headers, name_unknown_fields])
 
     models = ModelStore(settings.resolved_models_dir)
     projects = ProjectStore(settings.paths.db_file)

@@ -48,9 +48,8 @@ class HeadStart:
             self.process.kill()
 
 
-def installed_model(settings: Settings) -> Optional[Path]:
+def installed_model(settings: Settings, models: ModelStore) -> Optional[Path]:
     """The model the agent starts with, if it is installed: the active project's, else `settings.model`."""
-    models = ModelStore(settings.resolved_models_dir)
     with ProjectStore(settings.paths.db_file) as projects:
         wanted = [projects.active().model, settings.model]
     for name in wanted:
@@ -70,13 +69,13 @@ def head_start(settings: Settings) -> Optional[HeadStart]:
     try:
         check_security(settings)
         binary, _ = find_engine(settings)
-        model_path = installed_model(settings)
+        models = ModelStore(settings.resolved_models_dir)
+        model_path = installed_model(settings, models)
     except Exception:  # noqa: BLE001 - only a head start: the agent says what is wrong in its own words
         return None
     if model_path is None:
         return None
     clean_up_after_dead_agent(paths)  # a dead agent's engines free their memory before this one loads
-    models = ModelStore(settings.resolved_models_dir)
     found = models.for_path(model_path)
     name, port, key = engine_name(models, model_path), free_port(), secrets.token_urlsafe(32)
     command = engine_command(settings, binary, model_path, port, key, name,

@@ -55,11 +55,12 @@ def unknown_fields_value(unknown: tuple[str, ...]) -> str:
                      else json.dumps(name) for name in unknown)[:2048]
 
 
-def _report_unknown(response: web.StreamResponse, unknown: tuple[str, ...]) -> web.StreamResponse:
-    """Name the unknown request fields in a reply not yet sent (a stream's headers name them itself)."""
-    if unknown and not response.prepared:
-        response.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(unknown)
-    return response
+async def name_unknown_fields(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer to a request with unknown fields names them, whether it is the
+    engine's reply, a stream or a refusal (the record has them once the body was validated)."""
+    record = request.get(RECORD)
+    if record is not None and record.unknown_fields:
+        response.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(record.unknown_fields)
 
 
 class HiddenUsage:
@@ -234,19 +235,7 @@ class Proxy:
     async def _forward(self, request: web.Request, record: RequestRecord, path: str, body: dict,
                        project: Project, session: Optional[Session], end_marker: bytes = _DONE,
                        account: bool = True, keep_alive: object = UNSET) -> web.StreamResponse:
-        """Admit the request, lease its model's engine (loading it if needed) and send it there. Every
-        answer, error or not, names the request's unknown fields (a stream's headers name them itself)."""
-        try:
-            return _report_unknown(await self._admitted(request, record, path, body, project, session,
-                                                        end_marker, account, keep_alive), record.unknown_fields)
-        except APIError as exc:
-            if record.unknown_fields:
-                exc.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(record.unknown_fields)
-            raise
-
-    async def _admitted(self, request: web.Request, record: RequestRecord, path: str, body: dict,
-                        project: Project, session: Optional[Session], end_marker: bytes, account: bool,
-                        keep_alive: object) -> web.StreamResponse:
+        """Admit the request, lease its model's engine (loading it if needed) and send it there."""
         if not self._admission.try_admit():
             raise APIError(429, "too many requests waiting for the engine; retry shortly",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
@@ -305,8 +294,6 @@ class Proxy:
         Engine gone: end the stream with an error event, never a silently truncated success."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
-        if record.unknown_fields:
-            response.headers[UNKNOWN_FIELDS_HEADER] = unknown_fields_value(record.unknown_fields)
         await response.prepare(request)
         keep_all = session is not None
         seen = bytearray()

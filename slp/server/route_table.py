@@ -8,6 +8,7 @@ routes name what the proxy needs (`Forward`) and stream the engine's bytes thems
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Optional, Union
 
@@ -85,7 +86,7 @@ class Route:
         if (self.handler is None) == (self.forward is None):
             raise ValueError(f"{self.method} {self.path}: give a handler or a Forward, not both or neither")
 
-    @property
+    @functools.cached_property
     def status(self) -> int:
         """The status of a reply the handler returns without one: the route's first success."""
         return min(code for code in self.answers if code < 300)

@@ -38,11 +38,12 @@ log = logging.getLogger("slp.agent")
 def pick_model(settings: Settings) -> Path:
     """The model the engine starts with: the active project's, else `settings.model` (fetched if it is
     the embedded default)."""
-    found = installed_model(settings)
+    models = ModelStore(settings.resolved_models_dir)
+    found = installed_model(settings, models)
     if found is not None:
         return found
     try:
-        return ModelStore(settings.resolved_models_dir).pull(settings.model, progress=False).path
+        return models.pull(settings.model, progress=False).path
     except ModelError as exc:
         raise AgentError(f"model {settings.model!r} is not installed and cannot be fetched: {exc}")
 
@@ -108,7 +109,8 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head:
         engine_bin, build = find_engine(settings)
     except EngineNotFound as exc:
         raise AgentError(str(exc))
-    model_path = await asyncio.to_thread(pick_model, settings)
+    # The head start has picked it already (and its engine serves that file); else pick it now.
+    model_path = head.model_path if head is not None else await asyncio.to_thread(pick_model, settings)
 
     me = psutil.Process()
     state = {"agent_pid": me.pid, "agent_create_time": me.create_time(), "host": settings.host,
