@@ -147,8 +147,8 @@ async def test_keep_alive_expiry_is_disarmed_while_leased_and_pinned_engines_sta
         await asyncio.sleep(0.2)
         assert pool.get(Path("a")) is not None, "no expiry while a request holds it"
     await pool.load("b", Path("b"), pin=True)
-    await asyncio.sleep(0.3)
-    assert pool.get(Path("a")) is None, "expired after keep_alive once idle"
+    await wait_until(lambda: pool.get(Path("a")) is None, 2, "a to expire after keep_alive once idle")
+    await asyncio.sleep(0.2)  # b's keep_alive, twice over
     assert pool.get(Path("b")) is not None, "pinned engines do not expire"
 
 
@@ -164,10 +164,10 @@ async def test_unload_waits_for_leases_and_a_request_meanwhile_waits_for_the_rel
         first_done.set()
 
     holder = asyncio.create_task(long_request())
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: pool.get(Path("a")) is not None and pool.get(Path("a")).leases == 1, 2, "the lease")
     unloading = asyncio.create_task(pool.unload(Path("a")))
-    await asyncio.sleep(0.02)
-    assert not unloading.done(), "unload waits for the lease"
+    await wait_until(lambda: pool.get(Path("a")).unloading, 2, "the unload to begin")
+    assert not unloading.done(), "unload waits for the lease (and long_request sees its engine still ready)"
     late = asyncio.create_task(pool.load("a", Path("a")))
     await asyncio.sleep(0.02)
     assert not late.done(), "a request for a model being unloaded waits instead of failing"
@@ -190,16 +190,16 @@ async def test_compute_gate_fifo_and_threads():
         order.append(name)
 
     wait_b = asyncio.create_task(enter(b, "b"))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: gate.snapshot()["waiting"] == 1, 1, "b to queue")
     wait_a = asyncio.create_task(enter(a, "a-late"))
-    await asyncio.sleep(0.01)
-    assert order == [] and gate.snapshot()["waiting"] == 2, "a newcomer for a busy engine queues behind b"
+    await wait_until(lambda: gate.snapshot()["waiting"] == 2, 1, "a-late to queue")
+    assert order == [], "a newcomer for a busy engine queues behind b"
     gate.leave(a)
     gate.leave(a)
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: order, 1, "someone to compute once a's threads are free")
     assert order == ["b"], "b computes once a's threads are free"
     gate.leave(b)
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: len(order) == 2, 1, "a-late to compute")
     assert order == ["b", "a-late"]
     gate.leave(a)
     assert gate.threads_in_use() == 0

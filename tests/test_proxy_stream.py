@@ -135,6 +135,7 @@ def test_an_engine_error_status_becomes_an_openai_error(standin_agent, engine_st
     error = resp.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"] == f"engine: refused {marker}" and error["code"] == code and error["type"] == type_
+    assert resp.headers["X-SLP-Unknown-Fields"] == "standin", "a refusal names the unknown fields too"
 
 
 def engine_processing(agent: Agent) -> float:

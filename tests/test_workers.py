@@ -346,10 +346,12 @@ def test_two_loopback_workers_serve_the_default_model(workers, agents):
         assert f'slp_worker_up{{address="{address}"}} 1.0' in metrics
     table = agent.cli("status", check=True).stdout
     assert all(f"{address} in-use" in table for address in addresses)
-    from slp.server.responses import WorkerRow
+    from jsonschema import Draft202012Validator
 
-    for row in agent.status()["workers"]:
-        WorkerRow.model_validate(row)  # what /v1/status documents
+    spec = agent.get("/openapi.json")  # what the agent documents, checked against what it answers
+    status_schema = Draft202012Validator({"$ref": "#/components/schemas/Status", "components": spec["components"]})
+    errors = [f"{e.json_path}: {e.message}" for e in status_schema.iter_errors(agent.status())]
+    assert not errors, errors[:5]
     busy = json.loads(w.cli("status", "--json").stdout)
     assert {s["state"] for s in busy} == {"busy"}, "a worker an engine holds does not answer others"
     engine = serving_engine(agent)
