@@ -22,11 +22,12 @@ test-gpu: setup test-deps
 		tests/test_engine_apis.py tests/test_faults.py tests/test_load.py
 
 # What the end-to-end tests drive besides Python, from Debian's and npm's registries when missing:
-# Node.js + the openai npm package (the seed's JavaScript example), curl, systemd-analyze (the unit check).
+# Node.js + the openai npm package (the seed's JavaScript example), curl, systemd-analyze (the unit check),
+# gdb (the engine self-test names the function a crashing build died in).
 test-deps:
 	@command -v node >/dev/null && command -v npm >/dev/null && command -v curl >/dev/null && \
-		command -v systemd-analyze >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq nodejs npm curl systemd)
+		command -v systemd-analyze >/dev/null && command -v gdb >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq nodejs npm curl systemd gdb)
 	npm ci --prefix tests/js --no-audit --no-fund --silent
 
 # The browser tests/test_docs.py drives (Playwright on Debian's chromium; Playwright downloads nothing).

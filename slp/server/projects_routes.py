@@ -80,7 +80,7 @@ def _store(request: web.Request) -> ProjectStore:
 
 async def _check_model(request: web.Request, model: str) -> None:
     if not await asyncio.to_thread(request.app[PROJECT_ROUTES].model_exists, model):
-        raise APIError(422, f"model '{model}' is not installed (see: slp models list)",
+        raise APIError(422, f"model '{model}' is not installed (see: slp model list)",
                        code="model_not_found", param="model")
 
 
