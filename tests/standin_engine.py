@@ -11,14 +11,19 @@ is " w<i>", prompt tokens are the words of the messages, so a test knows every c
 
 What the real engine cannot be made to do on demand, this one does when told:
 - per request, a `standin` object in the body (slp passes unknown fields on to the engine):
-  `die_after` N events: SIGKILL itself mid-stream; `stall_after` N events: send nothing more and use
-  no CPU, while `/health` still answers (llama.cpp's mid-decode wedge); `status` S: answer HTTP S with
-  llama-server's error body; `token_delay` seconds between tokens (a slow engine).
+  `die_after` N events: SIGKILL itself mid-stream (0: before any byte, a crash in the request's first
+  decode), or die by `die_signal` (e.g. "SIGSEGV"); `stall_after` N events: send nothing more and use no
+  CPU, while `/health` still answers (llama.cpp's mid-decode wedge; a non-streamed request gets no answer
+  at all); `status` S: answer HTTP S with llama-server's error body; `token_delay` seconds between tokens
+  (a slow engine).
 - per process, from the environment: STANDIN_LOAD_S (seconds of "Loading model" before ready),
   STANDIN_EXIT_AT_START (exit with that code at once: a crash loop), STANDIN_IGNORE_TERM (ignore
-  SIGTERM, so a stop must escalate to SIGKILL), STANDIN_RECORD (a folder: each request's body and the
-  exact bytes of each reply are written there, `<pid>-<n>.request.json` and `<pid>-<n>.reply`, so a test can
-  compare what the client got with what the engine sent).
+  SIGTERM, so a stop must escalate to SIGKILL), STANDIN_CRASH_AT_LOAD (`1`: die by SIGSEGV while
+  "Loading model", after STANDIN_LOAD_S or 0.1 s, unless the command line has `--no-repack`, as
+  llama-server does on Xeons with AMX, llama.cpp #20824; `always`: with `--no-repack` too),
+  STANDIN_RECORD (a folder: each request's body and the exact bytes of each reply are written there,
+  `<pid>-<n>.request.json` and `<pid>-<n>.reply`, so a test can compare what the client got with what
+  the engine sent).
 
 Run: python tests/standin_engine.py --port 8080 [--api-key K] [-m FILE] [--alias NAME] [...]
 """
@@ -30,6 +35,7 @@ import asyncio
 import itertools
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -52,12 +58,27 @@ def words(messages: object) -> int:
     return max(count, 1)
 
 
+def die(told: dict) -> None:
+    """End this process by a signal, as a crashed engine does (SIGKILL unless told another)."""
+    sig = signal.Signals[told.get("die_signal", "SIGKILL")]
+    if sig is not signal.SIGKILL:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a stand-in's crash leaves no core file
+    os.kill(os.getpid(), sig)
+
+
+def crash_at_load(argv: list[str]) -> bool:
+    """STANDIN_CRASH_AT_LOAD: whether this process is to die while it loads."""
+    mode = os.environ.get("STANDIN_CRASH_AT_LOAD")
+    return mode == "always" or (bool(mode) and "--no-repack" not in argv)
+
+
 def event(data: dict) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
 class StandIn:
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, crashing: bool = False):
+        self.crashing = crashing  # never ready: it dies while "Loading model"
         self.alias = args.alias or (Path(args.model).name if args.model else "standin")
         self.key = args.api_key or os.environ.get("LLAMA_API_KEY")
         self.n_predict = args.n_predict
@@ -86,12 +107,22 @@ class StandIn:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/chat/completions", self.chat)
+        if self.crashing:
+            app.on_startup.append(self._crash_while_loading)
         return app
+
+    @staticmethod
+    async def _crash_while_loading(app: web.Application) -> None:
+        def crash() -> None:
+            print("stand-in: crashing while loading (SIGSEGV)", flush=True)
+            die({"die_signal": "SIGSEGV"})
+
+        asyncio.get_running_loop().call_later(float(os.environ.get("STANDIN_LOAD_S") or 0.1), crash)
 
     # ------------------------------------------------------------------ routes
 
     async def health(self, request: web.Request) -> web.Response:
-        if time.monotonic() < self.ready_at:
+        if self.crashing or time.monotonic() < self.ready_at:
             return self.error(503, "Loading model", "unavailable_error")
         return web.json_response({"status": "ok"})
 
@@ -114,11 +145,15 @@ class StandIn:
         if self.record is not None:
             (self.record / f"{os.getpid()}-{n}.request.json").write_text(json.dumps(body))
         told = body.get("standin") or {}
+        if told.get("die_after") is not None and int(told["die_after"]) == 0:
+            die(told)
         if told.get("status"):
             reply = self.error(int(told["status"]), told.get("message", "stand-in refusal"),
                                told.get("type", "invalid_request_error"))
             self._record(n, reply.body)
             return reply
+        if not body.get("stream") and told.get("stall_after") is not None:
+            await asyncio.Event().wait()  # wedged before answering: no byte, no CPU, until killed
         prompt = words(body.get("messages"))
         limit = body.get("max_tokens") or body.get("n_predict") or self.n_predict
         limit = limit if isinstance(limit, int) and limit > 0 else 16
@@ -156,7 +191,7 @@ class StandIn:
             count = sent.count(b"\n\n")
             if told.get("die_after") is not None and count >= int(told["die_after"]):
                 await asyncio.sleep(0.05)  # the bytes reach the socket before the process dies
-                os.kill(os.getpid(), signal.SIGKILL)
+                die(told)
             if told.get("stall_after") is not None and count >= int(told["stall_after"]):
                 await asyncio.Event().wait()  # wedged: no byte, no CPU, until killed
 
@@ -203,13 +238,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
     if os.environ.get("STANDIN_EXIT_AT_START"):
         print(f"stand-in: exiting at start with code {os.environ['STANDIN_EXIT_AT_START']}", flush=True)
         sys.exit(int(os.environ["STANDIN_EXIT_AT_START"]))
     if os.environ.get("STANDIN_IGNORE_TERM"):
         signal.signal(signal.SIGTERM, lambda *_: print("stand-in: SIGTERM ignored", flush=True))
-    standin = StandIn(args)
+    standin = StandIn(args, crashing=crash_at_load(argv))
     print(f"stand-in: listening on {args.host}:{args.port} as {standin.alias}", flush=True)
     # SIGTERM keeps its default action (the process ends at once), as a test of a stop expects.
     web.run_app(standin.app(), host=args.host, port=args.port, print=None, handle_signals=False)

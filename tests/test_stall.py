@@ -4,7 +4,8 @@ The wedge: the engine's main thread (the one that runs the slots; its id equals 
 with ptrace (`PTRACE_SEIZE`, then `PTRACE_INTERRUPT`), by a small tracer process of the test's own. The
 engine's HTTP threads keep answering `/health`, but nothing is generated: llama.cpp's open class of
 mid-decode wedges, produced for real. The tracer keeps reaping the engine's ptrace stops, so that once the
-agent kills the engine, the agent (its parent) sees it exit.
+agent kills the engine, the agent (its parent) sees it exit; or, told to hold, it reaps nothing for up to
+120 s, so the killed engine stays (as one stuck in a driver does) until the tracer is gone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import requests
 from conftest import wait_for
 
 TRACER = r"""
-import ctypes, os, sys
+import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.restype = ctypes.c_long
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -35,6 +36,9 @@ for request in (PTRACE_SEIZE, PTRACE_INTERRUPT):
         sys.exit(2)
 os.waitpid(pid, WALL)  # the stop that PTRACE_INTERRUPT caused: the thread is frozen now
 print("frozen", flush=True)
+if sys.argv[2:] == ["hold"]:  # reap nothing: killed, it cannot be reaped by its parent until this one is gone
+    time.sleep(120)
+    sys.exit(0)
 while True:  # never resume it; reap its stops until it is killed, then let go
     try:
         _, status = os.waitpid(pid, WALL)
@@ -45,8 +49,9 @@ while True:  # never resume it; reap its stops until it is killed, then let go
 """
 
 
-def freeze_main_thread(pid: int) -> subprocess.Popen:
-    tracer = subprocess.Popen([sys.executable, "-c", TRACER, str(pid)], stdout=subprocess.PIPE, text=True)
+def freeze_main_thread(pid: int, hold: bool = False) -> subprocess.Popen:
+    tracer = subprocess.Popen([sys.executable, "-c", TRACER, str(pid), *(["hold"] if hold else [])],
+                              stdout=subprocess.PIPE, text=True)
     line = tracer.stdout.readline().strip()
     assert line == "frozen", f"could not freeze the engine's main thread: {line!r}"
     return tracer
@@ -112,6 +117,48 @@ def test_a_wedged_engine_is_caught_its_requests_end_cleanly_and_it_is_replaced(f
                      r"restarting in 0\.25s$", log, re.M), log[-3000:]
     reply = requests.post(f"{agent.url}/v1/chat/completions", json={**CHAT, "max_tokens": 4}, timeout=60)
     assert reply.status_code == 200, "serving resumes"
+
+
+def test_a_frozen_engine_s_requests_end_when_the_stall_is_caught_not_when_it_is_gone(fresh_agent):
+    # Killed, a frozen engine is not reaped while its tracer holds it (as one stuck in a driver is not):
+    # its request must still end as the stall is caught, and a new engine serve meanwhile.
+    agent = fresh_agent(stall_timeout="4", health_interval="0.5")
+    agent.start()
+    pid = agent.engine_pid()
+    tracer = freeze_main_thread(pid, hold=True)
+    frozen_at = time.monotonic()
+    try:
+        waiting: dict = {}
+
+        def plain() -> None:
+            reply = requests.post(f"{agent.url}/v1/chat/completions", json={**CHAT, "max_tokens": 8}, timeout=120)
+            waiting.update(status=reply.status_code, headers=dict(reply.headers), body=reply.json(),
+                           after=time.monotonic() - frozen_at)
+
+        asker = threading.Thread(target=plain, daemon=True)
+        asker.start()
+        asker.join(60)
+        assert not asker.is_alive(), "the request hangs until the frozen engine is gone"
+        assert waiting["after"] < 4 + 5, f"it ended {waiting['after']:.1f}s after the freeze"
+        assert waiting["status"] == 503 and int(waiting["headers"]["Retry-After"]) >= 1, waiting
+        error = waiting["body"]["error"]
+        assert error["code"] == "engine_unavailable" and "stall" in error["message"], error
+        assert error["type"] == "service_unavailable" and error["param"] is None, error
+
+        wait_for(lambda: (e := agent.status()["engine"])["state"] == "ready" and e["pid"] != pid, 60,
+                 "the replacement engine")
+        assert tracer.poll() is None and psutil.pid_exists(pid), "the old engine is still frozen, not reaped"
+        reply = requests.post(f"{agent.url}/v1/chat/completions", json={**CHAT, "max_tokens": 4}, timeout=60)
+        assert reply.status_code == 200, "the replacement serves while the old engine is still there"
+        engine = agent.status()["engine"]
+        assert engine["pid"] != pid
+        assert [(e["pid"], e["reason"]) for e in engine["lingering"]] == [(pid, "stall")], engine["lingering"]
+        assert f"pid {pid} killed" in agent.cli("status", check=True).stdout
+    finally:
+        tracer.kill()
+        tracer.wait(30)
+    wait_for(lambda: agent.status()["engine"]["lingering"] == [], 30, "the old engine to be reaped once let go")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_slow_engine_that_still_progresses_is_never_flagged(fresh_agent):

@@ -44,10 +44,24 @@ def ps_rows(data: dict) -> list[list[str]]:
     rows = []
     for row in data["data"]:
         aliases = ", ".join(a for a in row["aliases"] if a != row["model"]) or "-"
-        rows.append([row["model"], aliases, str(row["pid"] or "-"), row["state"], _mib(row["rss_bytes"]),
+        state = row["state"] + (" (safe mode)" if row.get("degraded") else "")
+        rows.append([row["model"], aliases, str(row["pid"] or "-"), state, _mib(row["rss_bytes"]),
                      _mib(row["gpu_bytes"]), str(row["threads"]), f"{row['slots']['busy']}/{row['slots']['total']}",
                      str(row["queued"]), str(row["leases"]), _ago(row["last_used"]), _expires(row)])
     return rows
+
+
+def ps_notes(data: dict) -> list[str]:
+    """Below the table: why an engine runs in safe mode, and killed engines that have not exited yet."""
+    notes = []
+    for row in data["data"]:
+        if row.get("degraded"):
+            notes.append(f"{row['model']}: safe mode ({' '.join(row['degraded']['args'])}): "
+                         f"{row['degraded']['reason']}")
+        for entry in row.get("lingering") or []:
+            notes.append(f"{row['model']}: engine pid {entry['pid']} killed {_ago(entry['killed_at'])} "
+                         f"({entry['reason']}), not exited yet")
+    return notes
 
 
 @run_cli
@@ -66,6 +80,8 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print the engines and
         typer.echo(tabulate(ps_rows(data), headers=headers, tablefmt="plain"))
     else:
         typer.echo("no model is loaded")
+    for line in ps_notes(data):
+        typer.echo(line)
     typer.echo(f"memory: {_mib(data['reserved_bytes'])} of a {_mib(data['budget_bytes'])} budget; "
                f"CPU threads computing: {data['compute']['threads_in_use']} of {data['compute']['cores']} cores")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import typer
 from tabulate import tabulate
@@ -21,8 +22,10 @@ def percent(value: float | None) -> str:
 
 def status_rows(info: dict) -> list[tuple[str, str]]:
     """The seed's table: Server, PID, Quantization, Context window, Flash attention, Model size,
-    Memory usage, GPU, Active project."""
+    Memory usage, GPU, Active project; and, only when they apply, the engine's safe mode, killed engines
+    not gone yet, and the RPC workers."""
     project = info.get("active_project") or {}
+    engine = info.get("engine") or {}
     return [
         ("Server", info["server"]),
         ("PID", str(info["agent"]["pid"])),
@@ -33,8 +36,25 @@ def status_rows(info: dict) -> list[tuple[str, str]]:
         ("Memory usage", percent(info["memory_usage"]["percent"])),
         ("GPU", info["gpu"]),
         ("Active project", f"{project.get('name')} (id={project.get('id')})"),
+        *([("Engine mode", degraded_line(engine["degraded"]))] if engine.get("degraded") else []),
+        *[("Killed engine", lingering_line(entry)) for entry in engine.get("lingering") or []],
         *[("Worker", worker_line(w)) for w in info.get("workers") or []],
     ]
+
+
+def degraded_line(degraded: dict) -> str:
+    """e.g. "safe mode (--no-repack, flash attention off): crashed twice at load, killed by SIGSEGV"."""
+    args, flags = list(degraded.get("args") or []), []
+    while args:
+        arg = args.pop(0)
+        flags.append(f"flash attention {args.pop(0)}" if arg == "--flash-attn" and args else arg)
+    return f"safe mode ({', '.join(flags)}): {degraded['reason']}"
+
+
+def lingering_line(entry: dict) -> str:
+    """A killed engine that has not exited yet (frozen, or stuck in a driver)."""
+    return (f"pid {entry['pid']} killed {max(0, time.time() - entry['killed_at']):.0f}s ago ({entry['reason']}); "
+            "not exited yet")
 
 
 def worker_line(worker: dict) -> str:
@@ -87,3 +107,14 @@ def version() -> None:
     if record:
         typer.echo(f"  llama.cpp {record.get('commit')} · preset {record.get('preset')} · "
                    f"built {record.get('built_at')} · {record.get('compiler')}")
+        cpu = record.get("cpu") or {}
+        built_for = "any CPU (portable)" if record.get("portable") else cpu.get("model") or "unknown CPU"
+        typer.echo(f"  built for {built_for}")
+        test = record.get("self_test")
+        if not isinstance(test, dict):
+            typer.echo("  self-test: none (built before self-tests; rebuild with `python3 build.py --force`)")
+        else:
+            typer.echo(f"  self-test: passed {test.get('at', '')}: {test.get('prompt_tokens')} prompt tokens at "
+                       f"{test.get('prompt_tokens_per_s')} tok/s, {test.get('generated_tokens')} generated at "
+                       f"{test.get('decode_tokens_per_s')} tok/s"
+                       + (", RPC worker answered" if test.get("rpc_server") else ""))

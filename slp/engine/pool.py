@@ -107,6 +107,7 @@ class Engine:
             "loaded_at": self.loaded_at, "last_used": self.last_used,
             "expires_in_s": round(self.expires_at - now, 1) if self.expires_at else None,
             "restarts": sup["restarts"], "crashes": sup.get("crashes", 0), "last_exit": sup["last_exit"], "uptime_s": sup["uptime_s"],
+            "degraded": sup.get("degraded"), "lingering": sup.get("lingering", []),
         }
 
 

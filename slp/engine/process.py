@@ -115,7 +115,11 @@ class StartedProcess:
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-        return self._popen.wait()
+        # Readable means it has exited, but a traced process (a debugger, a tracer that froze it) is
+        # reaped by its tracer first: never block the loop in waitpid until that one lets go.
+        while self._popen.poll() is None:
+            await asyncio.sleep(0.05)
+        return self._popen.returncode
 
     def kill(self) -> None:
         """SIGKILL its group and reap it (an engine nobody took over); waits at most a second."""

@@ -12,11 +12,26 @@ threads still answer `/health`. Callers report work (`work_begin`/`work_end`) an
 sends back (`progress`); the watchdog also counts the engine's CPU time as progress, which is how a long
 prompt being processed (no bytes yet, cores busy) is told apart from a wedge (no bytes, cores idle). Work
 in flight with neither for `stall_timeout` seconds is a stall: the engine is killed and restarted.
+
+A stalled or hung engine is killed (SIGKILL to its group) and replaced at once, and its owner is told
+(`on_kill`) so the requests in flight end now: a process frozen by a tracer or stuck in a driver (a GPU
+hang, D state) may keep its sockets open and not be reaped for minutes. It is reaped in the background
+and listed in `lingering` until it is gone.
+
+Safe mode: an engine that dies by a fault signal (SIGSEGV, SIGABRT, ...) while loading, or in its first
+decode (a request in flight and no reply sent yet), twice in a row, is started once more with
+SAFE_MODE_ARGS appended (llama.cpp's parser keeps a repeated flag's last value). On Xeons with AMX,
+llama-server dies in its warm-up decode unless weights are left unrepacked (llama.cpp #20824). If safe mode
+serves, the engine is `degraded` (status, `slp ps`, the log, slp_engine_degraded) and keeps safe mode for this
+supervisor's life, through crash, stall and config restarts; a user's restart or a new model tries normal
+mode again. If safe mode fails too, the state is `failed` and the reason points to `slp doctor`. Crashes while
+serving never switch to safe mode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import inspect
 import logging
@@ -30,7 +45,15 @@ from typing import Awaitable, Callable, Optional, Union
 import aiohttp
 import psutil
 
-from slp.engine.process import EngineCommand, StartedProcess, free_port, spawn, tail_lines, terminate
+from slp.engine.process import (
+    EngineCommand,
+    StartedProcess,
+    free_port,
+    signal_group,
+    spawn,
+    tail_lines,
+    terminate,
+)
 
 log = logging.getLogger("slp.engine")
 
@@ -42,6 +65,16 @@ HANG_PROBES = 2  # consecutive failed health probes that make an idle process "h
 HANG_PROBES_BUSY = 12
 BUSY_CPU_SECONDS = 0.05
 BUSY_CPU_SHARE = 0.1  # of one core over a watchdog interval: more is work (e.g. prompt processing)
+# Appended to the engine's argv in safe mode: no weight repacking (the AMX warm-up crash, llama.cpp #20824)
+# and no flash attention (the last `--flash-attn` wins over the command's own).
+SAFE_MODE_ARGS = ("--no-repack", "--flash-attn", "off")
+SAFE_MODE_WORDS = "safe mode (--no-repack, flash attention off)"
+CRASHES_AT_LOAD = 2  # crashes at load in a row that make the next start a safe-mode one
+# Signals of a fault in the engine itself. SIGKILL and SIGTERM come from outside (the OOM killer, a user):
+# they are crashes, but never "at load" (safe mode would not help).
+FAULT_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
+KILLED_BY_US = ("stall", "hang")  # exits where the supervisor killed the engine and does not wait for it
+LINGER_WAIT = 5.0  # stop(): seconds to wait for killed engines that have not exited yet
 
 
 class EngineState(str, enum.Enum):
@@ -55,7 +88,8 @@ class EngineState(str, enum.Enum):
 
 @dataclass
 class ExitInfo:
-    """Why an engine ended: `reason` is one of crash, hang, stall, start-timeout, spawn-failed."""
+    """Why an engine ended: `reason` is one of crash, crash-at-load (a fault signal while loading or in
+    its first decode), hang, stall, start-timeout, spawn-failed."""
 
     reason: str
     detail: str
@@ -101,7 +135,8 @@ class Supervisor:
                  stop_grace: float, max_restarts: int, restart_window: float, log_path: Path,
                  stall_timeout: float = 30.0, name: str = "engine",
                  on_change: Optional[Callable[[EngineState, str], None]] = None,
-                 on_restart: Optional[Callable[[str], None]] = None):
+                 on_restart: Optional[Callable[[str], None]] = None,
+                 on_kill: Optional[Callable[[], None]] = None):
         self._make_command = make_command
         self._http = http
         self.name = name
@@ -111,6 +146,7 @@ class Supervisor:
         self._log_path = log_path
         self._on_change = on_change
         self._on_restart = on_restart
+        self._on_kill = on_kill  # the engine was killed (stall, hang): end its requests now, not at its exit
         self._restart_reason = "user"
 
         self.state = EngineState.STOPPED
@@ -126,6 +162,13 @@ class Supervisor:
         self.in_flight = 0  # requests sent to this engine and not yet answered in full
         self.last_progress = time.monotonic()  # last byte from the engine, or last busy watchdog interval
         self.stalls = 0
+        self.safe_mode = False  # engines start with SAFE_MODE_ARGS (see the module docstring)
+        self.degraded: Optional[dict] = None  # {reason, since, args} while a safe-mode engine serves
+        self.lingering: list[dict] = []  # engines killed (stall, hang) that have not exited yet
+        self._reapers: set[asyncio.Task] = set()
+        self._served = False  # the current engine sent a reply back: it is past its first decode
+        self._load_crashes: list[str] = []  # signals of the crashes at load in a row, this far
+        self._safe_reason = ""  # why safe mode was entered, e.g. "crashed twice at load, killed by SIGSEGV"
 
         self._want_running = False
         self._want_restart = False
@@ -179,13 +222,27 @@ class Supervisor:
         """The engine sent bytes back."""
         self.last_progress = time.monotonic()
 
+    def served(self) -> None:
+        """The engine sent back a reply's body (a stream's first event, a whole answer): it got through a
+        decode, so a crash from now on is one while serving, never one at load."""
+        self._served = True
+
     async def stop(self) -> None:
-        """Stop the engine (SIGTERM, grace, SIGKILL) and the owner task; blocks until both are gone."""
+        """Stop the engine (SIGTERM, grace, SIGKILL) and the owner task; blocks until both are gone, and
+        waits (at most LINGER_WAIT seconds) for engines killed earlier that have not exited yet."""
         self._want_running = False
         self._wake.set()
         if self._task is not None:
             await self._task
             self._task = None
+        if self._reapers:
+            await asyncio.wait(set(self._reapers), timeout=LINGER_WAIT)
+            for entry in self.lingering:
+                log.warning("%s: engine pid %s, killed %.0fs ago (%s), has not exited; it ends when the "
+                            "kernel lets it", self.name, entry["pid"], time.time() - entry["killed_at"],
+                            entry["reason"])
+            for reaper in list(self._reapers):
+                reaper.cancel()
 
     async def wait_ready(self, timeout: float) -> None:
         """Block until the engine is ready. Raises EngineUnavailable when failed, stopped or timed out."""
@@ -241,6 +298,8 @@ class Supervisor:
             "restarts": self.restarts, "crashes": self.crashes, "stalls": self.stalls, "in_flight": self.in_flight,
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at and self.state is EngineState.READY else None,
             "last_exit": asdict(self.last_exit) if self.last_exit else None,
+            "degraded": dict(self.degraded) if self.degraded else None,
+            "lingering": [dict(entry) for entry in self.lingering],
         }
 
     # ------------------------------------------------------------------ the owner
@@ -258,15 +317,19 @@ class Supervisor:
         crashes: deque[float] = deque()
         try:
             while self._want_running:
+                if self._want_restart and self._restart_reason in ("user", "model"):
+                    self._leave_safe_mode()  # a user's restart or a new model: normal mode is tried again
                 self._want_restart = False
                 self._wake.clear()
                 self._set(EngineState.RESTARTING if crashes else EngineState.STARTING,
-                          f"starting {self.model_path.name if self.model_path else 'engine'}")
+                          f"starting {self.model_path.name if self.model_path else 'engine'}"
+                          + (f" in {SAFE_MODE_WORDS}" if self.safe_mode else ""))
                 ended = await self._one_engine()
                 if ended is None:  # asked to stop or restart: not a crash
                     if self._want_running:  # replaced on purpose (user, config, model)
                         self._restarted(self._restart_reason)
                     crashes.clear()
+                    self._load_crashes.clear()
                     continue
                 self.last_exit = ended
                 self.crashes += 1
@@ -274,15 +337,25 @@ class Supervisor:
                 crashes.append(now)
                 while crashes and now - crashes[0] > self._restart_window:
                     crashes.popleft()
-                if len(crashes) > self._max_restarts:
-                    self._set(EngineState.FAILED, f"{ended.reason}: {ended.detail} "
-                              f"({len(crashes)} failures in {self._restart_window:.0f}s; giving up)")
+                if ended.reason == "crash-at-load":
+                    self._load_crashes.append(ended.signal or "a signal")
+                else:
+                    self._load_crashes.clear()
+                entering_safe_mode = (not self.safe_mode and len(self._load_crashes) >= CRASHES_AT_LOAD)
+                given_up = None if entering_safe_mode else self._giving_up(ended, len(crashes))
+                if given_up is not None:
+                    self._set(EngineState.FAILED, given_up)
+                    self._killed(ended)
                     await self._wait_for_intent(None)
                     crashes.clear()
                     continue
+                if entering_safe_mode:
+                    self._enter_safe_mode()
                 self._restarted(ended.reason)  # only when a restart follows, not when giving up
                 delay = min(BACKOFF_FIRST * 2 ** (len(crashes) - 1), BACKOFF_MAX)
-                self._set(EngineState.RESTARTING, f"{ended.reason}: {ended.detail}; restarting in {delay:.2f}s")
+                self._set(EngineState.RESTARTING, f"{ended.reason}: {ended.detail}; restarting"
+                          f"{' in ' + SAFE_MODE_WORDS if entering_safe_mode else ''} in {delay:.2f}s")
+                self._killed(ended)
                 await self._wait_for_intent(delay)
         finally:
             leftover, self._adopted = self._adopted, None
@@ -290,6 +363,36 @@ class Supervisor:
                 await terminate(leftover[0], self._stop_grace)
             self.pid = None
             self._set(EngineState.STOPPED, "stopped")
+
+    def _giving_up(self, ended: ExitInfo, recent: int) -> Optional[str]:
+        """Why the engine is `failed` now, or None to restart it: safe mode failed too (at load, or before
+        it ever became ready), or too many failures in the restart window."""
+        if self.safe_mode and (ended.reason == "crash-at-load" or self.degraded is None):
+            self.degraded = None
+            return (f"{self._safe_reason}, then in {SAFE_MODE_WORDS} too ({ended.detail}); giving up: "
+                    "run `slp doctor`")
+        if recent > self._max_restarts:
+            return f"{ended.reason}: {ended.detail} ({recent} failures in {self._restart_window:.0f}s; giving up)"
+        return None
+
+    def _enter_safe_mode(self) -> None:
+        count = {2: "twice", 3: "three times"}.get(len(self._load_crashes), f"{len(self._load_crashes)} times")
+        self.safe_mode = True
+        self._safe_reason = f"crashed {count} at load, killed by {', '.join(dict.fromkeys(self._load_crashes))}"
+        log.warning("%s %s; starting it once more in %s", self.name, self._safe_reason, SAFE_MODE_WORDS)
+
+    def _leave_safe_mode(self) -> None:
+        self._load_crashes.clear()
+        if self.safe_mode:
+            log.info("%s: leaving %s, trying normal mode again (%s restart)", self.name, SAFE_MODE_WORDS,
+                     self._restart_reason)
+        self.safe_mode, self.degraded = False, None
+
+    def _killed(self, ended: ExitInfo) -> None:
+        """After the state says why: an engine the watchdog killed may never close its sockets, so its
+        owner ends the requests in flight now (the proxy answers them as for a dead engine)."""
+        if ended.reason in KILLED_BY_US and self._on_kill is not None:
+            self._on_kill()
 
     def _restarted(self, reason: str) -> None:
         self.restarts += 1
@@ -313,6 +416,7 @@ class Supervisor:
     async def _one_engine(self) -> Optional[ExitInfo]:
         """Run one engine process to its end. None: ended on purpose; ExitInfo: it failed."""
         adopted, self._adopted = self._adopted, None
+        self._served = False
         if adopted is not None:
             proc, self.port = adopted
         else:
@@ -321,20 +425,47 @@ class Supervisor:
                 command = self._make_command(self.model_path, self.port)
                 if inspect.isawaitable(command):  # a factory that must ask something first (RPC workers)
                     command = await command
+                if self.safe_mode:
+                    command = dataclasses.replace(command, argv=[*command.argv, *SAFE_MODE_ARGS])
                 proc = await spawn(command)
             except OSError as exc:
                 return ExitInfo("spawn-failed", f"cannot run the engine: {exc}", log_tail=tail_lines(self._log_path))
         self.pid = proc.pid
         exited = asyncio.ensure_future(proc.wait())
+        ended: Optional[ExitInfo] = None
         try:
-            return await self._serve(proc, exited)
+            ended = await self._serve(proc, exited)
+            return ended
         finally:
-            if proc.returncode is None:
-                self._set(EngineState.STOPPING, "stopping engine")
-                await terminate(proc, self._stop_grace)
-            exited.cancel()
+            if proc.returncode is None and ended is not None and ended.reason in KILLED_BY_US:
+                self._linger(proc, exited, ended.reason)  # SIGKILLed already: the next one starts now
+            else:
+                if proc.returncode is None:
+                    self._set(EngineState.STOPPING, "stopping engine")
+                    await terminate(proc, self._stop_grace)
+                exited.cancel()
             self.pid = None
             self.started_at = None
+
+    def _linger(self, proc: "asyncio.subprocess.Process | StartedProcess", exited: asyncio.Future,
+                reason: str) -> None:
+        """List a killed engine in `lingering` until it has exited, reaped by a task of its own: a process
+        frozen by a tracer or stuck in a driver can take minutes to go, and nothing should wait for it."""
+        entry = {"pid": proc.pid, "killed_at": time.time(), "reason": reason}
+        self.lingering.append(entry)
+
+        async def reap() -> None:
+            try:
+                await exited
+            finally:
+                self.lingering.remove(entry)
+            took = time.time() - entry["killed_at"]
+            if took > 1:
+                log.info("%s: engine pid %s, killed after a %s, exited %.0fs later", self.name, proc.pid, reason, took)
+
+        reaper = asyncio.ensure_future(reap())
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
 
     async def _serve(self, proc: asyncio.subprocess.Process, exited: asyncio.Future) -> Optional[ExitInfo]:
         loop = asyncio.get_running_loop()
@@ -343,7 +474,7 @@ class Supervisor:
             if self._intent_changed():
                 return None
             if exited.done():
-                return self._exit_info(proc, "crash", "exited while starting")
+                return self._crashed(proc, ready=False)
             if loop.time() > deadline:
                 return ExitInfo("start-timeout", f"not healthy within {self._start_timeout:g}s",
                                 log_tail=tail_lines(self._log_path))
@@ -352,7 +483,11 @@ class Supervisor:
             await asyncio.wait({exited, waker}, timeout=0.02, return_when=asyncio.FIRST_COMPLETED)
             waker.cancel()
         self.started_at = time.time()
-        self._set(EngineState.READY, f"serving {self.model_path.name} on 127.0.0.1:{self.port} (pid {proc.pid})")
+        if self.safe_mode and self.degraded is None:
+            self.degraded = {"reason": self._safe_reason, "since": self.started_at, "args": list(SAFE_MODE_ARGS)}
+            log.warning("%s degraded: serving in %s: %s", self.name, SAFE_MODE_WORDS, self._safe_reason)
+        self._set(EngineState.READY, f"serving {self.model_path.name} on 127.0.0.1:{self.port} (pid {proc.pid})"
+                  + (f" in {SAFE_MODE_WORDS}" if self.safe_mode else ""))
         failures = 0
         cpu_before, checked = cpu_seconds(proc.pid), loop.time()
         self.last_progress = time.monotonic()
@@ -365,7 +500,7 @@ class Supervisor:
                                return_when=asyncio.FIRST_COMPLETED)
             waker.cancel()
             if exited.done():
-                return self._exit_info(proc, "crash", "exited")
+                return self._crashed(proc, ready=True)
             if self._intent_changed():
                 return None
             cpu_now = cpu_seconds(proc.pid)
@@ -376,14 +511,14 @@ class Supervisor:
             stalled = self._stalled()
             if stalled:
                 self.stalls += 1
-                await terminate(proc, 0)  # a wedged process gets SIGKILL at once: its requests end now
+                signal_group(proc.pid, signal.SIGKILL)  # no wait: it is reaped in the background (_linger)
                 return ExitInfo("stall", stalled, log_tail=tail_lines(self._log_path))
             if await self._probe(self._health_timeout):
                 failures = 0
                 continue
             failures += 1
             if failures >= (HANG_PROBES_BUSY if busy else HANG_PROBES):
-                await terminate(proc, 0)  # a hung (e.g. stopped) process gets SIGKILL at once
+                signal_group(proc.pid, signal.SIGKILL)  # a hung (e.g. stopped) process, the same
                 return ExitInfo("hang", f"no answer to {failures} health probes "
                                 f"({self._health_timeout:g}s timeout); killed", signal=None,
                                 log_tail=tail_lines(self._log_path))
@@ -396,9 +531,18 @@ class Supervisor:
                     f"stall timeout {self._stall_timeout:g}s); killed")
         return None
 
-    def _exit_info(self, proc: asyncio.subprocess.Process, reason: str, what: str) -> ExitInfo:
+    def _crashed(self, proc: "asyncio.subprocess.Process | StartedProcess", ready: bool) -> ExitInfo:
+        """Why an engine that exited on its own ended. A fault signal while loading, or in its first decode
+        (after ready, a request in flight and no reply sent back yet), is a crash at load (see safe mode)."""
         code, sig, words = describe_exit(proc.returncode)
-        return ExitInfo(reason, f"{what}: {words}", code=code, signal=sig, log_tail=tail_lines(self._log_path))
+        tail = tail_lines(self._log_path)
+        if sig in FAULT_SIGNALS and not ready:
+            return ExitInfo("crash-at-load", f"crashed while loading: {words}", code=code, signal=sig, log_tail=tail)
+        if sig in FAULT_SIGNALS and not self._served and self.in_flight > 0:
+            return ExitInfo("crash-at-load", f"crashed in its first decode: {words}", code=code, signal=sig,
+                            log_tail=tail)
+        return ExitInfo("crash", f"{'exited' if ready else 'exited while starting'}: {words}", code=code, signal=sig,
+                        log_tail=tail)
 
     async def _probe(self, timeout: float) -> bool:
         """True when the engine's /health answers 200 within `timeout`."""

@@ -143,7 +143,7 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
 
         def changed(state: EngineState, reason: str) -> None:
             nonlocal asked
-            metrics.engine_changed(name, state)
+            metrics.engine_changed(name, state, supervisor.degraded)
             if state is EngineState.READY and asked is not None:
                 metrics.engine_load_seconds.labels(name).observe(time.monotonic() - asked)
                 asked = None
@@ -155,7 +155,8 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
             health_interval=current.health_interval, health_timeout=current.health_timeout,
             stop_grace=current.stop_grace, max_restarts=current.max_restarts, restart_window=current.restart_window,
             stall_timeout=current.stall_timeout, name=name, log_path=current.paths.engine_log, on_change=changed,
-            on_restart=lambda reason: metrics.engine_restarted(name, reason))
+            on_restart=lambda reason: metrics.engine_restarted(name, reason),
+            on_kill=lambda: engine.extra["http"].abort())  # a killed engine's requests end now, not at its exit
         head = head_start
         if head is not None and not head.adopted and head.model_path == path and head.name == name:
             supervisor.adopt(head.process, head.port)  # started before the agent's imports: take it over

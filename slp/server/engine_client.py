@@ -12,6 +12,8 @@ Everything else the agent fetches (health probes, metrics) still goes through ai
   one the engine closed anyway fails at once, before any response byte, and the request is sent again
   on another connection (it was never processed). A connection lost later is an error, not a retry:
   the engine may have run the request already.
+- `abort()` ends every request sent or waiting now, at once: the supervisor killed the engine (a stall, a
+  hang), and a process frozen by a tracer or stuck in a driver may keep its sockets open for minutes.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ class EngineStreamError(Exception):
 
 
 class _Connection:
-    __slots__ = ("key", "reader", "writer", "idle_since")
+    __slots__ = ("key", "reader", "writer", "idle_since", "aborted")
 
     def __init__(self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.key, self.reader, self.writer, self.idle_since = key, reader, writer, 0.0
+        self.aborted = False
 
     def usable(self) -> bool:
         return (not self.writer.is_closing() and not self.reader.at_eof()
@@ -48,6 +51,12 @@ class _Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+    def abort(self) -> None:
+        """Fail its reads now (they raise ConnectionAbortedError) and drop the socket without a goodbye."""
+        self.aborted = True
+        self.reader.set_exception(ConnectionAbortedError("the engine was killed"))
+        self.writer.transport.abort()
 
 
 class EngineResponse:
@@ -130,6 +139,8 @@ class EngineClient:
         self._max = max_connections
         self._shrink = 0  # slots to withhold as requests end, after max_connections was lowered
         self._closed = False
+        self._busy: set[_Connection] = set()  # connections a request is using (sent, or reading the reply)
+        self._aborts = 0  # abort() calls so far: a request that began before one is not sent
 
     @property
     def max_connections(self) -> int:
@@ -156,24 +167,33 @@ class EngineClient:
         head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        aborts = self._aborts
         await self._slots.acquire()
         try:
             for attempt in range(1, STALE_RETRIES + 1):
+                if self._aborts != aborts:  # the engine it was meant for was killed while this waited
+                    raise EngineConnectionError("engine connection aborted: the engine was killed")
                 conn, reused = await self._connection(host, port)
+                if self._aborts != aborts:
+                    conn.close()
+                    raise EngineConnectionError("engine connection aborted: the engine was killed")
+                self._busy.add(conn)
                 sent = time.monotonic()
                 try:
                     conn.writer.write(request)
                     status, fields = await self._read_head(conn.reader)
                 except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-                    conn.close()
+                    self._drop(conn)
+                    if conn.aborted:
+                        raise EngineConnectionError("engine connection aborted: the engine was killed") from None
                     if reused and attempt < STALE_RETRIES and time.monotonic() - sent < STALE_WINDOW_S:
                         continue  # the engine had closed it: the request was not processed
                     raise EngineConnectionError(f"engine connection failed: {exc.__class__.__name__}") from None
                 except ValueError as exc:
-                    conn.close()
+                    self._drop(conn)
                     raise EngineConnectionError(f"engine sent a malformed reply: {exc}") from None
                 except BaseException:  # cancelled: the connection is in an unknown state
-                    conn.close()
+                    self._drop(conn)
                     raise
                 return EngineResponse(self, conn, status, fields)
             raise AssertionError("unreachable")
@@ -218,7 +238,22 @@ class EngineClient:
                 fields[name.strip().lower()] = value.strip()
         return int(parts[1]), fields
 
+    def _drop(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        conn.close()
+
+    def abort(self) -> None:
+        """The engine was killed: every request to it, sent or waiting for a slot, fails now (its reads
+        raise, so the proxy answers as for a dead engine), without waiting for the socket to close."""
+        self._aborts += 1
+        for conn in list(self._busy):
+            conn.abort()
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+
     def _release(self, conn: _Connection, reusable: bool) -> None:
+        self._busy.discard(conn)
         if reusable and not self._closed and not conn.writer.is_closing() and conn.key in self._idle:
             conn.idle_since = time.monotonic()
             self._idle[conn.key].append(conn)

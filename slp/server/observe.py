@@ -25,6 +25,7 @@ from slp.server.record import RECORD, RequestRecord
 
 log = logging.getLogger("slp.server")
 
+DEGRADED_REASON = "crash-at-load"  # why an engine runs in safe mode (the only cause there is)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -49,8 +50,12 @@ class Metrics:
                                    ["route"], registry=r)
         self.engine_state = Gauge("slp_engine_state", "1 for each loaded engine's current state", ["model", "state"],
                                   registry=r)
-        self.engine_restarts = Counter("slp_engine_restarts", "Engine restarts by model and reason (crash, hang, "
-                                       "stall, start-timeout, user, config, model)", ["model", "reason"], registry=r)
+        self.engine_restarts = Counter("slp_engine_restarts", "Engine restarts by model and reason (crash, "
+                                       "crash-at-load, hang, stall, start-timeout, spawn-failed, user, config, "
+                                       "model)", ["model", "reason"], registry=r)
+        self.engine_degraded = Gauge("slp_engine_degraded", "1 while an engine serves in safe mode (--no-repack, "
+                                     "flash attention off), by model and why (crash-at-load: it crashed twice "
+                                     "at load)", ["model", "reason"], registry=r)
         self.engine_rss = Gauge("slp_engine_rss_bytes", "Engine resident memory", ["model"], registry=r)
         self.engine_cpu = Gauge("slp_engine_cpu_seconds", "Engine CPU time (user+system)", ["model"], registry=r)
         self.engine_loads = Counter("slp_engine_loads", "Engines loaded, by model", ["model"], registry=r)
@@ -67,23 +72,30 @@ class Metrics:
         self.waiting_for_memory = Gauge("slp_loads_waiting_for_memory", "Loads waiting for memory", registry=r)
         self.agent_rss = Gauge("slp_agent_rss_bytes", "Agent resident memory", registry=r)
 
-    def engine_changed(self, model: str, state: EngineState) -> None:
+    def engine_changed(self, model: str, state: EngineState, degraded: Optional[dict] = None) -> None:
+        """The engine's state changed; `degraded` is its supervisor's (None: normal mode)."""
         for s in EngineState:
             self.engine_state.labels(model, s.value).set(1 if s is state else 0)
+        if degraded:
+            self.engine_degraded.labels(model, DEGRADED_REASON).set(1)
+        else:
+            self._remove(self.engine_degraded, model, DEGRADED_REASON)
+
+    @staticmethod
+    def _remove(gauge: Gauge, *labels: str) -> None:
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            pass
 
     def engine_gone(self, model: str, reason: str) -> None:
         """An engine was unloaded: its per-model gauges go (counters stay, as Prometheus expects)."""
         self.engine_unloads.labels(model, reason).inc()
         for gauge in (self.engine_rss, self.engine_cpu, self.engine_leases, self.engine_queued):
-            try:
-                gauge.remove(model)
-            except KeyError:
-                pass
+            self._remove(gauge, model)
         for s in EngineState:
-            try:
-                self.engine_state.remove(model, s.value)
-            except KeyError:
-                pass
+            self._remove(self.engine_state, model, s.value)
+        self._remove(self.engine_degraded, model, DEGRADED_REASON)
 
     def engine_restarted(self, model: str, reason: str) -> None:
         self.engine_restarts.labels(model, reason).inc()

@@ -282,6 +282,7 @@ class Proxy:
                     raise await supervisor.unavailable(f"the engine failed before answering: {exc}")
                 if upstream.status != 200:
                     raise engine_refusal(upstream.status, data)
+                supervisor.served()  # a whole answer: the engine is past its first decode
                 if account:
                     record.account_after(lambda: self._account_json(data, project, session))
                 return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
@@ -305,6 +306,7 @@ class Proxy:
                 progress()
                 if not seen:
                     record.ttft = time.perf_counter() - record.started
+                    engine.supervisor.served()  # a first event: the engine is past its first decode
                 try:
                     if hidden is None:
                         await response.write(chunk)

@@ -225,18 +225,44 @@ class EngineEvent(_Open):
 
 
 RESTARTS = ("Engines started in place of this one, for any reason (crash, hang, stall, a config change, "
-            "`slp agent restart-engine`), as `slp_engine_restarts_total` counts them.")
+            "a new model for the engine), as `slp_engine_restarts_total` counts them.")
 CRASHES = ("Engines that ended unasked (exit, failed health, stall); each is restarted (and counted in "
            "`restarts`) unless too many came within SLP_RESTART_WINDOW.")
 
 
 class EngineExit(_Open):
-    reason: str = Field(..., description="crash, hang, stall, start-timeout or spawn-failed.")
+    reason: str = Field(..., description="crash, crash-at-load (killed by a fault signal such as SIGSEGV while "
+                                         "loading or in its first decode; twice in a row starts safe mode), hang, "
+                                         "stall, start-timeout or spawn-failed.")
     detail: str
     code: Optional[int] = None
     signal: Optional[str] = None
     at: float
     log_tail: list[str]
+
+
+class EngineDegraded(_Open):
+    """The engine serves in safe mode: llama-server's own argv plus `args`."""
+
+    reason: str = Field(..., examples=["crashed twice at load, killed by SIGSEGV"],
+                        description="Why safe mode was needed.")
+    since: float = Field(..., description="Unix time (s) the safe-mode engine became ready.")
+    args: list[str] = Field(..., examples=[["--no-repack", "--flash-attn", "off"]],
+                            description="Appended to the engine's command line (the last `--flash-attn` wins).")
+
+
+class LingeringEngine(_Open):
+    """An engine killed by the watchdog that has not exited yet (frozen by a tracer, stuck in a driver);
+    its requests have ended and a replacement serves. It goes from the list once it has exited."""
+
+    pid: int
+    killed_at: float = Field(..., description="Unix time (s).")
+    reason: str = Field(..., examples=["stall"], description="stall or hang.")
+
+
+DEGRADED = ("Null in normal mode; set while the engine serves in safe mode (--no-repack, flash attention off) "
+            "because it crashed twice at load. Kept until a user's restart or another model.")
+LINGERING = "Killed engines (stall, hang) that have not exited yet."
 
 
 class EngineStatus(_Open):
@@ -252,6 +278,8 @@ class EngineStatus(_Open):
     memory: Optional[EngineMemory]
     history: list[EngineEvent]
     log_tail: Optional[list[str]] = Field(None, description="The engine log's last lines while it is not ready.")
+    degraded: Optional[EngineDegraded] = Field(None, description=DEGRADED)
+    lingering: list[LingeringEngine] = Field(default_factory=list, description=LINGERING)
 
 
 class ModelInfo(_Open):
@@ -323,6 +351,8 @@ class EngineRow(_Open):
     crashes: int = Field(0, description=CRASHES)
     last_exit: Optional[EngineExit]
     uptime_s: Optional[float]
+    degraded: Optional[EngineDegraded] = Field(None, description=DEGRADED)
+    lingering: list[LingeringEngine] = Field(default_factory=list, description=LINGERING)
 
 
 class ComputeState(_Open):

@@ -134,7 +134,7 @@ def status_payload(app: web.Application, project: Project) -> Status:
         model=model,
         quantization=model.quantization if model is not None else None,
         context_window=settings.ctx_size,
-        flash_attention=settings.flash_attn,
+        flash_attention=settings.flash_attn and not engine.get("degraded"),  # safe mode turns it off
         model_size=model.size if model is not None else None,
         memory_usage=MemoryUsage(percent=memory["percent"] if memory else None,
                                  rss_bytes=memory["rss_bytes"] if memory else None, gpu_bytes=gpu_bytes),
