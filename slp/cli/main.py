@@ -1,4 +1,4 @@
-"""The `slp` command: one sub-app per noun (agent, model, project), plus status, chat and version."""
+"""The `slp` command: one sub-app per noun (agent, model, project), plus status, chat, doctor and version."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from slp.cli import agent, chat, model, project, ps, service, status, worker
+from slp.cli import agent, chat, doctor, model, project, ps, service, status, worker
 
 app = typer.Typer(help="slp: run a local LLM and talk to it from any OpenAI client.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -21,6 +21,7 @@ app.command("ps")(ps.ps)
 app.command("status")(status.status)
 app.command("version")(status.version)
 app.command("chat")(chat.chat)
+app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:
