@@ -8,6 +8,7 @@ on real engines (processes, memory, streams) is tested end to end in test_severa
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ class StandInSupervisor:
 
 
 def make_pool(sizes: dict[str, int], budget: int, *, keep_alive=None, wait_timeout=2.0, max_waiting=4,
-              ready_after=0.0) -> tuple[EnginePool, list[str]]:
+              ready_after=0.0, measure=lambda engine: 0) -> tuple[EnginePool, list[str]]:
     made: list[str] = []
 
     def make_engine(name: str, path: Path) -> Engine:
@@ -63,7 +64,7 @@ def make_pool(sizes: dict[str, int], budget: int, *, keep_alive=None, wait_timeo
         return Engine(name=name, path=path, supervisor=StandInSupervisor(ready_after), threads=1, estimate=0,
                       keep_alive=keep_alive)
 
-    pool = EnginePool(make_engine, lambda path: sizes[path.name], lambda engine: 0, budget=budget,
+    pool = EnginePool(make_engine, lambda path: sizes[path.name], measure, budget=budget,
                       gate=ComputeGate(2), wait_timeout=wait_timeout, max_waiting=max_waiting)
     return pool, made
 
@@ -176,6 +177,29 @@ async def test_unload_waits_for_leases_and_a_request_meanwhile_waits_for_the_rel
     assert await unloading is True
     engine = await asyncio.wait_for(late, 2)
     assert engine.supervisor.state is EngineState.READY and made == ["a", "a"]
+
+
+async def test_refresh_measures_in_a_thread_and_writes_the_engines_on_the_loop():
+    """Measuring blocks (nvidia-smi on a GPU build): the loop must keep running while it does, and the
+    results land on the engines (and the pool's memory of each model) afterwards."""
+    loop_ran = threading.Event()
+    seen: dict[str, object] = {}
+
+    def measure(engine: Engine) -> int:
+        seen["in_a_thread"] = threading.current_thread() is not threading.main_thread()
+        seen["loop_ran"] = loop_ran.wait(5)  # set by the test on the loop: only while the loop is free
+        return 42 * MB
+
+    pool, _ = make_pool({"a": 10 * MB}, 100 * MB, measure=measure)
+    async with pool.lease("a", Path("a")):
+        pass
+    refreshing = asyncio.create_task(pool.refresh())
+    await wait_until(lambda: "in_a_thread" in seen, 5, "the measuring to begin")
+    loop_ran.set()
+    await refreshing
+    assert seen == {"in_a_thread": True, "loop_ran": True}, seen
+    assert pool.get(Path("a")).measured == 42 * MB and pool.measured_by_path[Path("a")] == 42 * MB
+    assert pool.used() == 42 * MB, "the measured memory (more than the estimate) counts against the budget"
 
 
 async def test_compute_gate_fifo_and_threads():

@@ -25,7 +25,7 @@ import pytest
 from conftest import wait_until
 from slp.engine import supervisor as supervisor_module
 from slp.engine.process import EngineCommand
-from slp.engine.supervisor import BACKOFF_FIRST, EngineState, EngineUnavailable, Supervisor
+from slp.engine.supervisor import BACKOFF_FIRST, CrashWindow, EngineState, EngineUnavailable, Supervisor
 from slp.server.engine_client import EngineClient, EngineConnectionError, EngineStreamError
 
 STANDIN = Path(__file__).resolve().parent / "standin_engine.py"
@@ -127,6 +127,20 @@ async def test_start_is_ready_once_health_answers_and_stop_ends_the_process(harn
     with pytest.raises(EngineUnavailable) as caught:
         await h.supervisor.wait_ready(1)
     assert caught.value.retry_after is None, "a stopped engine: waiting will not help"
+
+
+def test_the_crash_window_counts_recent_failures_doubles_the_backoff_and_gives_up_past_the_limit():
+    """The rule the engine supervisor and the RPC worker runner share."""
+    window = CrashWindow(window=60, max_restarts=2, backoff_first=1.0, backoff_max=3.0)
+    assert [window.failed(now=t) for t in (0, 10, 20)] == [1, 2, 3]
+    assert window.exhausted, "a third failure within 60 s is past max_restarts=2"
+    assert window.backoff() == 3.0, "1, 2, 4 capped at 3"
+    assert window.failed(now=75) == 2, "the failures at 0 and 10 s fell out of the window"
+    assert not window.exhausted and window.backoff() == 2.0
+    window.max_restarts, window.window = 1, 5  # a config reload: applies from the next failure
+    assert window.failed(now=76) == 2 and window.exhausted
+    window.clear()
+    assert window.recent == 0 and not window.exhausted and window.backoff() == 1.0
 
 
 async def test_a_crash_is_restarted_with_exponential_backoff_and_counted(harness):

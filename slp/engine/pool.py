@@ -115,8 +115,8 @@ class EnginePool:
     """Owns every engine. `lease()` for requests; `load`/`unload` for users; read `engines()`/`snapshot()`.
 
     `make_engine(name, path)` builds an Engine whose supervisor is not started yet; `estimate(path)` is
-    the memory a load of `path` is expected to take (it may block: it runs in a thread); `measure(engine)`
-    returns what a ready engine really holds. Factories are injected so the scheduling can be tested fast.
+    the memory a load of `path` is expected to take and `measure(engine)` what a ready engine really holds
+    (both may block: they run in a thread). Factories are injected so the scheduling can be tested fast.
     """
 
     def __init__(self, make_engine: Callable[[str, Path], Engine], estimate: Callable[[Path], int],
@@ -158,7 +158,7 @@ class EnginePool:
         return self.budget + self._extra_room()
 
     def used(self) -> int:
-        return sum(engine.reserved for engine in self._engines.values())
+        return sum(engine.reserved for engine in self.engines())  # a copy: status reads it from a thread
 
     def snapshot(self) -> dict:
         return {"budget_bytes": self.budget, "reserved_bytes": self.used(), "waiting_for_memory": self.waiting_for_room,
@@ -328,11 +328,19 @@ class EnginePool:
 
     # ------------------------------------------------------------------ memory and expiry
 
-    def refresh(self) -> None:
-        """Measure what each ready engine holds (its RSS, plus GPU memory), for the budget and status."""
-        for engine in self._engines.values():
-            if engine.supervisor.state is EngineState.READY:
-                engine.measured = self._measure(engine)
+    async def refresh(self) -> None:
+        """Measure what each ready engine holds (its RSS, plus GPU memory), for the budget and status.
+
+        Measuring blocks (a process read; `nvidia-smi` on a GPU build, up to seconds), so it runs in a
+        thread and only reads; what it found is written here, on the event loop, like every other change
+        to an engine. An engine unloaded while it was measured keeps what it had."""
+        ready = [e for e in self._engines.values() if e.supervisor.state is EngineState.READY]
+        if not ready:
+            return
+        measured = await asyncio.to_thread(lambda: [self._measure(engine) for engine in ready])
+        for engine, amount in zip(ready, measured):
+            if self._engines.get(engine.path) is engine:
+                engine.measured = amount
                 self._remember(engine)
 
     def _remember(self, engine: Engine) -> None:

@@ -99,6 +99,44 @@ class ExitInfo:
     log_tail: list[str] = field(default_factory=list)
 
 
+class CrashWindow:
+    """The restart rule an engine and an RPC worker share: failures are counted within a sliding window of
+    `window` seconds; more than `max_restarts` there means giving up, and each restart before that waits
+    `backoff_first` doubled per failure in the window, at most `backoff_max`. The limits may change between
+    failures (a config reload); they apply from the next one."""
+
+    def __init__(self, *, window: float, max_restarts: int, backoff_first: float, backoff_max: float):
+        self.window, self.max_restarts = window, max_restarts
+        self.backoff_first, self.backoff_max = backoff_first, backoff_max
+        self._times: deque[float] = deque()
+
+    def failed(self, now: Optional[float] = None) -> int:
+        """Count a failure (at `now`, time.monotonic() by default); how many fell within the window, this
+        one included."""
+        now = time.monotonic() if now is None else now
+        self._times.append(now)
+        while self._times and now - self._times[0] > self.window:
+            self._times.popleft()
+        return len(self._times)
+
+    @property
+    def recent(self) -> int:
+        """Failures in the window as of the last one counted (0 after `clear`)."""
+        return len(self._times)
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self._times) > self.max_restarts
+
+    def backoff(self) -> float:
+        """Seconds to wait before the next restart."""
+        return min(self.backoff_first * 2 ** max(0, len(self._times) - 1), self.backoff_max)
+
+    def clear(self) -> None:
+        """Forget the failures (the engine was replaced on purpose, or someone asked again after giving up)."""
+        self._times.clear()
+
+
 class EngineUnavailable(Exception):
     """The engine cannot serve now. `retry_after` is None when waiting will not help (failed)."""
 
@@ -140,6 +178,8 @@ class Supervisor:
         self._make_command = make_command
         self._http = http
         self.name = name
+        self._crashes = CrashWindow(window=restart_window, max_restarts=max_restarts, backoff_first=BACKOFF_FIRST,
+                                    backoff_max=BACKOFF_MAX)
         self.configure(start_timeout=start_timeout, health_interval=health_interval, health_timeout=health_timeout,
                        stop_grace=stop_grace, max_restarts=max_restarts, restart_window=restart_window,
                        stall_timeout=stall_timeout)
@@ -204,7 +244,8 @@ class Supervisor:
                   stop_grace: float, max_restarts: int, restart_window: float, stall_timeout: float = 30.0) -> None:
         """New timings (config reload); they apply from the next wait, probe or crash on."""
         self._start_timeout, self._health_interval, self._health_timeout = start_timeout, health_interval, health_timeout
-        self._stop_grace, self._max_restarts, self._restart_window = stop_grace, max_restarts, restart_window
+        self._stop_grace = stop_grace
+        self._crashes.window, self._crashes.max_restarts = restart_window, max_restarts
         self._stall_timeout = stall_timeout
 
     # ------------------------------------------------------------------ progress (called per request)
@@ -314,14 +355,15 @@ class Supervisor:
             self._on_change(state, reason)
 
     async def _run(self) -> None:
-        crashes: deque[float] = deque()
+        crashes = self._crashes
+        crashes.clear()  # a new owner task starts with no failures behind it
         try:
             while self._want_running:
                 if self._want_restart and self._restart_reason in ("user", "model"):
                     self._leave_safe_mode()  # a user's restart or a new model: normal mode is tried again
                 self._want_restart = False
                 self._wake.clear()
-                self._set(EngineState.RESTARTING if crashes else EngineState.STARTING,
+                self._set(EngineState.RESTARTING if crashes.recent else EngineState.STARTING,
                           f"starting {self.model_path.name if self.model_path else 'engine'}"
                           + (f" in {SAFE_MODE_WORDS}" if self.safe_mode else ""))
                 ended = await self._one_engine()
@@ -333,16 +375,13 @@ class Supervisor:
                     continue
                 self.last_exit = ended
                 self.crashes += 1
-                now = time.monotonic()
-                crashes.append(now)
-                while crashes and now - crashes[0] > self._restart_window:
-                    crashes.popleft()
+                crashes.failed()
                 if ended.reason == "crash-at-load":
                     self._load_crashes.append(ended.signal or "a signal")
                 else:
                     self._load_crashes.clear()
                 entering_safe_mode = (not self.safe_mode and len(self._load_crashes) >= CRASHES_AT_LOAD)
-                given_up = None if entering_safe_mode else self._giving_up(ended, len(crashes))
+                given_up = None if entering_safe_mode else self._giving_up(ended)
                 if given_up is not None:
                     self._set(EngineState.FAILED, given_up)
                     self._killed(ended)
@@ -352,7 +391,7 @@ class Supervisor:
                 if entering_safe_mode:
                     self._enter_safe_mode()
                 self._restarted(ended.reason)  # only when a restart follows, not when giving up
-                delay = min(BACKOFF_FIRST * 2 ** (len(crashes) - 1), BACKOFF_MAX)
+                delay = crashes.backoff()
                 self._set(EngineState.RESTARTING, f"{ended.reason}: {ended.detail}; restarting"
                           f"{' in ' + SAFE_MODE_WORDS if entering_safe_mode else ''} in {delay:.2f}s")
                 self._killed(ended)
@@ -364,15 +403,16 @@ class Supervisor:
             self.pid = None
             self._set(EngineState.STOPPED, "stopped")
 
-    def _giving_up(self, ended: ExitInfo, recent: int) -> Optional[str]:
+    def _giving_up(self, ended: ExitInfo) -> Optional[str]:
         """Why the engine is `failed` now, or None to restart it: safe mode failed too (at load, or before
         it ever became ready), or too many failures in the restart window."""
         if self.safe_mode and (ended.reason == "crash-at-load" or self.degraded is None):
             self.degraded = None
             return (f"{self._safe_reason}, then in {SAFE_MODE_WORDS} too ({ended.detail}); giving up: "
                     "run `slp doctor`")
-        if recent > self._max_restarts:
-            return f"{ended.reason}: {ended.detail} ({recent} failures in {self._restart_window:.0f}s; giving up)"
+        if self._crashes.exhausted:
+            return (f"{ended.reason}: {ended.detail} ({self._crashes.recent} failures in "
+                    f"{self._crashes.window:.0f}s; giving up)")
         return None
 
     def _enter_safe_mode(self) -> None:

@@ -7,9 +7,9 @@ import asyncio
 
 from aiohttp import web
 
-from slp.engine.pool import UNSET, ModelTooLarge, parse_keep_alive
+from slp.engine.pool import UNSET, ModelTooLarge
 from slp.server import keys
-from slp.server.errors import APIError
+from slp.server.errors import APIError, keep_alive_seconds, model_not_found, model_too_large
 from slp.server.jsonbody import read_json_object, validate
 from slp.models.store import engine_name
 from slp.server.responses import ComputeState, EngineList, EngineRow, UnloadResult
@@ -21,8 +21,7 @@ def _installed(request: web.Request):
     name = request.match_info["model"]
     found = request.app[keys.MODELS].resolve(name)
     if found is None:
-        raise APIError(404, f"The model '{name}' does not exist or is not installed; see GET /v1/models or "
-                       "`slp model list`", code="model_not_found", param="model")
+        raise model_not_found(name)
     return found
 
 
@@ -48,17 +47,12 @@ async def load_model(request: web.Request) -> EngineRow:
     app = request.app
     model = _installed(request)
     options = await _options(request)
-    keep_alive = UNSET
-    if options.keep_alive is not None:
-        try:
-            keep_alive = parse_keep_alive(options.keep_alive)
-        except ValueError as exc:
-            raise APIError(400, str(exc), code="invalid_value", param="keep_alive")
+    keep_alive = UNSET if options.keep_alive is None else keep_alive_seconds(options.keep_alive)
     name = engine_name(app[keys.MODELS], model.path)
     try:
         engine = await app[keys.ENGINES].load(name, model.path, pin=options.pin, keep_alive=keep_alive)
     except ModelTooLarge as exc:
-        raise APIError(400, str(exc), code="model_too_large", param="model")
+        raise model_too_large(exc) from None
     for row in await asyncio.to_thread(engines_payload, app):
         if row.path == str(engine.path):
             return row

@@ -13,7 +13,9 @@ from typing import Optional
 
 from aiohttp import web
 
+from slp.engine.pool import ModelTooLarge, parse_keep_alive
 from slp.engine.supervisor import EngineUnavailable
+from slp.projects.store import ProjectConflict, ProjectError, ProjectInvalid, ProjectNotFound
 
 _TYPES = {
     400: "invalid_request_error",
@@ -66,3 +68,41 @@ class APIError(web.HTTPException):
             await response.write(b"data: " + json.dumps(self.body_dict).encode() + b"\n\n")
         except (ConnectionResetError, RuntimeError):
             pass
+
+
+# ----------------------------------------------------------------------------- refusals several routes share
+# Each has one home, so its status, code and words are the same wherever it is raised (`raise model_not_found(…)`).
+
+def model_not_found(name: str, *, status: int = 404) -> APIError:
+    """No installed model has this name: 404 where the model is what the request names (its path or its
+    `model`); 422 (`status=422`) where it is a value a project would keep, like the project's other fields."""
+    return APIError(status, f"The model '{name}' does not exist or is not installed; see GET /v1/models or "
+                    "`slp model list`", code="model_not_found", param="model")
+
+
+def model_too_large(exc: ModelTooLarge) -> APIError:
+    """The model needs more than the whole memory budget: a 400 at once, since waiting cannot help."""
+    return APIError(400, str(exc), code="model_too_large", param="model")
+
+
+def keep_alive_seconds(value: object) -> Optional[float]:
+    """A request's `keep_alive` in seconds (None: keep the engine loaded); a 400 naming it when invalid."""
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise APIError(400, str(exc), code="invalid_value", param="keep_alive") from None
+
+
+def project_error(exc: ProjectError, *, param: Optional[str] = None) -> APIError:
+    """The project store's refusal: no such project 404, a conflict 409, an invalid project field 422 (as
+    the project routes document it, wherever the store raises it), any other 400. `param` names the
+    request's field when the store names none (the proxy's `project_id`)."""
+    if isinstance(exc, ProjectNotFound):
+        status = 404
+    elif isinstance(exc, ProjectConflict):
+        status = 409
+    elif isinstance(exc, ProjectInvalid):
+        status = 422
+    else:
+        status = 400
+    return APIError(status, exc.message, code=exc.code, param=exc.param or param)

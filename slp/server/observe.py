@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from slp.engine.supervisor import EngineState
+from slp.server.errors import APIError
 from slp.server.record import RECORD, RequestRecord
 
 log = logging.getLogger("slp.server")
@@ -148,7 +149,8 @@ class RequestLog:
 def observe(metrics: Metrics, log: Optional[RequestLog], route: str, status: int, latency: float,
             record: RequestRecord) -> None:
     """Record a finished proxied request's tokens, time to first token and log line (the middleware
-    counts every request and its latency)."""
+    counts every request and its latency). A refused one (429, a 4xx of slp's own checks, an engine's
+    error) is logged too, with the error's code."""
     prompt = completion = None
     usage, project = record.usage, record.project or "-"
     if record.ttft is not None:
@@ -168,12 +170,14 @@ def observe(metrics: Metrics, log: Optional[RequestLog], route: str, status: int
                   completion_tokens=completion, latency_ms=round(latency * 1000, 2),
                   ttft_ms=round(record.ttft * 1000, 2) if record.ttft is not None else None,
                   client_disconnected=record.disconnected, engine=engine,
+                  **({"error_code": record.error_code} if record.error_code else {}),
                   **({"engine_failed": record.engine_failed} if record.engine_failed else {}))
 
 
 def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
     """Outermost middleware: it makes each request's record (`RECORD`); every answer is counted, and
-    proxied requests also get a request-log line.
+    requests to the proxied routes also get a request-log line, refusals included (the code of the
+    APIError that answered them goes in the record).
 
     The counting and the log line run in one callback scheduled for after the response has been
     written (`record.finish()` first parses the reply's usage), so none of it sits between the engine's
@@ -199,6 +203,8 @@ def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
             return response
         except web.HTTPException as exc:
             status = exc.status
+            if isinstance(exc, APIError):  # every refusal is one by now (the error middleware is inside)
+                record.error_code = exc.code
             raise
         except asyncio.CancelledError:  # the client left before its answer (aiohttp cancels the handler)
             status = 499

@@ -1,8 +1,9 @@
 """Handlers for projects under /v1/projects (routed and documented in `slp.server.api`).
 
 Validation lives in the pydantic models of `slp.projects.schema`; the handlers only parse JSON, call the
-store off the event loop, map store errors to the OpenAI error envelope and return the store's models.
-What they use is set on the app as `ProjectRoutes` (the store, and how to tell an installed model).
+store off the event loop, map store errors to the OpenAI error envelope (`errors.project_error`, the one
+mapping: an invalid project field is a 422 wherever it is refused) and return the store's models. What
+they use is set on the app as `ProjectRoutes` (the store, and how to tell an installed model).
 """
 
 from __future__ import annotations
@@ -14,16 +15,9 @@ from typing import Any, Callable
 from aiohttp import web
 
 from slp.projects.schema import Project, ProjectCreate, ProjectUpdate, ProjectUsage, SessionDetail
-from slp.projects.store import (
-    ProjectConflict,
-    ProjectError,
-    ProjectInvalid,
-    ProjectNotFound,
-    ProjectStore,
-    parse,
-)
+from slp.projects.store import ProjectError, ProjectInvalid, ProjectStore, parse
 from slp.server import keys
-from slp.server.errors import APIError
+from slp.server.errors import model_not_found, project_error
 from slp.server.jsonbody import read_json_object
 from slp.server.responses import ProjectDeleted, ProjectList, SessionList
 
@@ -40,31 +34,19 @@ class ProjectRoutes:
 PROJECT_ROUTES = web.AppKey("project_routes", ProjectRoutes)
 
 
-def _api_error(exc: ProjectError) -> APIError:
-    if isinstance(exc, ProjectNotFound):
-        status = 404
-    elif isinstance(exc, ProjectConflict):
-        status = 409
-    elif isinstance(exc, ProjectInvalid):
-        status = 422
-    else:
-        status = 400
-    return APIError(status, exc.message, code=exc.code, param=exc.param)
-
-
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """Run a blocking store call in a thread, answering store errors in the API's envelope."""
     try:
         return await asyncio.to_thread(fn, *args)
     except ProjectError as exc:
-        raise _api_error(exc) from None
+        raise project_error(exc) from None
 
 
 def _validate(model: type, body: dict) -> Any:
     try:
         return parse(model, body)
     except ProjectInvalid as exc:
-        raise _api_error(exc) from None
+        raise project_error(exc) from None
 
 
 async def _settled(request: web.Request) -> None:
@@ -80,8 +62,7 @@ def _store(request: web.Request) -> ProjectStore:
 
 async def _check_model(request: web.Request, model: str) -> None:
     if not await asyncio.to_thread(request.app[PROJECT_ROUTES].model_exists, model):
-        raise APIError(422, f"model '{model}' is not installed (see: slp model list)",
-                       code="model_not_found", param="model")
+        raise model_not_found(model, status=422)  # a project's field: 422 like its others
 
 
 async def list_projects(request: web.Request) -> ProjectList:

@@ -17,14 +17,14 @@ from typing import Callable, Optional
 import aiohttp
 from aiohttp import web
 
-from slp.engine.pool import UNSET, Engine, EnginePool, ModelTooLarge, parse_keep_alive
+from slp.engine.pool import UNSET, Engine, EnginePool, ModelTooLarge
 from slp.engine.supervisor import EngineState, EngineUnavailable
 from slp.models.store import ModelStore, engine_name
 from slp.projects.schema import Project
 from slp.projects.shaping import added_usage, shape_chat, shape_plain
-from slp.projects.store import ProjectError, ProjectNotFound
+from slp.projects.store import ProjectError
 from slp.server.engine_client import EngineConnectionError, EngineResponse, EngineStreamError
-from slp.server.errors import APIError
+from slp.server.errors import APIError, keep_alive_seconds, model_not_found, model_too_large, project_error
 from slp.server.jsonbody import read_json_object, validate
 from slp.server.record import RECORD, EngineRef, RequestRecord
 from slp.server.schemas import ChatCompletionRequest, validation_context
@@ -162,8 +162,9 @@ class Proxy:
     # ------------------------------------------------------------------ handlers
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json_object(request)
         record = request[RECORD]
+        record.proxied = True  # logged from here on, a refusal too
+        body = await read_json_object(request)
         keep_alive = _pop_keep_alive(body)
         self._validate(record, ChatCompletionRequest, body)
         project = await self._project_for(request, body)
@@ -179,8 +180,9 @@ class Proxy:
         `shape`, forward. `end_marker` is how the route's streams end; `account`: count its usage."""
 
         async def handler(request: web.Request) -> web.StreamResponse:
-            body = await read_json_object(request)
             record = request[RECORD]
+            record.proxied = True  # logged from here on, a refusal too
+            body = await read_json_object(request)
             keep_alive = _pop_keep_alive(body)
             self._validate(record, schema, body)
             project = await self._project_for(request, body)
@@ -206,10 +208,8 @@ class Proxy:
         ref = body.get("project_id") or request.headers.get("X-SLP-Project")
         try:
             return await self._projects.get(str(ref) if ref else None)
-        except ProjectNotFound:
-            raise APIError(404, f"project {ref!r} not found", code="project_not_found", param="project_id")
         except ProjectError as exc:
-            raise APIError(400, str(exc), code=exc.code, param=exc.param)
+            raise project_error(exc, param="project_id") from None
 
     def _model_path(self, model_name: str) -> tuple[Path, str]:
         """The file behind a model name and its engine's name; remembered until the models folder changes
@@ -224,8 +224,7 @@ class Proxy:
             return known[1], known[2]
         model = store.resolve(model_name)
         if model is None:
-            raise APIError(404, f"The model '{model_name}' does not exist or is not installed; "
-                           "see GET /v1/models or `slp model list`", code="model_not_found", param="model")
+            raise model_not_found(model_name)
         if len(self._resolved) > 256:
             self._resolved.clear()
         name = engine_name(store, model.path)  # as the runner and the load route name it: one engine per file
@@ -236,20 +235,20 @@ class Proxy:
                        project: Project, session: Optional[Session], end_marker: bytes = _DONE,
                        account: bool = True, keep_alive: object = UNSET) -> web.StreamResponse:
         """Admit the request, lease its model's engine (loading it if needed) and send it there."""
+        record.project, record.model = project.name, body.get("model") or project.model
         if not self._admission.try_admit():
             raise APIError(429, "too many requests waiting for the engine; retry shortly",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        record.project, record.model = project.name, body.get("model") or project.model
         try:
             model_path, name = self._model_path(record.model)
             if keep_alive is UNSET and project.params.keep_alive is not None:
-                keep_alive = parse_keep_alive(project.params.keep_alive)
+                keep_alive = keep_alive_seconds(project.params.keep_alive)  # valid: the project schema checked it
             try:
                 async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
                     return await self._send(request, record, engine, path, body, project, session, end_marker,
                                             account)
             except ModelTooLarge as exc:
-                raise APIError(400, str(exc), code="model_too_large", param="model")
+                raise model_too_large(exc) from None
             except EngineUnavailable as exc:
                 raise APIError.engine_unavailable(exc) from None
         finally:
@@ -399,11 +398,7 @@ def _pop_keep_alive(body: dict) -> object:
     """The request's `keep_alive` (Ollama's convention; never sent to the engine), in seconds or None."""
     if "keep_alive" not in body:
         return UNSET
-    value = body.pop("keep_alive")
-    try:
-        return parse_keep_alive(value)
-    except ValueError as exc:
-        raise APIError(400, str(exc), code="invalid_value", param="keep_alive")
+    return keep_alive_seconds(body.pop("keep_alive"))
 
 
 def merge_usage(usage: Optional[dict], event: dict) -> Optional[dict]:

@@ -30,7 +30,8 @@ class RequestRecord:
     """What one request did. Fields past `started` stay None/False for slp's own routes."""
 
     started: float  # time.perf_counter() when the observer first saw the request
-    project: Optional[str] = None  # set once a proxied request knows its project: it is then logged
+    proxied: bool = False  # set by the proxy's handler as it begins: the request is logged, refused or not
+    project: Optional[str] = None  # the project a proxied request runs in, once known
     model: Optional[str] = None  # the model the request asked for (or its project's)
     engine: Optional[EngineRef] = None
     ttft: Optional[float] = None  # seconds to the first streamed bytes
@@ -39,11 +40,8 @@ class RequestRecord:
     engine_failed: Optional[str] = None  # why a started stream ended early
     unknown_fields: tuple[str, ...] = ()  # request fields slp does not know (passed to the engine)
     hide_usage: bool = False  # slp asked for a stream's usage event; the client did not
+    error_code: Optional[str] = None  # the `code` of the error that answered it (slp's refusal or the engine's)
     _account: Optional[Callable[[], Optional[dict]]] = None
-
-    @property
-    def proxied(self) -> bool:
-        return self.project is not None
 
     def account_after(self, account: Callable[[], Optional[dict]]) -> None:
         """Parse the reply's usage (and queue it for the store) in `finish()`, after the bytes left."""

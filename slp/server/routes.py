@@ -20,7 +20,7 @@ from slp.engine.supervisor import EngineState
 from slp.models.store import ModelError
 from slp.projects.schema import Project
 from slp.server import keys
-from slp.server.errors import APIError
+from slp.server.errors import model_not_found
 from slp.server.responses import (
     ActiveProject,
     AgentInfo,
@@ -82,7 +82,9 @@ async def health(request: web.Request) -> tuple[Health, int]:
 
 def status_payload(app: web.Application, project: Project) -> Status:
     """Everything `slp status` shows, and more (the table describes the engine of the active `project`'s
-    model; `engines` lists every loaded one). Blocks: reads process memory and maybe a model's metadata."""
+    model; `engines` lists every loaded one). Blocks: reads process memory and maybe a model's metadata,
+    so it runs in a thread, where it only reads: the pool is written on the event loop alone (`status`
+    refreshes the engines' measured memory there first)."""
     settings = app[keys.SETTINGS]
     pool = app[keys.ENGINES]
     primary = primary_engine(app, project.model)
@@ -122,7 +124,6 @@ def status_payload(app: web.Application, project: Project) -> Status:
         engine["log_tail"] = tail_lines(settings.paths.engine_log, 10)
     engine["memory"] = memory
     engine["history"] = history
-    pool.refresh()
     workers = app[keys.WORKERS]
     return Status(
         object="slp.status",
@@ -175,6 +176,7 @@ def engines_payload(app: web.Application) -> list[EngineRow]:
 async def status(request: web.Request) -> Status:
     """The agent, its engines, the model and the active project (what `slp status` prints)."""
     project = await asyncio.to_thread(request.app[keys.PROJECTS].active)
+    await request.app[keys.ENGINES].refresh()  # measures in a thread, writes the engines here (on the loop)
     # Off the event loop: the first read of a model's GGUF metadata takes seconds (then it is cached).
     return await asyncio.to_thread(status_payload, request.app, project)
 
@@ -203,8 +205,7 @@ async def get_model(request: web.Request) -> Model:
             details = await asyncio.get_running_loop().run_in_executor(None, installed.facts) if installed else None
             entry.details = ModelDetails.model_validate(details) if details is not None else None
             return entry
-    raise APIError(404, f"The model '{name}' does not exist or is not installed", code="model_not_found",
-                   param="model")
+    raise model_not_found(name)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -215,16 +216,18 @@ async def metrics(request: web.Request) -> web.Response:
     m.in_flight.set(admission.admitted)
     slots_total = settings.parallel * max(1, len(pool.engines()))  # each engine serves `parallel` at once
     m.queued.set(max(0, admission.admitted - slots_total))
-    pool.refresh()
-    for engine in pool.engines():
-        memory = memory_of(engine.supervisor.pid)
+    # Process reads (and nvidia-smi on a GPU build, up to seconds) run in threads; gauges are set here.
+    await pool.refresh()
+    engines = pool.engines()
+    memories, agent_rss = await asyncio.to_thread(_memory_of_processes, [e.supervisor.pid for e in engines])
+    for engine, memory in zip(engines, memories):
         m.engine_rss.labels(engine.name).set(memory["rss_bytes"] if memory else 0)
         m.engine_cpu.labels(engine.name).set(memory["cpu_seconds"] if memory else 0)
         m.engine_leases.labels(engine.name).set(engine.leases)
         m.engine_queued.labels(engine.name).set(max(0, engine.supervisor.in_flight - settings.parallel))
     m.memory_reserved.set(pool.used())
     m.waiting_for_memory.set(pool.waiting_for_room)
-    m.agent_rss.set(psutil.Process().memory_info().rss)
+    m.agent_rss.set(agent_rss)
     body = m.render()
     families: dict[str, list[str]] = {}
     for engine in pool.engines():
@@ -242,6 +245,11 @@ async def metrics(request: web.Request) -> web.Response:
         body += b"# The engines' own metrics (llama-server /metrics), labelled by model:\n"
         body += ("\n".join(line for lines in families.values() for line in lines) + "\n").encode()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def _memory_of_processes(pids: list[Optional[int]]) -> tuple[list[Optional[dict]], int]:
+    """Each engine process's memory and CPU time, and the agent's RSS (blocking reads: run in a thread)."""
+    return [memory_of(pid) for pid in pids], psutil.Process().memory_info().rss
 
 
 def _label_engine_metrics(text: bytes, model: str, families: dict[str, list[str]]) -> None:

@@ -5,7 +5,9 @@ Readiness is an answer, not an exit code: the rpc-server exits 0 even when it ca
 the worker is ready only once a TCP connection to it gets the RPC hello back (slp.worker.probe). A
 worker that exits is restarted with exponential backoff; more than MAX_RESTARTS exits within
 RESTART_WINDOW leave it `failed` and end the supervisor with status 1, as does a first start that never
-became ready (a port taken, a bad device), so whoever started it sees why at once.
+became ready (a port taken, a bad device), so whoever started it sees why at once. The crash window and
+the backoff are the engine supervisor's (`CrashWindow`), with the worker's own numbers; its states are
+the engine's (`EngineState`), written as their values.
 
 One owner: `run()` alone changes the state; signal handlers only record that a stop was asked. The
 state file (run/worker-<port>.json) says what runs: the supervisor's and the worker's PIDs and create
@@ -20,14 +22,13 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from pathlib import Path
 from typing import Optional
 
 import psutil
 
 from slp.engine.process import _die_with_parent, rotate_log, tail_lines, terminate
-from slp.engine.supervisor import describe_exit
+from slp.engine.supervisor import CrashWindow, EngineState, describe_exit
 from slp.settings import Settings
 from slp.worker import (
     WorkerError,
@@ -102,7 +103,7 @@ class WorkerRunner:
         self.binary = binary
         self.state_path = state_file(settings.paths, spec.port)
         self.log_path = log_file(settings.paths, spec.port)
-        self.state = "starting"
+        self.state = EngineState.STARTING
         self.reason = "starting"
         self.restarts = 0
         self.worker_pid: Optional[int] = None
@@ -118,20 +119,20 @@ class WorkerRunner:
 
     # ------------------------------------------------------------------ state
 
-    def _record(self, state: str, reason: str) -> None:
+    def _record(self, state: EngineState, reason: str) -> None:
         self.state, self.reason = state, reason
-        log.info("worker %s %s: %s", self.spec.address, state, reason)
+        log.info("worker %s %s: %s", self.spec.address, state.value, reason)
         me = os.getpid()
         write_worker_state(self.state_path, {
             "supervisor_pid": me, "supervisor_create_time": _create_time(me),
             "worker_pid": self.worker_pid, "worker_create_time": _create_time(self.worker_pid),
             "host": self.spec.host, "port": self.spec.port, "address": self.spec.address,
             "options": self.spec.options(), "binary": str(self.binary), "log": str(self.log_path),
-            "state": state, "reason": reason, "restarts": self.restarts, "started_at": self.started_at,
+            "state": state.value, "reason": reason, "restarts": self.restarts, "started_at": self.started_at,
             "ready_at": self.ready_at, "version": self.version, "memory": self.memory,
             "last_exit": self.last_exit, "updated_at": time.time(),
         })
-        self._notifier.status(f"worker {state}: {reason}")
+        self._notifier.status(f"worker {state.value}: {reason}")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -140,15 +141,17 @@ class WorkerRunner:
 
     async def run(self) -> int:
         """Supervise until stopped (returns 0) or failed for good (returns 1, the state file says why)."""
-        crashes: deque[float] = deque()
+        crashes = CrashWindow(window=RESTART_WINDOW, max_restarts=MAX_RESTARTS, backoff_first=BACKOFF_FIRST,
+                              backoff_max=BACKOFF_MAX)
         ever_ready = False
         try:
             while not self._stop.is_set():
-                self._record("restarting" if self.restarts else "starting", f"starting {self.binary.name}")
+                self._record(EngineState.RESTARTING if self.restarts else EngineState.STARTING,
+                             f"starting {self.binary.name}")
                 try:
                     proc = await spawn_worker(self.spec.worker_argv(self.binary), self.log_path)
                 except OSError as exc:
-                    self._record("failed", f"cannot run {self.binary}: {exc.strerror or exc}")
+                    self._record(EngineState.FAILED, f"cannot run {self.binary}: {exc.strerror or exc}")
                     return 1
                 self.worker_pid = proc.pid
                 exited = asyncio.ensure_future(proc.wait())
@@ -164,7 +167,7 @@ class WorkerRunner:
                             why = self._describe(proc, "exited")
                 finally:
                     if proc.returncode is None:
-                        self._record("stopping", "stopping the worker")
+                        self._record(EngineState.STOPPING, "stopping the worker")
                         await terminate(proc, STOP_GRACE)
                     exited.cancel()
                     self.worker_pid, self.ready_at = None, None
@@ -173,24 +176,21 @@ class WorkerRunner:
                 self.last_exit = {"detail": why, "code": proc.returncode, "at": time.time(),
                                   "log_tail": tail_lines(self.log_path, 10)}
                 if not ever_ready:
-                    self._record("failed", why or "did not start")
+                    self._record(EngineState.FAILED, why or "did not start")
                     return 1
                 self.restarts += 1
-                now = time.monotonic()
-                crashes.append(now)
-                while crashes and now - crashes[0] > RESTART_WINDOW:
-                    crashes.popleft()
-                if len(crashes) > MAX_RESTARTS:
-                    self._record("failed", f"{why} ({len(crashes)} failures in {RESTART_WINDOW:.0f}s; giving up)")
+                recent = crashes.failed()
+                if crashes.exhausted:
+                    self._record(EngineState.FAILED, f"{why} ({recent} failures in {crashes.window:.0f}s; giving up)")
                     return 1
-                delay = min(BACKOFF_FIRST * 2 ** (len(crashes) - 1), BACKOFF_MAX)
-                self._record("restarting", f"{why}; restarting in {delay:.1f}s")
+                delay = crashes.backoff()
+                self._record(EngineState.RESTARTING, f"{why}; restarting in {delay:.1f}s")
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 except asyncio.TimeoutError:
                     pass
         finally:
-            if self.state != "failed":
+            if self.state is not EngineState.FAILED:
                 self.state_path.unlink(missing_ok=True)
         return 0
 
@@ -215,7 +215,7 @@ class WorkerRunner:
                 # not-answering: it listens, and a client (an engine) got there first.
                 self.ready_at = time.time()
                 self.version, self.memory = probe.version, probe.memory
-                self._record("ready", f"listening on {self.spec.address} (pid {proc.pid}"
+                self._record(EngineState.READY, f"listening on {self.spec.address} (pid {proc.pid}"
                              + (f", RPC protocol {probe.version})" if probe.version else ", serving a client)"))
                 return None
             if probe is not None and probe.state in ("incompatible", "invalid"):
