@@ -15,11 +15,11 @@ import sys
 import time
 from typing import Callable, Optional
 
-import psutil
-
-from slp.engine.process import kill_stale_engines, tail_lines
+from slp.paths import Paths, ensure_private_dir
 from slp.runstate import agent_health, clear_state, live_state, read_state
-from slp.settings import Paths, ensure_private_dir
+
+# psutil and slp.engine.process (asyncio, ctypes) are imported where they are used: `slp agent start`
+# needs neither unless a dead agent left engines behind or the start fails.
 
 SHUTDOWN_GRACE = 10.0  # seconds in-flight responses get to finish on stop
 
@@ -37,7 +37,11 @@ def clean_up_after_dead_agent(paths: Paths, state: Optional[dict] = None) -> lis
     """
     if state is None:
         state = read_state(paths)
-    killed = kill_stale_engines(state)
+    killed = []
+    if state:
+        from slp.engine.process import kill_stale_engines
+
+        killed = kill_stale_engines(state)
     clear_state(paths, agent_pid=state.get("agent_pid") if state else None)
     return killed
 
@@ -58,6 +62,8 @@ def start_detached(paths: Paths) -> subprocess.Popen:
 
 def exit_reason(paths: Paths) -> str:
     """Why a detached agent ended during start-up, from its log: the last error line, else the last line."""
+    from slp.engine.process import tail_lines
+
     lines = tail_lines(paths.agent_log, 30)
     lines = [line for line in lines if "Error" in line or "error" in line] or lines[-3:]
     return lines[-1] if lines else f"see {paths.agent_log}"
@@ -117,6 +123,8 @@ def stop_agent_process(paths: Paths, stop_grace: float) -> bool:
     if not state:
         clean_up_after_dead_agent(paths)
         return False
+    import psutil
+
     try:
         agent = psutil.Process(state["agent_pid"])
         agent.send_signal(signal.SIGTERM)

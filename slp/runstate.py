@@ -9,14 +9,60 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import urllib.error
-import urllib.request
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from slp.engine.process import process_matches
-from slp.settings import Paths, Settings, ensure_private_dir
+from slp.paths import Paths, ensure_private_dir
+
+if TYPE_CHECKING:
+    from slp.settings import Settings
+
+# Kept stdlib-only (no psutil, no pydantic, no urllib.request until used): every quick CLI command asks
+# `live_state` whether an agent runs, and pays for what this module imports.
+
+_CLOCK_TICKS: Optional[int] = None
+
+
+def _proc_create_time(pid: int) -> Optional[float]:
+    """Linux: the create time of `pid` as psutil reports it (boot time + start ticks / CLK_TCK, seconds
+    since the epoch), from /proc; None if it is gone or a zombie."""
+    global _CLOCK_TICKS
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:  # gone (or hidden from us: psutil would say AccessDenied)
+        return None
+    fields = data[data.rfind(b")") + 2:].split()  # the name, in parentheses, may hold spaces and ')'
+    if fields[0] == b"Z":
+        return None
+    if _CLOCK_TICKS is None:
+        _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat", "rb") as f:  # read each time, as psutil does: it moves when the clock is set
+        boot_time = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
+    return float(fields[19]) / _CLOCK_TICKS + boot_time
+
+
+def process_matches(pid: Optional[int], create_time: Optional[float]) -> bool:
+    """True if `pid` is alive and is the same process (same create time) we recorded, not a reused PID.
+
+    On Linux a read of /proc/PID/stat (no psutil); elsewhere psutil, imported on first use."""
+    if not pid:
+        return False
+    if sys.platform.startswith("linux"):
+        started = _proc_create_time(pid) if isinstance(pid, int) and pid > 0 else None
+        if started is None:
+            return False
+        return create_time is None or abs(started - create_time) < 0.01
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 0.01
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def read_state(paths: Paths) -> Optional[dict]:
@@ -37,6 +83,8 @@ def live_state(paths: Paths) -> Optional[dict]:
 
 
 def write_state(paths: Paths, state: dict) -> None:
+    import tempfile
+
     ensure_private_dir(paths.state_dir)
     fd, tmp = tempfile.mkstemp(dir=paths.state_dir, prefix=".agent-", suffix=".json")
     try:
@@ -70,6 +118,9 @@ def agent_url(settings: Settings) -> str:
 def agent_health(url: str, timeout: float = 3.0) -> tuple[int, dict]:
     """(HTTP status, body) of the agent's /health: 200 when its engine is ready, 503 with the engine's
     state and reason otherwise, (0, {}) when nothing answers. /health needs no key."""
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url.rstrip("/") + "/health", headers={"Accept": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:

@@ -1,4 +1,4 @@
-"""The one Settings model and the one place that decides where slp's files live.
+"""The one Settings model, and (re-exported from slp.paths) the one place that decides where slp's files live.
 
 Precedence (highest first): keyword arguments, `SLP_*` environment variables, the TOML config file
 (`<config dir>/config.toml`), defaults. `SLP_HOME`, when set, roots every slp file (config, data,
@@ -7,12 +7,9 @@ logs, run state, models) under one folder; tests point it at a temp dir so no te
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
-import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -22,83 +19,20 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-APP_NAME = "slp"
+# Where files live is decided in slp.paths (stdlib only, so the CLI can find the agent without pydantic);
+# re-exported here, where every module has always looked for it.
+from slp.paths import APP_NAME, ENV_PREFIX, Paths, ensure_private_dir, paths
+
+__all__ = ["APP_NAME", "DEFAULT_MODEL_ALIAS", "Paths", "Settings", "describe_settings_error",
+           "ensure_private_dir", "paths"]
+
 DEFAULT_MODEL_ALIAS = "slp-orchestra-mini"
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where slp reads and writes. Built by `paths()`; every module asks it instead of guessing."""
-
-    config_dir: Path
-    data_dir: Path
-    log_dir: Path
-    state_dir: Path
-
-    @property
-    def config_file(self) -> Path:
-        return self.config_dir / "config.toml"
-
-    @property
-    def state_file(self) -> Path:
-        """Run state of the agent: PIDs, create times, host/port (see slp.runstate)."""
-        return self.state_dir / "agent.json"
-
-    @property
-    def db_file(self) -> Path:
-        return self.data_dir / "slp.db"
-
-    @property
-    def default_models_dir(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
-    def agent_log(self) -> Path:
-        return self.log_dir / "agent.log"
-
-    @property
-    def engine_log(self) -> Path:
-        return self.log_dir / "engine.log"
-
-    @property
-    def request_log(self) -> Path:
-        """One JSON line per proxied request (rotated)."""
-        return self.log_dir / "requests.jsonl"
-
-
-def paths(home: Optional[os.PathLike | str] = None) -> Paths:
-    """Return slp's folders: under `home`/`SLP_HOME` when given, else the platform's user dirs."""
-    home = home if home is not None else os.environ.get("SLP_HOME")
-    if home:
-        root = Path(home).expanduser().resolve()
-        return Paths(root / "config", root / "data", root / "logs", root / "run")
-    return Paths(
-        Path(platformdirs.user_config_dir(APP_NAME)),
-        Path(platformdirs.user_data_dir(APP_NAME)),
-        Path(platformdirs.user_log_dir(APP_NAME)),
-        Path(platformdirs.user_state_dir(APP_NAME)),
-    )
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create `path` and any missing parents readable by the current user only; return it.
-
-    (`Path.mkdir(parents=True, mode=...)` applies the mode to the last folder only.)
-    """
-    missing = []
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    for folder in reversed(missing):
-        folder.mkdir(mode=0o700, exist_ok=True)
-    return path
 
 
 class Settings(BaseSettings):
     """Everything a user can configure, as `SLP_<NAME>` or a key in config.toml."""
 
-    model_config = SettingsConfigDict(env_prefix="SLP_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     host: str = Field("127.0.0.1", description="Address the agent listens on.")
     port: int = Field(38540, ge=0, le=65535, description="Port the agent listens on (0 = any free port).")

@@ -7,24 +7,19 @@ import signal
 import socket
 import time
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from slp.cli.client import AgentClient, CliError, load_settings, run_cli
-from slp.cli.progress import Bars
-from slp.engine.binary import EngineNotFound, find_engine
-from slp.engine.process import tail_lines
-from slp.lifecycle import (
-    AgentError,
-    clean_up_after_dead_agent,
-    start_detached,
-    stop_agent_process,
-    wait_for_detached,
-)
-from slp.models.store import ModelError, ModelStore
+from slp.cli.client import AgentClient, CliError, load_settings, run_cli, running_agent
+from slp.lifecycle import AgentError
 from slp.runstate import live_state
-from slp.server.security import check_security
-from slp.service import ServiceError, installed_service, managed_by_service, service_start, service_stop
-from slp.settings import Settings
+
+if TYPE_CHECKING:
+    from slp.settings import Settings
+
+# Each command imports what it uses (the engine binary, the model store, the service managers, ...), so
+# `slp agent status` costs no more than finding the agent, and `slp agent start` no more than starting it.
 
 app = typer.Typer(help="Start, stop and inspect the slp agent.", no_args_is_help=True)
 
@@ -43,6 +38,10 @@ def _port_free(host: str, port: int) -> bool:
 def check_can_start(settings: Settings) -> None:
     """What the agent would fail on, said now in one line: security, the engine binary, the model
     (the embedded default is fetched here, before detaching, so the user sees the progress bar)."""
+    from slp.engine.binary import EngineNotFound, find_engine
+    from slp.models.store import ModelError, ModelStore
+    from slp.server.security import check_security
+
     try:
         check_security(settings)
         find_engine(settings)
@@ -51,6 +50,8 @@ def check_can_start(settings: Settings) -> None:
     store = ModelStore(settings.resolved_models_dir)
     if store.resolve(settings.model) is None:
         typer.echo(f"Fetching the default model {settings.model} ...")
+        from slp.cli.progress import Bars
+
         try:
             with Bars() as bars:
                 store.pull(settings.model, progress=bars)
@@ -79,6 +80,9 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
     if state:
         typer.echo(f"slp agent is already running at {state['url']} (pid {state['agent_pid']})")
         return
+    from slp.lifecycle import clean_up_after_dead_agent, start_detached, wait_for_detached
+    from slp.service import ServiceError, installed_service, service_start
+
     if manager := installed_service():
         # A service is installed: start it through its manager, so it stays the one in charge.
         try:
@@ -106,6 +110,9 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
 def stop_agent(settings: Settings) -> bool:
     """Stop the running agent, through its service when one manages it, and any engine it leaves.
     True if one was running."""
+    from slp.lifecycle import stop_agent_process
+    from slp.service import managed_by_service, service_stop
+
     if managed_by_service():
         service_stop()
         return True
@@ -171,12 +178,11 @@ def status() -> None:
 
     Example: slp agent status
     """
-    settings = load_settings()
-    state = live_state(settings.paths)
+    state = running_agent()
     if not state:
         typer.echo("slp agent is not running; start it with: slp agent start", err=True)
         raise typer.Exit(1)
-    info = AgentClient(state["url"], settings=settings).request("GET", "/v1/status")
+    info = AgentClient(state["url"], settings=load_settings()).request("GET", "/v1/status")
     engine = info["engine"]
     typer.echo(f"agent:  running at {state['url']} (pid {state['agent_pid']}, up {info['agent']['uptime_s']:.0f}s)")
     typer.echo(f"engine: {engine['state']} (pid {engine['pid']}) - {engine['reason']}; "
@@ -192,6 +198,8 @@ def logs(engine: bool = typer.Option(False, "--engine", help="Show the engine's 
 
     Example: slp agent logs --engine -f
     """
+    from slp.engine.process import tail_lines
+
     settings = load_settings()
     path = settings.paths.engine_log if engine else settings.paths.agent_log
     if not path.exists():

@@ -1,23 +1,28 @@
 """A small synchronous client for the running agent's HTTP API, for CLI commands.
 
 Stdlib only (http.client): the CLI stays quick to start and has one error path, `CliError`,
-which `run_cli` prints as a single red line.
+which `run_cli` prints as a single red line. Settings (pydantic-settings) and http.client are imported
+when a command needs them: `agent_paths()` finds the agent without them.
 """
 
 from __future__ import annotations
 
 import functools
-import http.client
 import json
 import socket
-from typing import Any, Callable, Iterator, Optional, TypeVar
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 from urllib.parse import urlsplit
 
 import typer
-from pydantic import ValidationError
 
-from slp.runstate import agent_url
-from slp.settings import Settings, describe_settings_error, paths
+from slp.paths import Paths, configured_paths, paths
+from slp.runstate import agent_url, live_state
+
+if TYPE_CHECKING:
+    import http.client
+
+    from slp.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,12 +33,40 @@ class CliError(Exception):
 
 def load_settings() -> Settings:
     """Settings(), with an unreadable config file reported as a CliError (bad values stay ValidationError)."""
+    from pydantic import ValidationError
+
+    from slp.settings import Settings
+
     try:
         return Settings()
     except ValidationError:
         raise
     except (ValueError, OSError) as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise CliError(f"cannot read {paths().config_file}: {exc}") from exc
+
+
+def agent_paths() -> Paths:
+    """Where the agent's files are (`Settings().paths`), found without loading every setting, so asking
+    whether an agent runs costs no pydantic. A config file that cannot be read is a CliError, as in
+    `load_settings`; a `home` in it that is no path is left to Settings to describe."""
+    try:
+        return configured_paths()
+    except TypeError:
+        return load_settings().paths
+    except (ValueError, OSError) as exc:
+        raise CliError(f"cannot read {paths().config_file}: {exc}") from exc
+
+
+def running_agent() -> Optional[dict]:
+    """The live agent's run state (url, agent_pid, ...), or None when none runs."""
+    return live_state(agent_paths())
+
+
+def _is_validation_error(exc: BaseException) -> bool:
+    """A bad setting (pydantic's ValidationError), checked without importing pydantic: if it is not loaded,
+    nothing raised one."""
+    pydantic_core = sys.modules.get("pydantic_core")
+    return pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError)
 
 
 def fail(message: str) -> None:
@@ -51,7 +84,11 @@ def run_cli(fn: F) -> F:
             return fn(*args, **kwargs)
         except CliError as exc:
             fail(str(exc))
-        except ValidationError as exc:
+        except Exception as exc:
+            if not _is_validation_error(exc):
+                raise
+            from slp.settings import describe_settings_error
+
             fail(describe_settings_error(exc))
 
     return wrapper  # type: ignore[return-value]
@@ -93,6 +130,8 @@ class AgentClient:
 
     def _send(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        import http.client
+
         cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
         conn = cls(self._parts.hostname, self._parts.port, timeout=timeout or self.timeout)
         headers = {"Accept": "application/json"}
@@ -133,6 +172,8 @@ class AgentClient:
 
     def stream_chat(self, body: dict) -> Iterator[str]:
         """Stream a chat completion (forces stream=true); yield content deltas until [DONE]."""
+        import http.client
+
         conn, resp = self._send("POST", "/v1/chat/completions", {**body, "stream": True}, timeout=600)
         try:
             if resp.status >= 400:

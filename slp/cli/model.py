@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tabulate import tabulate
 
 from slp.cli.progress import Bars
+from slp.cli.ps import load, unload
 from slp.models.errors import ModelError
 from slp.models.store import InstalledModel, ModelStore
 from slp.settings import DEFAULT_MODEL_ALIAS, Settings
@@ -242,3 +243,8 @@ def rm(
         typer.confirm(f"{what}?", abort=True)
     store.remove(model.name)
     typer.echo(f"Removed {model.name}" + ("" if owned else f" (its file stays: {model.path})"))
+
+
+# `slp model load|unload` talk to the running agent; they live with `slp ps`, which shows what they change.
+app.command("load")(load)
+app.command("unload")(unload)

@@ -7,18 +7,15 @@ import time
 from typing import Optional
 
 import typer
-from tabulate import tabulate
 
-from slp.cli.client import AgentClient, CliError, load_settings, run_cli
-from slp.runstate import live_state
+from slp.cli.client import AgentClient, CliError, load_settings, run_cli, running_agent
 
 
 def _client() -> AgentClient:
-    settings = load_settings()
-    state = live_state(settings.paths)
+    state = running_agent()
     if not state:
         raise CliError("slp agent is not running; start it with: slp agent start")
-    return AgentClient(state["url"], settings=settings)
+    return AgentClient(state["url"], settings=load_settings())
 
 
 def _mib(n: Optional[int]) -> str:
@@ -77,6 +74,8 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print the engines and
     headers = ["MODEL", "ALIASES", "PID", "STATE", "RSS", "GPU", "THREADS", "SLOTS", "QUEUED", "LEASES",
                "LAST USED", "EXPIRES"]
     if data["data"]:
+        from tabulate import tabulate
+
         typer.echo(tabulate(ps_rows(data), headers=headers, tablefmt="plain"))
     else:
         typer.echo("no model is loaded")

@@ -6,12 +6,9 @@ import json
 import time
 
 import typer
-from tabulate import tabulate
 
 import slp
-from slp.cli.client import AgentClient, load_settings, run_cli
-from slp.engine.binary import EngineNotFound, find_engine
-from slp.runstate import live_state
+from slp.cli.client import AgentClient, load_settings, run_cli, running_agent
 
 
 def percent(value: float | None) -> str:
@@ -76,15 +73,16 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the full st
 
     Example: slp status
     """
-    settings = load_settings()
-    state = live_state(settings.paths)
+    state = running_agent()
     if not state:
         typer.secho("slp agent is not running; start it with: slp agent start", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
-    info = AgentClient(state["url"], settings=settings).request("GET", "/v1/status")
+    info = AgentClient(state["url"], settings=load_settings()).request("GET", "/v1/status")
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
+    from tabulate import tabulate
+
     typer.echo(tabulate(status_rows(info), headers=["Property", "Value"], tablefmt="simple"))
     if info["engine"]["state"] != "ready":
         typer.secho(f"engine {info['engine']['state']}: {info['engine']['reason']}", err=True,
@@ -97,6 +95,8 @@ def version() -> None:
 
     Example: slp version
     """
+    from slp.engine.binary import EngineNotFound, find_engine
+
     typer.echo(f"slp {slp.__version__}")
     try:
         binary, record = find_engine(load_settings())

@@ -21,6 +21,8 @@ from typing import Optional
 
 import psutil
 
+from slp.runstate import process_matches  # one definition of "is it still that process" (no psutil on Linux)
+
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 
@@ -163,19 +165,6 @@ async def terminate(proc: "asyncio.subprocess.Process | StartedProcess", grace: 
     # The leader is gone; make sure nothing it spawned lingers in its group.
     signal_group(proc.pid, signal.SIGKILL)
     return proc.returncode
-
-
-def process_matches(pid: Optional[int], create_time: Optional[float]) -> bool:
-    """True if `pid` is alive and is the same process (same create time) we recorded, not a reused PID."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(proc.create_time() - create_time) < 0.01
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
 
 
 def kill_stale(pid: Optional[int], create_time: Optional[float], grace: float = 3.0) -> bool:
