@@ -241,6 +241,7 @@ def test_request_schemas_are_the_validating_models(spec):
                                                                         "tool"]
     body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    bodies = {}
     for path, item in spec["paths"].items():  # every body is one of them, and its example is valid
         for method, op in item.items():
             if "requestBody" in op:
@@ -248,6 +249,28 @@ def test_request_schemas_are_the_validating_models(spec):
                 name = media["schema"]["$ref"].rsplit("/", 1)[1]
                 assert name in {m.__name__ for m in REQUEST_MODELS}, (method, path)
                 assert_valid(spec, name, media["example"])
+                bodies[(method.upper(), path)] = name
+    # Route by route, not as a set: a route that took another route's model would still leave the set whole.
+    assert bodies == ROUTE_BODIES
+    routed = {(r.method, r.path): r.request.__name__ for r in ROUTES if r.request is not None}
+    assert routed == ROUTE_BODIES  # the route table: what the forwarded routes validate with, and documents
+
+
+ROUTE_BODIES = {
+    ("POST", "/v1/chat/completions"): "ChatCompletionRequest",
+    ("POST", "/v1/completions"): "CompletionRequest",
+    ("POST", "/v1/embeddings"): "EmbeddingRequest",
+    ("POST", "/v1/responses"): "ResponsesRequest",
+    ("POST", "/v1/messages"): "AnthropicMessagesRequest",
+    ("POST", "/v1/messages/count_tokens"): "AnthropicCountTokensRequest",
+    ("POST", "/v1/rerank"): "RerankRequest",
+    ("POST", "/tokenize"): "TokenizeRequest",
+    ("POST", "/detokenize"): "DetokenizeRequest",
+    ("POST", "/apply-template"): "ApplyTemplateRequest",
+    ("POST", "/v1/models/{model}/load"): "LoadModelRequest",
+    ("POST", "/v1/projects"): "ProjectCreate",
+    ("PATCH", "/v1/projects/{project}"): "ProjectUpdate",
+}
 
 
 def test_every_route_is_documented_and_every_documented_route_exists(built_app, spec):
