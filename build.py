@@ -402,7 +402,7 @@ def install_entry(bin_dir: Path, entry: Path, record: dict, model: Path) -> Path
     try:
         (tmp / "bin").mkdir()
         for path in installed_files(bin_dir):
-            shutil.copy2(path, tmp / "bin" / path.name)
+            shutil.copy2(path, tmp / "bin" / path.name, follow_symlinks=False)  # keep .so -> .so.0 links
         server = tmp / "bin" / "llama-server"
         try:
             proc = subprocess.run([str(server), "--version"], capture_output=True, text=True, timeout=60)
