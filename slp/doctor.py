@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import psutil
 from pydantic import ValidationError
 
 import slp
+from slp.lifecycle import port_free
 from slp.runstate import live_state
 from slp.settings import Settings, describe_settings_error, paths
 
@@ -368,18 +368,6 @@ def check_disk(ctx: Context) -> Check:
 
 
 # ----------------------------------------------------------------------------- 7. port
-
-def port_free(host: str, port: int) -> bool:
-    """Whether the agent could bind host:port now (as `slp agent start` checks it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
 
 def port_owner(port: int) -> Optional[tuple[Optional[int], Optional[str]]]:
     """(pid, process name) of what listens on `port`; (None, None) when something does but this user may

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,18 @@ from typing import Callable, Optional
 
 from slp.paths import Paths, ensure_private_dir
 from slp.runstate import agent_health, clear_state, live_state, read_state
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether an agent could listen on host:port now (bound as the agent's own listener is: SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 # psutil and slp.engine.process (asyncio, ctypes) are imported where they are used: `slp agent start`
 # needs neither unless a dead agent left engines behind or the start fails.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 
 from typing import TYPE_CHECKING
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from slp.cli.client import AgentClient, CliError, load_settings, run_cli, running_agent
-from slp.lifecycle import AgentError
+from slp.lifecycle import AgentError, port_free
 from slp.runstate import live_state
 
 if TYPE_CHECKING:
@@ -22,17 +21,6 @@ if TYPE_CHECKING:
 # `slp agent status` costs no more than finding the agent, and `slp agent start` no more than starting it.
 
 app = typer.Typer(help="Start, stop and inspect the slp agent.", no_args_is_help=True)
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def check_can_start(settings: Settings) -> None:
@@ -94,7 +82,7 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
         return
     for pid in clean_up_after_dead_agent(settings.paths):
         typer.echo(f"Cleaned up an engine (pid {pid}) left by an agent that died")
-    if settings.port and not _port_free(settings.host, settings.port):
+    if settings.port and not port_free(settings.host, settings.port):
         raise CliError(f"port {settings.port} on {settings.host} is already in use by another program; "
                        "stop it or choose another port with SLP_PORT")
     check_can_start(settings)  # last: it may fetch the default model, which no one should wait for in vain

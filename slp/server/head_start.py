@@ -13,7 +13,6 @@ another agent running, a start the agent will refuse) the agent starts its engin
 from __future__ import annotations
 
 import secrets
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,7 +22,7 @@ import psutil
 from slp.engine.binary import find_engine
 from slp.engine.command import engine_command
 from slp.engine.process import StartedProcess, free_port, spawn_now
-from slp.lifecycle import clean_up_after_dead_agent
+from slp.lifecycle import clean_up_after_dead_agent, port_free
 from slp.models.store import ModelStore, engine_name
 from slp.projects.store import ProjectStore
 from slp.runstate import live_state, write_state
@@ -64,7 +63,7 @@ def head_start(settings: Settings) -> Optional[HeadStart]:
     agent is about to refuse (another agent runs, an unsafe address, its port taken) or the start needs
     what only the agent does (fetching the model, checking RPC workers)."""
     paths = settings.paths
-    if settings.workers or live_state(paths) or not _port_free(settings.host, settings.port):
+    if settings.workers or live_state(paths) or not port_free(settings.host, settings.port):
         return None
     try:
         check_security(settings)
@@ -95,13 +94,3 @@ def head_start(settings: Settings) -> Optional[HeadStart]:
                             "engines": [{"model": name, "pid": process.pid, "create_time": engine.create_time()}]})
     return HeadStart(model_path=model_path, name=name, port=port, api_key=key, process=process)
 
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the agent's own listener does
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
