@@ -227,22 +227,50 @@ def agent(tmp_path_factory, default_model, engine_binary) -> Agent:
     kill_all_under(agent.home)
 
 
+def make_standin_agent(root: Path, **settings: str) -> Agent:
+    """A real agent (not started yet) whose engine is the stand-in (tests/standin_engine.py, named as
+    such), run through a `llama-server` script in `root`. `agent.record` is the folder where the stand-in
+    writes each request it got and the exact bytes it answered. The agent's engines inherit `agent.env`,
+    so a test sets the stand-in's per-process switches (STANDIN_*) there before it starts the agent."""
+    root.mkdir(parents=True, exist_ok=True)
+    wrapper = root / "llama-server"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN_ENGINE}" "$@"\n')
+    wrapper.chmod(0o755)
+    record = root / "record"
+    record.mkdir()
+    agent = make_agent(root / "home", engine_bin=str(wrapper), **settings)
+    agent.env["STANDIN_RECORD"] = str(record)
+    agent.record = record
+    return agent
+
+
+@pytest.fixture
+def fresh_standin_agent(tmp_path, default_model):
+    """`fresh_agent` with the stand-in as the engine (tests/standin_engine.py, named as such): a factory
+    for agents that a test may break, for claims about the agent that do not depend on the real engine
+    (signals, restarts, reaping, state files, reloads, admission). Only the settings a test passes are
+    set; each agent is stopped and reaped afterwards."""
+    made: list[Agent] = []
+
+    def factory(**settings: str) -> Agent:
+        agent = make_standin_agent(tmp_path / f"standin{len(made)}", **settings)
+        made.append(agent)
+        return agent
+
+    yield factory
+    for agent in made:
+        agent.stop()
+        kill_all_under(agent.home)
+
+
 @pytest.fixture(scope="module")
 def standin_agent(tmp_path_factory, default_model) -> Agent:
     """A real agent whose engine is the stand-in (tests/standin_engine.py, named as such): fast and
     deterministic (the n-th token is " w<n>"; engines generate 4 tokens unless asked for more). Stall
     timeout 1 s, a quick watchdog. `agent.record` is the folder where the stand-in writes each request
     it got and the exact bytes it answered."""
-    root = tmp_path_factory.mktemp("standin-agent")
-    wrapper = root / "llama-server"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN_ENGINE}" "$@"\n')
-    wrapper.chmod(0o755)
-    record = root / "record"
-    record.mkdir()
-    agent = make_agent(root / "home", engine_bin=str(wrapper), max_tokens="4", stall_timeout="1",
-                       health_interval="0.2", health_timeout="1")
-    agent.env["STANDIN_RECORD"] = str(record)
-    agent.record = record
+    agent = make_standin_agent(tmp_path_factory.mktemp("standin-agent"), max_tokens="4", stall_timeout="1",
+                               health_interval="0.2", health_timeout="1")
     agent.start()
     yield agent
     agent.stop()

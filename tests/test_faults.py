@@ -1,4 +1,10 @@
-"""Faults with real processes and signals: each test breaks its own agent, never the shared one."""
+"""Faults with real processes and signals: each test breaks its own agent, never the shared one.
+
+Claims about the agent alone (restarts, the watchdog, reaping, state files, stopping, refusals at start)
+run over the stand-in engine (tests/standin_engine.py, named as such: `fresh_standin_agent`), a real
+process that can be killed, stopped and reaped like llama-server, in a fraction of its start time. What
+depends on llama-server itself stays on it (`fresh_agent`): a stream cut by its death, and its exit on a
+file that is not a model. (The missing binary names its own engine: none runs.)"""
 
 from __future__ import annotations
 
@@ -29,8 +35,8 @@ def engine_ready(agent):
         return False
 
 
-def test_engine_sigkill_is_restarted_and_status_says_why(fresh_agent):
-    agent = fresh_agent()
+def test_engine_sigkill_is_restarted_and_status_says_why(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     old_pid = agent.engine_pid()
     os.kill(old_pid, signal.SIGKILL)
@@ -68,8 +74,8 @@ def test_engine_killed_mid_stream_ends_the_stream_with_an_error(fresh_agent):
     assert chat(agent).status_code == 200
 
 
-def test_hung_engine_is_detected_and_replaced(fresh_agent):
-    agent = fresh_agent(health_interval="0.5", health_timeout="0.5")
+def test_hung_engine_is_detected_and_replaced(fresh_standin_agent):
+    agent = fresh_standin_agent(health_interval="0.5", health_timeout="0.5")
     agent.start()
     pid = agent.engine_pid()
     os.kill(pid, signal.SIGSTOP)
@@ -79,7 +85,9 @@ def test_hung_engine_is_detected_and_replaced(fresh_agent):
         if psutil.pid_exists(pid):
             os.kill(pid, signal.SIGKILL)
     assert agent.status()["engine"]["last_exit"]["reason"] == "hang"
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    # Killed with SIGKILL and reaped in the background (the supervisor does not wait for it): gone soon.
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
+             "the hung engine to be gone")
     wait_for(lambda: engine_ready(agent), 20, "a new engine")
     assert chat(agent).status_code == 200
 
@@ -112,8 +120,8 @@ def test_missing_engine_binary_is_a_clear_failure(fresh_agent, tmp_path):
     assert "cannot run the engine" in status["engine"]["reason"]
 
 
-def test_agent_sigkill_takes_the_engine_with_it_and_next_start_works(fresh_agent):
-    agent = fresh_agent()
+def test_agent_sigkill_takes_the_engine_with_it_and_next_start_works(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     state = agent.state()
     engine = psutil.Process(agent.engine_pid())
@@ -124,8 +132,8 @@ def test_agent_sigkill_takes_the_engine_with_it_and_next_start_works(fresh_agent
     assert chat(agent).status_code == 200
 
 
-def test_agent_stop_leaves_no_process_behind(fresh_agent):
-    agent = fresh_agent()
+def test_agent_stop_leaves_no_process_behind(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     assert len(processes_under(agent.home)) == 2  # the agent and its engine
     out = agent.cli("agent", "stop", check=True).stdout
@@ -136,8 +144,8 @@ def test_agent_stop_leaves_no_process_behind(fresh_agent):
     assert "not running" in again
 
 
-def test_port_in_use_is_one_clear_line(fresh_agent):
-    agent = fresh_agent()
+def test_port_in_use_is_one_clear_line(fresh_standin_agent):
+    agent = fresh_standin_agent()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", agent.port))
         squatter.listen()
@@ -150,9 +158,9 @@ def test_port_in_use_is_one_clear_line(fresh_agent):
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"agent_pid": 1, "agent_create_time": 1.0,
                                                                "url": "http://127.0.0.1:1"})])
-def test_corrupt_or_stale_state_file_is_replaced(fresh_agent, content):
+def test_corrupt_or_stale_state_file_is_replaced(fresh_standin_agent, content):
     """Garbage, or a PID that is alive but is another process (pid 1, wrong create time)."""
-    agent = fresh_agent()
+    agent = fresh_standin_agent()
     (agent.home / "run").mkdir(parents=True)
     (agent.home / "run" / "agent.json").write_text(content)
     status = agent.cli("status")
@@ -162,8 +170,8 @@ def test_corrupt_or_stale_state_file_is_replaced(fresh_agent, content):
     assert chat(agent).status_code == 200
 
 
-def test_invalid_config_file_is_one_clear_line(fresh_agent):
-    agent = fresh_agent()
+def test_invalid_config_file_is_one_clear_line(fresh_standin_agent):
+    agent = fresh_standin_agent()
     (agent.home / "config").mkdir(parents=True)
     (agent.home / "config" / "config.toml").write_text('ctx_size = "huge"\n')
     proc = agent.cli("agent", "start", timeout=60)
@@ -172,8 +180,8 @@ def test_invalid_config_file_is_one_clear_line(fresh_agent):
     assert proc.stderr.strip().count("\n") == 0
 
 
-def test_graceful_stop_lets_an_inflight_stream_finish(fresh_agent):
-    agent = fresh_agent()
+def test_graceful_stop_lets_an_inflight_stream_finish(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     agent_pid = agent.state()["agent_pid"]
     lines: list[bytes] = []
@@ -181,7 +189,8 @@ def test_graceful_stop_lets_an_inflight_stream_finish(fresh_agent):
 
     def consume():
         with requests.post(f"{agent.url}/v1/chat/completions", stream=True, timeout=60,
-                           json={**CHAT, "stream": True, "max_tokens": 60, "ignore_eos": True}) as resp:
+                           json={**CHAT, "stream": True, "max_tokens": 60, "ignore_eos": True,
+                                 "standin": {"token_delay": 0.05}}) as resp:  # 3 s: still streaming at SIGTERM
             for line in resp.iter_lines():
                 if line.startswith(b"data: "):
                     lines.append(line)

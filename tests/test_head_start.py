@@ -1,5 +1,7 @@
 """The agent's head start (slp/server/head_start.py): its default engine is spawned before the agent's own
-imports and adopted by the supervisor; one that nobody adopts is killed. Real agent, real engine."""
+imports and adopted by the supervisor; one that nobody adopts is killed. Real agent; the engine is the
+stand-in (tests/standin_engine.py, named as such): when the engine is spawned, who adopts it, who kills it
+and who reaps it are the agent's doing, whatever the engine binary is."""
 
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ def engine_starts(agent) -> list[str]:
             if line.startswith("--- slp: starting engine")]
 
 
-def test_the_default_engine_is_the_head_start_adopted_once(fresh_agent):
-    agent = fresh_agent()
+def test_the_default_engine_is_the_head_start_adopted_once(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     status = agent.status()
     engine = psutil.Process(status["engine"]["pid"])
@@ -38,21 +40,22 @@ def test_the_default_engine_is_the_head_start_adopted_once(fresh_agent):
     assert len(engine_starts(agent)) == 2
 
 
-def test_a_head_start_nobody_adopts_is_killed_while_the_agent_serves(fresh_agent):
+def test_a_head_start_nobody_adopts_is_killed_while_the_agent_serves(fresh_standin_agent):
     """The default model does not fit the memory budget: the load refuses it after the head start had
     spawned its engine; that engine goes, the agent stays (and says why)."""
-    agent = fresh_agent(memory_budget="10MB")
+    agent = fresh_standin_agent(memory_budget="10MB")
     agent.start()
     assert len(engine_starts(agent)) == 1, "the head start did spawn an engine"
-    engines = lambda: [p for p in processes_under(agent.home) if "llama-server" in p.name()]  # noqa: E731
+    agent_pid = agent.state()["agent_pid"]
+    engines = lambda: [p for p in processes_under(agent.home) if p.pid != agent_pid]  # noqa: E731
     wait_for(lambda: not engines(), 10, "the unadopted engine to be killed")
     assert psutil.pid_exists(agent.state()["agent_pid"]) and agent.status()["engine"]["state"] == "unloaded"
     assert "did not load" in (agent.home / "logs" / "agent.log").read_text()
 
 
-def test_no_head_start_when_the_agent_will_refuse(fresh_agent):
+def test_no_head_start_when_the_agent_will_refuse(fresh_standin_agent):
     """Its port is taken: the agent refuses to start, and no engine was spawned for nothing."""
-    agent = fresh_agent()
+    agent = fresh_standin_agent()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", agent.port))
         taken.listen()

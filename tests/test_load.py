@@ -2,6 +2,11 @@
 
 Every request must end as a complete, well-formed response or a clean error; no stream is cut or
 mixed with another; agent memory stays bounded. (Speed is measured in bench/, not here.)
+
+The 64 streams run through the real engine (its slots, its batching, its ids), on the shared agent.
+The 429 burst and the 1,000-request memory check are about the agent alone (its admission count; its own
+memory), so they run over the stand-in engine (tests/standin_engine.py, named as such), whose streams
+last as long as they are told to.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import psutil
 CHAT = {"model": "slp-orchestra-mini", "messages": [{"role": "user", "content": "Count to five."}]}
 
 
-async def stream_one(session: aiohttp.ClientSession, url: str, max_tokens: int) -> dict:
+async def stream_one(session: aiohttp.ClientSession, url: str, max_tokens: int, **extra) -> dict:
     """One streamed request; returns what a careful client would check."""
-    body = {**CHAT, "stream": True, "max_tokens": max_tokens}
+    body = {**CHAT, "stream": True, "max_tokens": max_tokens, **extra}
     async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
         if resp.status != 200:
             return {"status": resp.status, "retry_after": resp.headers.get("Retry-After"),
@@ -37,15 +42,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def many_streams(url: str, count: int, max_tokens: int) -> list[dict]:
+async def many_streams(url: str, count: int, max_tokens: int, **extra) -> list[dict]:
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-        return await asyncio.gather(*(stream_one(session, url, max_tokens) for _ in range(count)))
+        return await asyncio.gather(*(stream_one(session, url, max_tokens, **extra) for _ in range(count)))
 
 
-def test_64_concurrent_streams_all_complete_unmixed(fresh_agent):
-    agent = fresh_agent()
-    agent.start()
+def test_64_concurrent_streams_all_complete_unmixed(agent):
+    """On the shared agent (default slots and queue: 4 + 64 admitted): the streams all end before the next
+    test, and nothing here changes its settings."""
     results = run(many_streams(agent.url, 64, 8))
     assert [r["status"] for r in results] == [200] * 64
     for r in results:
@@ -55,10 +60,11 @@ def test_64_concurrent_streams_all_complete_unmixed(fresh_agent):
     assert len({next(iter(r["ids"])) for r in results}) == 64
 
 
-def test_burst_beyond_the_queue_gets_429_with_retry_after(fresh_agent):
-    agent = fresh_agent(parallel="2", max_queue="2")
+def test_burst_beyond_the_queue_gets_429_with_retry_after(fresh_standin_agent):
+    agent = fresh_standin_agent(parallel="2", max_queue="2")
     agent.start()
-    results = run(many_streams(agent.url, 16, 48))
+    # Each stream lasts over 2 s (48 tokens, 50 ms apart): the whole burst arrives while 2 + 2 are admitted.
+    results = run(many_streams(agent.url, 16, 48, standin={"token_delay": 0.05}))
     refused = [r for r in results if r["status"] == 429]
     served = [r for r in results if r["status"] == 200]
     assert refused and served and len(refused) + len(served) == 16
@@ -70,8 +76,8 @@ def test_burst_beyond_the_queue_gets_429_with_retry_after(fresh_agent):
         assert r["done"] and not r["errors"] and len(r["ids"]) == 1
 
 
-def test_1000_sequential_requests_and_bounded_memory(fresh_agent):
-    agent = fresh_agent()
+def test_1000_sequential_requests_and_bounded_memory(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     agent_proc = psutil.Process(agent.state()["agent_pid"])
 

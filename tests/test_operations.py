@@ -1,4 +1,9 @@
-"""Operations: Prometheus metrics, the request log, config reload, logs."""
+"""Operations: Prometheus metrics, the request log, config reload, logs.
+
+Metrics, the request log and the logs are read from the shared agent over the real engine (its own metrics
+and log lines are part of the claim). Reloads, restart counts, the engine's command line and the agent's
+own imports are the agent's doing alone: each such test has its own agent over the stand-in engine
+(tests/standin_engine.py, named as such: `fresh_standin_agent`)."""
 
 from __future__ import annotations
 
@@ -111,8 +116,8 @@ def test_agent_logs_command(agent):
     assert argv[argv.index("--model") + 1] == engine["model_path"]
 
 
-def test_config_reload_restarts_the_engine_only_when_needed(fresh_agent):
-    agent = fresh_agent()
+def test_config_reload_restarts_the_engine_only_when_needed(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     config = agent.home / "config" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -139,8 +144,8 @@ def test_config_reload_restarts_the_engine_only_when_needed(fresh_agent):
     assert requests.post(f"{agent.url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
 
 
-def test_sighup_reloads_too(fresh_agent):
-    agent = fresh_agent()
+def test_sighup_reloads_too(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     before = agent.status()["config"]["loaded_at"]
     os.kill(agent.state()["agent_pid"], signal.SIGHUP)
@@ -148,8 +153,8 @@ def test_sighup_reloads_too(fresh_agent):
     assert agent.status()["config"]["error"] is None
 
 
-def test_crash_restarts_are_counted_by_reason(fresh_agent):
-    agent = fresh_agent()
+def test_crash_restarts_are_counted_by_reason(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     os.kill(agent.engine_pid(), signal.SIGKILL)
     wait_for(lambda: value(samples(agent), "slp_engine_restarts_total", model="slp-orchestra-mini", reason="crash") == 1, 20, "the crash metric")
@@ -169,7 +174,7 @@ def test_every_setting_the_engine_command_reads_restarts_the_engine_on_reload():
     assert readers == set(changed) == set(ENGINE_SETTINGS)
 
 
-def test_engine_threads_do_not_spin_by_default_and_poll_is_a_setting(fresh_agent):
+def test_engine_threads_do_not_spin_by_default_and_poll_is_a_setting(fresh_standin_agent):
     """--poll 0 by default: idle engine threads sleep instead of taking the cores the agent needs."""
     from slp.engine.command import engine_command
     from slp.settings import Settings
@@ -178,14 +183,14 @@ def test_engine_threads_do_not_spin_by_default_and_poll_is_a_setting(fresh_agent
     assert argv[argv.index("--poll") + 1] == "0"
     argv = engine_command(Settings(poll=50), Path("llama-server"), Path("m.gguf"), 1, "k", "a").argv
     assert argv[argv.index("--poll") + 1] == "50"
-    agent = fresh_agent(poll="25")
+    agent = fresh_standin_agent(poll="25")  # the engine's command line, as the agent spawned it
     agent.start()
     engine = psutil.Process(agent.engine_pid())
     cmdline = engine.cmdline()
     assert cmdline[cmdline.index("--poll") + 1] == "25"
 
 
-def test_agent_reads_a_new_model_s_metadata_without_loading_gguf(fresh_agent, default_model, tmp_path):
+def test_agent_reads_a_new_model_s_metadata_without_loading_gguf(fresh_standin_agent, default_model, tmp_path):
     """A model the agent has never seen: status still reports its GGUF facts, parsed in a child process,
     and the agent itself never maps numpy (gguf's dependency) into memory."""
     models = tmp_path / "models"
@@ -196,7 +201,7 @@ def test_agent_reads_a_new_model_s_metadata_without_loading_gguf(fresh_agent, de
         import shutil
 
         shutil.copy2(default_model, models / default_model.name)
-    agent = fresh_agent(models_dir=str(models))
+    agent = fresh_standin_agent(models_dir=str(models))
     agent.start()
     info = agent.status()
     assert info["quantization"] == "Q4_1" and info["model"]["context_length"] == 8192

@@ -1,4 +1,6 @@
-"""Projects applied to real requests: real agent, real engine, real SQLite file."""
+"""Projects applied to real requests: real agent, real engine, real SQLite file. (That the active project
+survives a restart is the agent's own state, so that test restarts an agent over the stand-in engine,
+tests/standin_engine.py, named as such.)"""
 
 from __future__ import annotations
 
@@ -131,8 +133,8 @@ def test_slp_chat_streams_a_reply_and_a_resumed_chat_continues_the_session(agent
     assert detail["exchange_count"] == 2
 
 
-def test_activation_survives_an_agent_restart(fresh_agent):
-    agent = fresh_agent()
+def test_activation_survives_an_agent_restart(fresh_standin_agent):
+    agent = fresh_standin_agent()
     agent.start()
     agent.cli("project", "create", "writing", "--system", "You write poems.", check=True)
     agent.cli("project", "use", "writing", check=True)

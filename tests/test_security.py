@@ -1,4 +1,9 @@
-"""No one let in: API keys, DNS-rebinding protection, CORS, a private engine, user-only files."""
+"""No one let in: API keys, DNS-rebinding protection, CORS, a private engine, user-only files.
+
+The key, Host and CORS checks are the agent's, made before any request reaches an engine: they run against
+an agent of this module's own over the stand-in engine (tests/standin_engine.py, named as such). That the
+engine is private (loopback only, its own key, the key not in `ps`) is about llama-server itself, and is
+checked on the shared agent over the real engine."""
 
 from __future__ import annotations
 
@@ -16,19 +21,20 @@ KEY = "s3cret-key-for-tests"
 
 
 @pytest.fixture(scope="module")
-def keyed_agent(tmp_path_factory, default_model, engine_binary):
-    from conftest import kill_all_under, make_agent
+def keyed_agent(tmp_path_factory, default_model):
+    """An agent with a key, a CORS origin and an extra Host name, over the stand-in engine."""
+    from conftest import kill_all_under, make_standin_agent
 
-    agent = make_agent(tmp_path_factory.mktemp("keyed"), api_key=KEY, cors_origins="http://app.example",
-                       allowed_hosts="slp.internal")
+    agent = make_standin_agent(tmp_path_factory.mktemp("keyed"), api_key=KEY, cors_origins="http://app.example",
+                               allowed_hosts="slp.internal")
     agent.start()
     yield agent
     agent.stop()
     kill_all_under(agent.home)
 
 
-def test_non_loopback_bind_without_key_is_refused(fresh_agent):
-    agent = fresh_agent(host="0.0.0.0")
+def test_non_loopback_bind_without_key_is_refused(fresh_standin_agent):
+    agent = fresh_standin_agent(host="0.0.0.0")
     proc = agent.cli("agent", "start", timeout=60)
     assert proc.returncode == 1
     assert "without an API key" in proc.stderr and "Traceback" not in proc.stderr

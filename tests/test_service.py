@@ -2,7 +2,8 @@
 
 No test here talks to a real service manager: the container and CI have no systemd user instance, so the
 unit is checked with `systemd-analyze verify`, systemctl is faked where a running manager is needed, and
-readiness is checked against a real agent sending to a real notify socket.
+readiness is checked against a real agent sending to a real notify socket (its engine is the stand-in,
+tests/standin_engine.py, named as such: READY=1 follows the agent's own view of its engine's health).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLP, kill_all_under, make_agent
+from conftest import SLP, kill_all_under, make_standin_agent
 
 from slp.lifecycle import SHUTDOWN_GRACE
 from slp.service import (
@@ -231,9 +232,8 @@ def test_notifier_sends_ready_once_then_status_and_stopping(tmp_path):
         assert recv(server, 5).startswith("STOPPING=1\nSTATUS=")
 
 
-@pytest.mark.engine
-def test_agent_notifies_ready_after_health_then_stopping(tmp_path, default_model, engine_binary):
-    agent = make_agent(tmp_path / "home")
+def test_agent_notifies_ready_after_health_then_stopping(tmp_path, default_model):
+    agent = make_standin_agent(tmp_path / "standin")
     sock_path = tmp_path / "notify.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(sock_path))

@@ -1,7 +1,11 @@
 """Several models at once, with real engines: SmolLM2 (the default) and Gemma 3 270M (the catalog's second).
 
-One agent serves the tests that only add load (two models at once, leases, ps/status/metrics); tests that
-shrink the budget, kill engines or the agent get their own.
+One agent over the real engines serves the tests that only add load (one stream across two models, a load
+shared by concurrent first requests, ps/status/metrics with each engine's own memory and metrics). Tests
+that shrink the budget, load and unload models, or kill engines or the agent get their own agent over the
+stand-in engine (tests/standin_engine.py, named as such): what the budget admits is computed from the GGUF
+files, and eviction, keep-alive, leases, crash isolation and reaping are the agent's doing, whatever runs
+as the engine.
 """
 
 from __future__ import annotations
@@ -34,16 +38,16 @@ def engines(agent) -> dict[str, dict]:
 class Stream(threading.Thread):
     """A streamed chat read to its end in the background: its events, and when the first and last came."""
 
-    def __init__(self, agent, model: str, tokens: int = 300):
+    def __init__(self, agent, model: str, tokens: int = 300, **extra):
         super().__init__(daemon=True)
-        self.agent, self.model, self.tokens = agent, model, tokens
+        self.agent, self.model, self.tokens, self.extra = agent, model, tokens, extra
         self.events: list[bytes] = []
         self.first_at = self.done_at = None
         self.status = None
 
     def run(self) -> None:
         body = {"model": self.model, "stream": True, "max_tokens": self.tokens, "ignore_eos": True,
-                "messages": [{"role": "user", "content": "Count to one thousand."}]}
+                "messages": [{"role": "user", "content": "Count to one thousand."}], **self.extra}
         with requests.post(f"{self.agent.url}/v1/chat/completions", json=body, stream=True, timeout=300) as resp:
             self.status = resp.status_code
             for line in resp.iter_lines():
@@ -138,8 +142,10 @@ def test_ps_status_and_metrics_show_every_engine(two_models):
     assert {line["engine"]["model"] for line in served} >= {A, B}, "the request log says which engine served"
 
 
-def test_model_load_unload_commands_and_keep_alive_zero(two_models):
-    agent = two_models
+def test_model_load_unload_commands_and_keep_alive_zero(fresh_standin_agent, second_model):
+    agent = fresh_standin_agent()
+    agent.start()
+    assert chat(agent, B).status_code == 200
     agent.cli("model", "unload", B, check=True)
     assert B not in engines(agent)
     out = agent.cli("model", "load", B, check=True).stdout
@@ -153,13 +159,14 @@ def test_model_load_unload_commands_and_keep_alive_zero(two_models):
     assert missing.returncode != 0 and "Traceback" not in missing.stderr and "no-such-model" in missing.stderr
 
 
-def test_eviction_under_a_small_budget_never_cuts_a_leased_stream(fresh_agent, second_model):
-    # Room for one of the two models at a time (SmolLM2 ~0.26 GB, Gemma ~0.4 GB with their KV caches).
-    agent = fresh_agent(memory_budget="450MiB", max_tokens="64", cache_ram="0")
+def test_eviction_under_a_small_budget_never_cuts_a_leased_stream(fresh_standin_agent, second_model):
+    # Room for one of the two models at a time (SmolLM2 ~0.26 GB, Gemma ~0.4 GB with their KV caches, as
+    # estimated from their GGUF files; the stand-in's own memory is below that, so the estimates count).
+    agent = fresh_standin_agent(memory_budget="450MiB", max_tokens="64", cache_ram="0")
     agent.start()
     agent.cli("model", "unload", A, check=True)  # the boot model is pinned; start A unpinned instead
     assert chat(agent, A).status_code == 200
-    stream = Stream(agent, A, tokens=150)
+    stream = Stream(agent, A, tokens=150, standin={"token_delay": 0.04})  # 6 s: B asks while A is leased
     stream.start()
     wait_for(lambda: len(stream.events) >= 3, 60, "A streaming")
     reply = chat(agent, B)
@@ -171,8 +178,8 @@ def test_eviction_under_a_small_budget_never_cuts_a_leased_stream(fresh_agent, s
     assert _metric(agent, "slp_engine_unloads_total", model=A, reason="evicted") == 1
 
 
-def test_a_model_larger_than_the_budget_gets_a_clear_error_at_once(fresh_agent, second_model):
-    agent = fresh_agent(memory_budget="330MiB", cache_ram="0")
+def test_a_model_larger_than_the_budget_gets_a_clear_error_at_once(fresh_standin_agent, second_model):
+    agent = fresh_standin_agent(memory_budget="330MiB", cache_ram="0")
     agent.start()
     started = time.monotonic()
     reply = chat(agent, B)
@@ -184,8 +191,8 @@ def test_a_model_larger_than_the_budget_gets_a_clear_error_at_once(fresh_agent, 
     assert chat(agent, A).status_code == 200, "the model that fits still serves"
 
 
-def test_a_crash_of_one_engine_leaves_the_others_serving(fresh_agent, second_model):
-    agent = fresh_agent()
+def test_a_crash_of_one_engine_leaves_the_others_serving(fresh_standin_agent, second_model):
+    agent = fresh_standin_agent()
     agent.start()
     assert chat(agent, B).status_code == 200
     rows = engines(agent)
@@ -199,8 +206,8 @@ def test_a_crash_of_one_engine_leaves_the_others_serving(fresh_agent, second_mod
 
 
 @pytest.mark.parametrize("how", ["stop", "sigkill"])
-def test_no_engine_is_left_behind(fresh_agent, second_model, how):
-    agent = fresh_agent()
+def test_no_engine_is_left_behind(fresh_standin_agent, second_model, how):
+    agent = fresh_standin_agent()
     agent.start()
     assert chat(agent, B).status_code == 200
     pids = [row["pid"] for row in engines(agent).values()]
