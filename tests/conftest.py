@@ -201,20 +201,29 @@ def kill_all_under(home: Path) -> None:
             pass
 
 
-@pytest.fixture
-def fresh_agent(tmp_path, default_model, engine_binary):
-    """A factory for agents that a test may break (faults): each is stopped and reaped afterwards."""
+@contextlib.contextmanager
+def agents_from(make: Callable[..., Agent]) -> Iterator[Callable[..., Agent]]:
+    """A factory of agents (`make(n, **settings)` makes the n-th); on exit each is stopped and reaped."""
     made: list[Agent] = []
 
     def factory(**settings: str) -> Agent:
-        agent = make_agent(tmp_path / f"agent{len(made)}", **settings)
+        agent = make(len(made), **settings)
         made.append(agent)
         return agent
 
-    yield factory
-    for agent in made:
-        agent.stop()
-        kill_all_under(agent.home)
+    try:
+        yield factory
+    finally:
+        for agent in made:
+            agent.stop()
+            kill_all_under(agent.home)
+
+
+@pytest.fixture
+def fresh_agent(tmp_path, default_model, engine_binary):
+    """A factory for agents that a test may break (faults): each is stopped and reaped afterwards."""
+    with agents_from(lambda n, **settings: make_agent(tmp_path / f"agent{n}", **settings)) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="session")
@@ -250,17 +259,8 @@ def fresh_standin_agent(tmp_path, default_model):
     for agents that a test may break, for claims about the agent that do not depend on the real engine
     (signals, restarts, reaping, state files, reloads, admission). Only the settings a test passes are
     set; each agent is stopped and reaped afterwards."""
-    made: list[Agent] = []
-
-    def factory(**settings: str) -> Agent:
-        agent = make_standin_agent(tmp_path / f"standin{len(made)}", **settings)
-        made.append(agent)
-        return agent
-
-    yield factory
-    for agent in made:
-        agent.stop()
-        kill_all_under(agent.home)
+    with agents_from(lambda n, **settings: make_standin_agent(tmp_path / f"standin{n}", **settings)) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")

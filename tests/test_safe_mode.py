@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 import requests
 from jsonschema import Draft202012Validator
 
-from conftest import STANDIN_ENGINE, kill_all_under, make_agent
+from conftest import kill_all_under, make_standin_agent
 
 REASON = "crashed twice at load, killed by SIGSEGV"
 
@@ -24,12 +23,8 @@ REASON = "crashed twice at load, killed by SIGSEGV"
 def crashing_agent(tmp_path_factory, default_model):
     """A real agent in front of the stand-in, set to crash at load without `--no-repack` (the engines
     inherit the agent's environment); otherwise as conftest's `standin_agent`."""
-    root = tmp_path_factory.mktemp("safe-mode-agent")
-    wrapper = root / "llama-server"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN_ENGINE}" "$@"\n')
-    wrapper.chmod(0o755)
-    agent = make_agent(root / "home", engine_bin=str(wrapper), max_tokens="4", health_interval="0.2",
-                       health_timeout="1")
+    agent = make_standin_agent(tmp_path_factory.mktemp("safe-mode-agent"), max_tokens="4", health_interval="0.2",
+                               health_timeout="1")
     agent.env["STANDIN_CRASH_AT_LOAD"] = "1"
     agent.start()
     yield agent
