@@ -125,7 +125,7 @@ def expected_gpu_row(binary: Path) -> str:
     """What `slp status` must print as GPU for this engine build, read independently of slp's code:
     the CPU preset says so, a CUDA build names the card nvidia-smi reports."""
     record = json.loads((binary.parent.parent / "build.json").read_text())
-    if record["preset"] == "cpu":
+    if record["preset"] in ("cpu", "cpu-portable"):
         return "None (CPU only)"
     assert record["preset"] == "cuda", f"no expectation written for preset {record['preset']!r}"
     out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,

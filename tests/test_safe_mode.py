@@ -76,3 +76,20 @@ def test_a_degraded_engine_says_so_everywhere_a_user_looks(crashing_agent):
     reply = requests.post(f"{agent.url}/v1/chat/completions", timeout=30,
                           json={"model": engine["model"], "messages": [{"role": "user", "content": "hi"}]})
     assert reply.status_code == 200, "a degraded engine serves"
+
+
+def test_a_model_loaded_again_starts_in_safe_mode_without_crashing_again(crashing_agent):
+    """The agent remembers which model needed safe mode: unloaded and loaded again (keep-alive expiry,
+    eviction, `slp model unload`), its engine starts in safe mode at once instead of crashing twice more."""
+    agent = crashing_agent
+    model = agent.status()["engine"]["model"]
+    old_pid = agent.status()["engine"]["pid"]
+    agent.cli("model", "unload", model, check=True)
+    agent.cli("model", "load", model, check=True, timeout=120)
+    engine = agent.status()["engine"]
+    assert engine["state"] == "ready" and engine["pid"] != old_pid, engine
+    assert engine["degraded"]["reason"] == REASON and engine["crashes"] == 0, engine
+    with open(f"/proc/{engine['pid']}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[-4:-1] == [b"--no-repack", b"--flash-attn", b"off"]
+    metrics = requests.get(f"{agent.url}/metrics", timeout=10).text
+    assert f'slp_engine_restarts_total{{model="{model}",reason="crash-at-load"}} 2.0' in metrics, "no new crash"

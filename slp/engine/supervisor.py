@@ -174,7 +174,8 @@ class Supervisor:
                  stall_timeout: float = 30.0, name: str = "engine",
                  on_change: Optional[Callable[[EngineState, str], None]] = None,
                  on_restart: Optional[Callable[[str], None]] = None,
-                 on_kill: Optional[Callable[[], None]] = None):
+                 on_kill: Optional[Callable[[], None]] = None, safe_mode: Optional[str] = None):
+        """`safe_mode`: why an earlier engine for this model needed safe mode; this one starts in it."""
         self._make_command = make_command
         self._http = http
         self.name = name
@@ -209,6 +210,8 @@ class Supervisor:
         self._served = False  # the current engine sent a reply back: it is past its first decode
         self._load_crashes: list[str] = []  # signals of the crashes at load in a row, this far
         self._safe_reason = ""  # why safe mode was entered, e.g. "crashed twice at load, killed by SIGSEGV"
+        if safe_mode:  # remembered from an earlier load of the model: no two crashes again
+            self.safe_mode, self._safe_reason = True, safe_mode
 
         self._want_running = False
         self._want_restart = False
@@ -357,10 +360,12 @@ class Supervisor:
     async def _run(self) -> None:
         crashes = self._crashes
         crashes.clear()  # a new owner task starts with no failures behind it
+        first = True  # the first start serves the model it was made for (a remembered safe mode included)
         try:
             while self._want_running:
-                if self._want_restart and self._restart_reason in ("user", "model"):
+                if self._want_restart and self._restart_reason in ("user", "model") and not first:
                     self._leave_safe_mode()  # a user's restart or a new model: normal mode is tried again
+                first = False
                 self._want_restart = False
                 self._wake.clear()
                 self._set(EngineState.RESTARTING if crashes.recent else EngineState.STARTING,

@@ -125,7 +125,9 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
     """The pool of engines, one per loaded model, with the factories it needs: how to make a supervised
     engine, how to estimate and measure a model's memory, and what to tell metrics when engines come and go."""
     settings, models, metrics, workers = app[keys.SETTINGS], app[keys.MODELS], app[keys.METRICS], app[keys.WORKERS]
-    cpu_build = app[keys.ENGINE_BUILD].get("preset", "cpu") == "cpu"
+    cpu_build = app[keys.ENGINE_BUILD].get("preset", "cpu") in ("cpu", "cpu-portable")
+
+    safe_modes: dict[Path, str] = {}  # model path -> why its engine needed safe mode (for its next load)
 
     def make_engine(name: str, path: Path) -> Engine:
         current = app[keys.SETTINGS]
@@ -144,6 +146,8 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
         def changed(state: EngineState, reason: str) -> None:
             nonlocal asked
             metrics.engine_changed(name, state, supervisor.degraded)
+            if supervisor.degraded is not None:  # the next load of this model starts in safe mode at once
+                safe_modes[path] = supervisor.degraded["reason"]
             if state is EngineState.READY and asked is not None:
                 metrics.engine_load_seconds.labels(name).observe(time.monotonic() - asked)
                 asked = None
@@ -156,7 +160,8 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
             stop_grace=current.stop_grace, max_restarts=current.max_restarts, restart_window=current.restart_window,
             stall_timeout=current.stall_timeout, name=name, log_path=current.paths.engine_log, on_change=changed,
             on_restart=lambda reason: metrics.engine_restarted(name, reason),
-            on_kill=lambda: engine.extra["http"].abort())  # a killed engine's requests end now, not at its exit
+            on_kill=lambda: engine.extra["http"].abort(),  # a killed engine's requests end now, not at its exit
+            safe_mode=safe_modes.get(path))
         head = head_start
         if head is not None and not head.adopted and head.model_path == path and head.name == name:
             supervisor.adopt(head.process, head.port)  # started before the agent's imports: take it over
