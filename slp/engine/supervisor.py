@@ -231,11 +231,13 @@ class Supervisor:
         self._wake.set()
 
     def use_model(self, model_path: Path) -> None:
-        """Serve another model: the owner restarts the engine with it (no-op for the same model)."""
+        """Serve another model: the owner restarts the engine with it (no-op for the same model; the first
+        model is no restart, so a safe mode the supervisor was made with is kept)."""
         if self.model_path is not None and Path(model_path) == self.model_path:
             return
-        self.model_path = Path(model_path)
-        self.restart("model")
+        replacing, self.model_path = self.model_path is not None, Path(model_path)
+        if replacing:
+            self.restart("model")
 
     def restart(self, reason: str = "user") -> None:
         """Replace the engine (also leaves `failed`). `reason` is for metrics: user, config, model."""
@@ -360,12 +362,10 @@ class Supervisor:
     async def _run(self) -> None:
         crashes = self._crashes
         crashes.clear()  # a new owner task starts with no failures behind it
-        first = True  # the first start serves the model it was made for (a remembered safe mode included)
         try:
             while self._want_running:
-                if self._want_restart and self._restart_reason in ("user", "model") and not first:
+                if self._want_restart and self._restart_reason in ("user", "model"):
                     self._leave_safe_mode()  # a user's restart or a new model: normal mode is tried again
-                first = False
                 self._want_restart = False
                 self._wake.clear()
                 self._set(EngineState.RESTARTING if crashes.recent else EngineState.STARTING,
