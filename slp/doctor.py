@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -225,29 +224,6 @@ def check_cpu(ctx: Context) -> Check:
 
 # ----------------------------------------------------------------------------- 4. gpu
 
-def nvidia_gpus(timeout: float = SMI_TIMEOUT) -> tuple[list[tuple[str, str]], Optional[str]]:
-    """([(name, driver version)] of the NVIDIA GPUs nvidia-smi lists, why it could not list them)."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return [], None
-    try:
-        out = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return [], f"nvidia-smi did not answer within {timeout:g}s"
-    except OSError as exc:
-        return [], f"nvidia-smi: {exc.strerror or exc}"
-    if out.returncode != 0:
-        words = (out.stdout + out.stderr).strip().splitlines()
-        return [], "nvidia-smi: " + (words[0] if words else f"exit status {out.returncode}")
-    gpus = []
-    for line in out.stdout.splitlines():
-        name, _, driver = line.rpartition(",")
-        if name.strip():
-            gpus.append((name.strip(), driver.strip()))
-    return gpus, None
-
-
 def has_metal() -> bool:
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
@@ -283,7 +259,9 @@ def gpu_verdict(preset: Optional[str], gpus: list[tuple[str, str]], smi_error: O
 
 def check_gpu(ctx: Context) -> Check:
     _, record, _ = ctx.engine
-    gpus, smi_error = nvidia_gpus()
+    from slp.engine.gpu import nvidia_gpus
+
+    gpus, smi_error = nvidia_gpus(SMI_TIMEOUT)
     preset = record.get("preset") if record else None
     return gpu_verdict(preset, gpus, smi_error, has_metal(), ctx.settings.gpu_layers)
 
@@ -311,13 +289,12 @@ def memory_verdict(total: int, available: int, budget: int, need: Optional[int],
 def model_need(settings: Settings) -> tuple[Optional[int], str]:
     """(bytes the default model is estimated to need, its name as said): the agent's estimate when its
     metadata is cached, else the file's size and half again for the KV cache, as the agent falls back to."""
-    from slp.engine.budget import COMPUTE_BUFFER_BYTES, estimate_bytes
+    from slp.engine.budget import estimate_bytes, estimate_from_size
     from slp.models.catalog import find_entry
     from slp.models.errors import ModelError
     from slp.models.metadata import metadata_sidecar
     from slp.models.store import ModelStore
 
-    extra = COMPUTE_BUFFER_BYTES + settings.cache_ram * 1024 * 1024
     found = ModelStore(settings.resolved_models_dir).resolve(settings.model)
     if found is not None and not found.missing:
         if (found.sidecar or metadata_sidecar(found.path)).exists():  # parsing a GGUF anew takes seconds
@@ -325,10 +302,10 @@ def model_need(settings: Settings) -> tuple[Optional[int], str]:
                 return estimate_bytes(found.metadata, settings.ctx_size, settings.cache_ram), settings.model
             except ModelError:
                 pass
-        return found.size_bytes * 3 // 2 + extra, settings.model
+        return estimate_from_size(found.size_bytes, settings.cache_ram), settings.model
     entry = find_entry(settings.model)
     if entry is not None:
-        return entry.size_hint * 3 // 2 + extra, f"{settings.model} (not fetched yet)"
+        return estimate_from_size(entry.size_hint, settings.cache_ram), f"{settings.model} (not fetched yet)"
     return None, f"{settings.model} (not installed)"
 
 

@@ -8,18 +8,33 @@ import subprocess
 from typing import Optional
 
 
-@functools.lru_cache(maxsize=1)
-def nvidia_device_name() -> Optional[str]:
+def nvidia_gpus(timeout: float = 10) -> tuple[list[tuple[str, str]], Optional[str]]:
+    """([(name, driver version)] of the NVIDIA GPUs nvidia-smi lists, why it could not list them)."""
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return None
+        return [], None
     try:
-        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-    return names[0] if out.returncode == 0 and names else None
+        out = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [], f"nvidia-smi did not answer within {timeout:g}s"
+    except OSError as exc:
+        return [], f"nvidia-smi: {exc.strerror or exc}"
+    if out.returncode != 0:
+        words = (out.stdout + out.stderr).strip().splitlines()
+        return [], "nvidia-smi: " + (words[0] if words else f"exit status {out.returncode}")
+    gpus = []
+    for line in out.stdout.splitlines():
+        name, _, driver = line.rpartition(",")
+        if name.strip():
+            gpus.append((name.strip(), driver.strip()))
+    return gpus, None
+
+
+@functools.lru_cache(maxsize=1)
+def nvidia_device_name() -> Optional[str]:
+    gpus, _ = nvidia_gpus()
+    return gpus[0][0] if gpus else None
 
 
 def gpu_memory_of(pid: Optional[int]) -> Optional[int]:
