@@ -72,6 +72,11 @@ def estimate_bytes(meta: "ModelMetadata", ctx_size: int, cache_ram_mib: int = 0)
     return meta.size_bytes + kv_cache_bytes(meta, ctx_size) + COMPUTE_BUFFER_BYTES + cache_ram_mib * 1024 * 1024
 
 
+def estimate_from_size(size_bytes: int, cache_ram_mib: int = 0) -> int:
+    """`estimate_bytes` when the GGUF's metadata cannot be read: the file and half again for its KV cache."""
+    return size_bytes * 3 // 2 + COMPUTE_BUFFER_BYTES + cache_ram_mib * 1024 * 1024
+
+
 def cpu_cores() -> int:
     """The cores llama.cpp sizes its default thread pool by (physical cores), at least 1."""
     return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)

@@ -17,7 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable, Optional
 import aiohttp
 from aiohttp import web
 
-from slp.engine.budget import COMPUTE_BUFFER_BYTES, ComputeGate, cpu_cores, estimate_bytes, memory_budget_bytes
+from slp.engine.budget import ComputeGate, cpu_cores, estimate_bytes, estimate_from_size, memory_budget_bytes
 from slp.engine.command import ENGINE_SETTINGS, engine_command
 from slp.engine.gpu import gpu_memory_of
 from slp.engine.pool import Engine, EnginePool, parse_keep_alive
@@ -184,7 +184,7 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
                 raise ModelError(f"{path} is not in the store")
             meta = found.metadata
         except ModelError:
-            return path.stat().st_size * 3 // 2 + COMPUTE_BUFFER_BYTES + current.cache_ram * 1024 * 1024
+            return estimate_from_size(path.stat().st_size, current.cache_ram)
         return estimate_bytes(meta, current.ctx_size, current.cache_ram)
 
     def measure(engine: Engine) -> int:
