@@ -23,7 +23,7 @@ import psutil
 import pytest
 import typer
 
-from conftest import REPO
+from conftest import REPO, wait_for
 
 # Modules the quick commands must not import: settings validation, the server, the process library,
 # tables and rich drawing, the model store and GGUF reading.
@@ -175,9 +175,7 @@ def test_liveness_check_agrees_with_psutil():
     assert not process_matches(me.pid, me.create_time() + 1)  # same PID, another process
     assert not process_matches(None, None) and not process_matches(0, None)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    deadline = time.monotonic() + 10
-    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 10, "the child to exit")
     assert not process_matches(child.pid, None), "a zombie is not alive"
     child.wait()
     assert not process_matches(child.pid, None)
