@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -64,6 +65,7 @@ def test_metrics_count_refusals_by_status(agent):
 
 def test_request_log_has_one_json_line_per_request(agent):
     marker = 7
+    started = time.time()  # the line is stamped when the request ends; an earlier test's line is older
     requests.post(f"{agent.url}/v1/chat/completions", json={**CHAT, "max_tokens": marker}, timeout=60)
     log = agent.home / "logs" / "requests.jsonl"
 
@@ -77,7 +79,7 @@ def test_request_log_has_one_json_line_per_request(agent):
                 entry = json.loads(raw)
             except ValueError:  # a line being written
                 continue
-            if entry["route"] == "/v1/chat/completions" and entry["status"] == 200:
+            if entry["time"] >= started and entry["route"] == "/v1/chat/completions" and entry["status"] == 200:
                 return entry
         return None
 

@@ -137,9 +137,14 @@ def test_ps_status_and_metrics_show_every_engine(two_models):
         assert f'slp_engine_rss_bytes{{model="{name}"}}' in text
         assert f'llamacpp:prompt_tokens_total{{model="{name}"}}' in text, "each engine's own metrics, labelled"
     log_lines = (agent.home / "logs" / "requests.jsonl")
-    served = wait_for(lambda: [json.loads(line) for line in log_lines.read_text().splitlines()
-                               if line and json.loads(line).get("engine")], 10, "request-log lines")
-    assert {line["engine"]["model"] for line in served} >= {A, B}, "the request log says which engine served"
+
+    def served() -> set[str]:  # the writer flushes about once a second, so wait for both engines' lines
+        text = log_lines.read_text() if log_lines.exists() else ""
+        lines = [json.loads(line) for line in text.splitlines() if line]
+        models = {line["engine"]["model"] for line in lines if line.get("engine")}
+        return models if models >= {A, B} else set()
+
+    assert wait_for(served, 10, "request-log lines naming both engines") >= {A, B}
 
 
 def test_model_load_unload_commands_and_keep_alive_zero(fresh_standin_agent, second_model):
