@@ -76,10 +76,10 @@ class EngineResponse:
         self.close()
 
     async def read(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            return b"".join([chunk async for chunk in self.iter_chunks()])
         try:
-            if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                body = b"".join([chunk async for chunk in self._chunks()])
-            elif "content-length" in self.headers:
+            if "content-length" in self.headers:
                 body = await self._conn.reader.readexactly(int(self.headers["content-length"]))
                 self._finish(reusable=self.headers.get("connection", "").lower() != "close")
             else:
@@ -91,31 +91,28 @@ class EngineResponse:
         return body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (for a chunked reply: each chunk's data, framing removed)."""
+        """The body as it arrives (for a chunked reply: each chunk's data, framing removed). One
+        generator, so a streamed chunk costs the proxy one hop."""
         if self.headers.get("transfer-encoding", "").lower() != "chunked":
             yield await self.read()
             return
+        reader = self._conn.reader
         try:
-            async for chunk in self._chunks():
-                yield chunk
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";", 1)[0], 16)
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
+                        pass
+                    self._finish(reusable=self.headers.get("connection", "").lower() != "close")
+                    return
+                data = await reader.readexactly(size + 2)
+                if not data.endswith(b"\r\n"):
+                    raise ValueError("chunk not followed by CRLF")
+                yield data[:-2]
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
             self.close()
-            raise EngineStreamError(f"engine stream broke off: {exc.__class__.__name__}") from None
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        reader = self._conn.reader
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0], 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
-                    pass
-                self._finish(reusable=self.headers.get("connection", "").lower() != "close")
-                return
-            data = await reader.readexactly(size + 2)
-            if data[-2:] != b"\r\n":
-                raise ValueError("chunk not followed by CRLF")
-            yield data[:-2]
+            raise EngineStreamError(f"engine reply broke off: {exc.__class__.__name__}") from None
 
     def _finish(self, reusable: bool) -> None:
         if not self._done:
@@ -141,6 +138,7 @@ class EngineClient:
         self._closed = False
         self._busy: set[_Connection] = set()  # connections a request is using (sent, or reading the reply)
         self._aborts = 0  # abort() calls so far: a request that began before one is not sent
+        self._heads: dict[tuple[str, int, str], tuple[dict[str, str], bytes]] = {}  # see _head
 
     @property
     def max_connections(self) -> int:
@@ -164,9 +162,7 @@ class EngineClient:
         """Send; return once the status line and headers are in. Raises EngineConnectionError."""
         if self._closed:
             raise EngineConnectionError("engine client closed")
-        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        request = self._head(host, port, path, headers) + b"%d\r\n\r\n" % len(body) + body
         aborts = self._aborts
         await self._slots.acquire()
         try:
@@ -200,6 +196,19 @@ class EngineClient:
         except BaseException:
             self._give_slot()  # the response that would have given it back was never made
             raise
+
+    def _head(self, host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
+        """The request head up to the Content-Length value, made once per engine port, path and headers."""
+        key = (host, port, path)
+        known = self._heads.get(key)
+        if known is not None and known[0] == headers:
+            return known[1]
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+        head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        if len(self._heads) >= 64:
+            self._heads.clear()
+        self._heads[key] = (dict(headers), head)
+        return head
 
     async def _connection(self, host: str, port: int) -> tuple[_Connection, bool]:
         key = (host, port)

@@ -72,6 +72,18 @@ class Metrics:
                                      "to hold", registry=r)
         self.waiting_for_memory = Gauge("slp_loads_waiting_for_memory", "Loads waiting for memory", registry=r)
         self.agent_rss = Gauge("slp_agent_rss_bytes", "Agent resident memory", registry=r)
+        self._children: dict[tuple, object] = {}
+
+    def child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, remembered: a per-request lookup is one dict get, not prometheus'
+        label checks and lock. (Only for series never removed: requests, latency, tokens.)"""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            if len(self._children) >= 4096:
+                self._children.clear()
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def engine_changed(self, model: str, state: EngineState, degraded: Optional[dict] = None) -> None:
         """The engine's state changed; `degraded` is its supervisor's (None: normal mode)."""
@@ -154,16 +166,16 @@ def observe(metrics: Metrics, log: Optional[RequestLog], route: str, status: int
     prompt = completion = None
     usage, project = record.usage, record.project or "-"
     if record.ttft is not None:
-        metrics.ttft.labels(route).observe(record.ttft)
+        metrics.child(metrics.ttft, route).observe(record.ttft)
     if usage:
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
         completion = usage.get("completion_tokens", usage.get("output_tokens"))
         if prompt:
-            metrics.tokens.labels("in", project).inc(prompt)
+            metrics.child(metrics.tokens, "in", project).inc(prompt)
         if completion:
-            metrics.tokens.labels("out", project).inc(completion)
+            metrics.child(metrics.tokens, "out", project).inc(completion)
     if record.disconnected:
-        metrics.disconnects.labels(route).inc()
+        metrics.child(metrics.disconnects, route).inc()
     if log is not None:
         engine = {"model": record.engine.model, "pid": record.engine.pid} if record.engine else None
         log.write(route=route, project=project, model=record.model, status=status, prompt_tokens=prompt,
@@ -186,8 +198,8 @@ def make_observer(metrics: Metrics, request_log: Optional[RequestLog]):
     def after(route: str, status: int, latency: float, record: RequestRecord) -> None:
         try:
             record.finish()
-            metrics.requests.labels(route, str(status), record.project or "-").inc()
-            metrics.latency.labels(route).observe(latency)
+            metrics.child(metrics.requests, route, str(status), record.project or "-").inc()
+            metrics.child(metrics.latency, route).observe(latency)
             if record.proxied:
                 observe(metrics, request_log, route, status, latency, record)
         except Exception:  # noqa: BLE001 - bookkeeping must never take the agent down
