@@ -140,10 +140,11 @@ class StandIn:
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        raw = await request.read()
+        body = json.loads(raw)
         n = next(self.serial)
-        if self.record is not None:
-            (self.record / f"{os.getpid()}-{n}.request.json").write_text(json.dumps(body))
+        if self.record is not None:  # the bytes as they came, so a test can tell a copy from a re-encoding
+            (self.record / f"{os.getpid()}-{n}.request.json").write_bytes(raw)
         told = body.get("standin") or {}
         if told.get("die_after") is not None and int(told["die_after"]) == 0:
             die(told)

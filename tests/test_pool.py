@@ -15,7 +15,7 @@ import pytest
 
 from conftest import wait_until
 from slp.engine.budget import ComputeGate, parse_budget
-from slp.engine.pool import Engine, EnginePool, ModelTooLarge, parse_keep_alive
+from slp.engine.pool import Engine, EnginePool, ModelTooLarge, Overloaded, parse_keep_alive
 from slp.engine.supervisor import EngineState, EngineUnavailable
 
 MB = 1024 * 1024
@@ -30,6 +30,13 @@ class StandInSupervisor:
         self.starts = 0
         self.ready_after = ready_after
         self._ready = asyncio.Event()
+        self.in_flight = 0
+
+    def work_begin(self) -> None:
+        self.in_flight += 1
+
+    def work_end(self) -> None:
+        self.in_flight -= 1
 
     def start(self, path: Path) -> None:
         self.starts += 1
@@ -151,6 +158,41 @@ async def test_keep_alive_expiry_is_disarmed_while_leased_and_pinned_engines_sta
     await wait_until(lambda: pool.get(Path("a")) is None, 2, "a to expire after keep_alive once idle")
     await asyncio.sleep(0.2)  # b's keep_alive, twice over
     assert pool.get(Path("b")) is not None, "pinned engines do not expire"
+
+
+async def test_one_timer_expires_each_engine_at_its_own_time():
+    """The pool's single keep-alive timer is set for the earliest expiry and set again after each sweep:
+    a short keep-alive set after a long one still expires first, and the long one expires later."""
+    pool, _ = make_pool({"a": 10 * MB, "b": 10 * MB}, 100 * MB)
+    async with pool.lease("a", Path("a"), keep_alive=0.6):
+        pass
+    async with pool.lease("b", Path("b"), keep_alive=0.1):
+        pass
+    await wait_until(lambda: pool.get(Path("b")) is None, 2, "b (0.1 s) to expire")
+    assert pool.get(Path("a")) is not None, "a's keep-alive (0.6 s) has not passed"
+    await wait_until(lambda: pool.get(Path("a")) is None, 2, "a to expire after its own keep-alive")
+
+
+async def test_the_lease_owns_a_requests_accounting():
+    """Admission (agent-wide, a refusal past max_admitted), the engine's lease count, the compute gate and
+    the supervisor's in-flight count: taken together on entry, all given back on exit, an error's too.
+    A load (not a request) is neither admitted nor work in flight."""
+    pool, _ = make_pool({"a": 10 * MB}, 100 * MB)
+    pool.max_admitted = 1
+    async with pool.lease("a", Path("a")) as engine:
+        assert (pool.admitted, engine.leases, engine.supervisor.in_flight) == (1, 1, 1)
+        assert pool.gate.snapshot()["threads_in_use"] == 1
+        with pytest.raises(Overloaded):
+            async with pool.lease("a", Path("a")):
+                pass
+        assert (pool.admitted, engine.leases) == (1, 1), "a refused request holds nothing"
+        await pool.load("a", Path("a"))  # loads are never refused: they are not requests
+    assert (pool.admitted, engine.leases, engine.supervisor.in_flight) == (0, 0, 0)
+    assert pool.gate.snapshot()["threads_in_use"] == 0
+    with pytest.raises(RuntimeError):
+        async with pool.lease("a", Path("a")):
+            raise RuntimeError("the request failed")
+    assert (pool.admitted, engine.leases, engine.supervisor.in_flight) == (0, 0, 0)
 
 
 async def test_unload_waits_for_leases_and_a_request_meanwhile_waits_for_the_reload():

@@ -64,6 +64,34 @@ def test_a_stream_passes_through_byte_for_byte(standin_agent):
     assert resp.status_code == 200 and resp.content == sent_by_engine(standin_agent, marker)[1]
 
 
+def sent_bytes(agent: Agent, marker: str) -> bytes:
+    """The exact bytes of the request carrying `marker`, as the engine received them."""
+    for request in agent.record.glob("*.request.json"):
+        raw = request.read_bytes()
+        if marker.encode() in raw:
+            return raw
+    raise AssertionError(f"the engine never got the request marked {marker}")
+
+
+def test_a_request_the_project_leaves_alone_reaches_the_engine_as_the_client_sent_it(standin_agent):
+    """Nothing to apply: the client's own bytes are forwarded (not parsed and serialised again). Something
+    to apply (here slp's own field, `project_id`): the engine gets the shaped body, without that field."""
+    marker = uuid.uuid4().hex
+    raw = (b'{ "messages" : [ {"content": "marker %s", "role": "user"} ],\n  "max_tokens": 5,'
+           b' "model": "slp-orchestra-mini", "temperature": 0.50 }' % marker.encode())
+    resp = requests.post(f"{standin_agent.url}/v1/chat/completions", data=raw, timeout=30,
+                         headers={"Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert sent_bytes(standin_agent, marker) == raw
+
+    marker = uuid.uuid4().hex
+    resp = requests.post(f"{standin_agent.url}/v1/chat/completions", timeout=30,
+                         json=ask(marker, project_id="general_chat"))
+    assert resp.status_code == 200, resp.text
+    forwarded = json.loads(sent_bytes(standin_agent, marker))
+    assert "project_id" not in forwarded and forwarded["max_tokens"] == 5
+
+
 def test_a_stream_that_did_not_ask_for_usage_gets_none_and_is_still_accounted(standin_agent):
     before = project_usage(standin_agent)
     marker = uuid.uuid4().hex

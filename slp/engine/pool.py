@@ -11,20 +11,25 @@ not pinned) are evicted least recently used first; when it still does not fit, t
 `max_waiting`, then `request_wait_timeout`) for leases to end; a model larger than the whole budget is
 refused at once with the numbers.
 
-Idle expiry is by reference count (Ollama's scheduler): the timer is armed when the last lease ends and
-disarmed when one arrives. `keep_alive` is seconds; None keeps the engine until it is unloaded or evicted.
+Idle expiry is by reference count (Ollama's scheduler): an engine's expiry is set when its last lease ends
+and cleared when one arrives; one timer for the whole pool (set for the earliest expiry) unloads what has
+expired, so a request costs two assignments, not a timer. `keep_alive` is seconds; None keeps the engine
+until it is unloaded or evicted.
+
+A request's accounting has one owner, its `Lease`: the agent-wide admission count (a 429 past
+`max_admitted`), the engine's lease count, the compute gate, and the supervisor's in-flight count (its
+progress watchdog) are all taken in `__aenter__` and given back in `__aexit__`, in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Optional
+from typing import Callable, Optional
 
 from slp.engine.budget import ComputeGate, format_bytes
 from slp.engine.supervisor import EngineState, EngineUnavailable, Supervisor
@@ -62,6 +67,10 @@ def parse_keep_alive(value: object) -> Optional[float]:
     return None if seconds < 0 else seconds
 
 
+class Overloaded(Exception):
+    """The agent already holds `max_admitted` requests (served or waiting): the caller answers 429."""
+
+
 class ModelTooLarge(Exception):
     """The model needs more memory than the whole budget: waiting cannot help."""
 
@@ -90,7 +99,6 @@ class Engine:
     unloading: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     extra: dict = field(default_factory=dict)  # per-engine parts owned by the app (its HTTP client)
-    _timer: Optional[asyncio.TimerHandle] = None
 
     @property
     def reserved(self) -> int:
@@ -137,6 +145,11 @@ class EnginePool:
         self._loading: dict[Path, asyncio.Future] = {}
         self._changed = asyncio.Event()  # set (and replaced) when leases end or engines go: waiters re-check
         self._watchers = 0  # coroutines waiting on _changed: without any, a release notifies nobody (hot path)
+        self.max_admitted: Optional[int] = None  # request leases held at once (None: no limit)
+        self.admitted = 0  # request leases held now: being served, or waiting for an engine or the cores
+        self._sweep: Optional[asyncio.TimerHandle] = None  # the keep-alive timer, set for the earliest expiry
+        self._sweep_at = 0.0
+        self._tasks: set[asyncio.Task] = set()
         self.waiting_for_room = 0
         self.closed = False
         self.measured_by_path: dict[Path, int] = {}  # what each model really took last time it ran
@@ -166,25 +179,14 @@ class EnginePool:
 
     # ------------------------------------------------------------------ requests
 
-    @contextlib.asynccontextmanager
-    async def lease(self, name: str, path: Path, *, keep_alive: object = UNSET,
-                    ready_timeout: Optional[float] = None) -> AsyncIterator[Engine]:
-        """Hold the engine serving `path` (loading it if needed) until the block ends; the compute gate is
-        entered once the engine is ready. Raises EngineUnavailable, ModelTooLarge."""
-        engine = await self._acquire(name, Path(path))
-        if keep_alive is not UNSET:
-            engine.keep_alive = keep_alive  # Ollama's rule: the last request's keep_alive applies
-        admitted = False
-        try:
-            if engine.supervisor.state is not EngineState.READY:
-                await engine.supervisor.wait_ready(self.wait_timeout if ready_timeout is None else ready_timeout)
-            await self.gate.enter(engine, engine.threads)
-            admitted = True
-            yield engine
-        finally:
-            if admitted:
-                self.gate.leave(engine)
-            self._release(engine)
+    def lease(self, name: str, path: Path, *, keep_alive: object = UNSET, ready_timeout: Optional[float] = None,
+              request: bool = True) -> "Lease":
+        """`async with pool.lease(...) as engine`: hold the engine serving `path` (loading it if needed)
+        until the block ends. A `request` lease is admitted (Overloaded past `max_admitted`) and counts as
+        work in flight on the engine once the compute gate let it in. Raises EngineUnavailable,
+        ModelTooLarge, Overloaded."""
+        return Lease(self, name, Path(path), keep_alive, self.wait_timeout if ready_timeout is None else ready_timeout,
+                     request)
 
     async def _acquire(self, name: str, path: Path) -> Engine:
         """The engine for `path` with one more lease on it; loads it once for concurrent callers."""
@@ -225,7 +227,7 @@ class EnginePool:
 
     async def load(self, name: str, path: Path, *, pin: bool = False, keep_alive: object = UNSET) -> Engine:
         """Load (or keep) the engine for `path` and wait until it is ready; `pin` keeps it resident."""
-        async with self.lease(name, path, keep_alive=keep_alive) as engine:
+        async with self.lease(name, path, keep_alive=keep_alive, request=False) as engine:
             if pin:
                 engine.pinned = True
             return engine
@@ -317,6 +319,9 @@ class EnginePool:
     async def stop(self) -> None:
         """Stop every engine now (agent shutdown: in-flight requests have had their grace period)."""
         self.closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         engines = list(self._engines.values())
         for engine in engines:
             self._disarm(engine)
@@ -348,20 +353,93 @@ class EnginePool:
             self.measured_by_path[engine.path] = max(engine.measured, self.measured_by_path.get(engine.path, 0))
 
     def _arm(self, engine: Engine) -> None:
-        self._disarm(engine)
+        """The last lease ended: the engine expires `keep_alive` seconds from now (the sweep unloads it)."""
         if engine.pinned or engine.keep_alive is None or engine.unloading:
+            engine.expires_at = None
             return
-        delay = max(0.0, engine.keep_alive)
-        engine.expires_at = time.time() + delay
-        loop = asyncio.get_running_loop()
-        engine._timer = loop.call_later(delay, lambda: loop.create_task(self._expire(engine)))
+        engine.expires_at = time.time() + max(0.0, engine.keep_alive)
+        if self._sweep is None or engine.expires_at < self._sweep_at:
+            self._schedule_sweep(engine.expires_at)
 
-    def _disarm(self, engine: Engine) -> None:
-        if engine._timer is not None:
-            engine._timer.cancel()
-            engine._timer = None
+    @staticmethod
+    def _disarm(engine: Engine) -> None:
         engine.expires_at = None
+
+    def _schedule_sweep(self, at: float) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        loop = asyncio.get_running_loop()
+        self._sweep_at = at
+        self._sweep = loop.call_later(max(0.0, at - time.time()), self._sweep_expired)
+
+    def _sweep_expired(self) -> None:
+        """Unload every idle engine whose expiry has passed; set the timer again for the next one."""
+        self._sweep = None
+        now, upcoming = time.time(), None
+        for engine in list(self._engines.values()):
+            at = engine.expires_at
+            if at is None or engine.leases or engine.pinned:
+                continue
+            if at <= now:
+                engine.expires_at = None
+                task = asyncio.get_running_loop().create_task(self._expire(engine))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif upcoming is None or at < upcoming:
+                upcoming = at
+        if upcoming is not None:
+            self._schedule_sweep(upcoming)
 
     async def _expire(self, engine: Engine) -> None:
         if self._engines.get(engine.path) is engine and engine.leases == 0 and not engine.pinned:
             await self.unload(engine.path, reason="expired")
+
+
+class Lease:
+    """One hold on an engine (see `EnginePool.lease`), and the one owner of a request's accounting."""
+
+    __slots__ = ("_pool", "_name", "_path", "_keep_alive", "_ready_timeout", "_request", "_engine")
+
+    def __init__(self, pool: EnginePool, name: str, path: Path, keep_alive: object, ready_timeout: float,
+                 request: bool):
+        self._pool, self._name, self._path = pool, name, path
+        self._keep_alive, self._ready_timeout, self._request = keep_alive, ready_timeout, request
+        self._engine: Optional[Engine] = None
+
+    async def __aenter__(self) -> Engine:
+        pool = self._pool
+        if self._request:
+            if pool.max_admitted is not None and pool.admitted >= pool.max_admitted:
+                raise Overloaded()
+            pool.admitted += 1
+        try:
+            engine = await pool._acquire(self._name, self._path)
+        except BaseException:
+            self._leave()
+            raise
+        try:
+            if self._keep_alive is not UNSET:
+                engine.keep_alive = self._keep_alive  # Ollama's rule: the last request's keep_alive applies
+            if engine.supervisor.state is not EngineState.READY:
+                await engine.supervisor.wait_ready(self._ready_timeout)
+            await pool.gate.enter(engine, engine.threads)
+        except BaseException:
+            pool._release(engine)
+            self._leave()
+            raise
+        if self._request:
+            engine.supervisor.work_begin()
+        self._engine = engine
+        return engine
+
+    async def __aexit__(self, *exc: object) -> None:
+        engine, pool = self._engine, self._pool
+        if self._request:
+            engine.supervisor.work_end()
+        pool.gate.leave(engine)
+        pool._release(engine)
+        self._leave()
+
+    def _leave(self) -> None:
+        if self._request:
+            self._pool.admitted -= 1

@@ -8,8 +8,8 @@ Crashes restart with exponential backoff until more than `max_restarts` happen w
 the state is `failed` (with the exit code/signal and the log tail) until someone asks again.
 
 Liveness is judged by progress, not only by `/health`: llama.cpp can wedge mid-decode while its HTTP
-threads still answer `/health`. Callers report work (`work_begin`/`work_end`) and every byte the engine
-sends back (`progress`); the watchdog also counts the engine's CPU time as progress, which is how a long
+threads still answer `/health`. The pool's lease reports work (`work_begin`/`work_end`) and the proxy
+every byte the engine sends back (`progress`); the watchdog also counts the engine's CPU time as progress, which is how a long
 prompt being processed (no bytes yet, cores busy) is told apart from a wedge (no bytes, cores idle). Work
 in flight with neither for `stall_timeout` seconds is a stall: the engine is killed and restarted.
 

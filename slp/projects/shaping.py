@@ -3,16 +3,52 @@
 The caller always wins: project params only fill what the request left unset, and the caller's
 system text is kept, after the project's prompt. The input body is never mutated, so the proxy
 can still store the caller's own messages as the conversation history.
+
+What a project contributes is worked out once per project object (`plan_of`), not per request: the
+proxy's project cache hands out the same object until the project changes.
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 from typing import Any
 
 from slp.projects.schema import Project
 
 AGENT_FIELDS = ("project_id", "session_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A project's part in every request: its params (keep_alive apart) and its keep-alive in seconds."""
+
+    params: dict[str, Any]  # set params, keep_alive left out (it is the agent's, never the engine's)
+    keep_alive: object  # seconds (None: never unload), or UNSET when the project sets none
+
+
+_plans: dict[int, tuple[Project, Plan]] = {}  # id(project) -> (that project, its plan); holds it, so ids stay unique
+
+
+def plan_of(project: Project) -> Plan:
+    """The project's Plan, made once per project object (projects are never edited in place: a change
+    makes a new object, which gets its own plan)."""
+    known = _plans.get(id(project))
+    if known is not None and known[0] is project:
+        return known[1]
+    from slp.engine.pool import UNSET, parse_keep_alive  # the pool module pulls in the supervisor
+
+    values = project.params.values()
+    keep_alive = values.pop("keep_alive", None)
+    plan = Plan(params=values, keep_alive=UNSET if keep_alive is None else parse_keep_alive(keep_alive))
+    if len(_plans) >= 1024:  # projects replaced by changes are let go of now and then
+        _plans.clear()
+    _plans[id(project)] = (project, plan)
+    return plan
+
+
+def _copy(value: Any) -> Any:
+    """Param values are JSON scalars or a list of strings (stop): only a list needs a new object."""
+    return list(value) if type(value) is list else value
 
 
 def _text_of(content: Any) -> str:
@@ -40,12 +76,12 @@ def shape_plain(body: dict, project: Project) -> dict:
 def _base(body: dict, project: Project) -> dict:
     """`shape_plain`, with the project's params filled in where the request left them unset."""
     shaped = shape_plain(body, project)
-    for key, value in project.params.values().items():
-        if shaped.get(key) is not None or key == "keep_alive":  # keep_alive is the agent's, not the engine's
+    for key, value in plan_of(project).params.items():
+        if shaped.get(key) is not None:
             continue
         if key == "max_tokens" and shaped.get("max_completion_tokens") is not None:
             continue
-        shaped[key] = copy.deepcopy(value)
+        shaped[key] = _copy(value)
     if shaped.get("stream") is True and not wants_usage(shaped):
         # So streamed requests are counted too; the proxy keeps the usage event from a caller that did
         # not ask for it (see added_usage).
@@ -99,9 +135,9 @@ _ANTHROPIC_PARAMS = {"temperature": "temperature", "top_p": "top_p", "top_k": "t
 def _fill(body: dict, project: Project, names: dict[str, str]) -> dict:
     shaped = shape_plain(body, project)
     for ours, theirs in names.items():
-        value = project.params.values().get(ours)
+        value = plan_of(project).params.get(ours)
         if value is not None and shaped.get(theirs) is None:
-            shaped[theirs] = [value] if theirs == "stop_sequences" and isinstance(value, str) else copy.deepcopy(value)
+            shaped[theirs] = [value] if theirs == "stop_sequences" and isinstance(value, str) else _copy(value)
     return shaped
 
 

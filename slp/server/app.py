@@ -32,7 +32,7 @@ from slp.server.head_start import HeadStart
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import ProjectRoutes
 from slp.server.proxy import Proxy, name_unknown_fields
-from slp.server.services import Admission, ProjectCache, UsageRecorder
+from slp.server.services import ProjectCache, UsageRecorder
 from slp.server.observe import Metrics, RequestLog, make_observer
 from slp.settings import Settings
 from slp.worker.metrics import WorkerCollector
@@ -64,7 +64,6 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     app[keys.ENGINE_BUILD] = engine_build or {}
     app[keys.STARTED_AT] = time.time()
     app[keys.PUBLIC_URL] = []
-    admission = app[keys.ADMISSION] = Admission(settings.parallel + settings.max_queue)
     recorder = app[keys.RECORDER] = UsageRecorder(projects)
     project_cache = ProjectCache(projects)  # the proxy's own: only it reads projects per request
     app[keys.METRICS] = metrics
@@ -74,6 +73,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     engine_key = head_start.api_key if head_start is not None else secrets.token_urlsafe(32)
     app[keys.ENGINE_AUTH] = f"Bearer {engine_key}"
     engines = app[keys.ENGINES] = _engine_pool(app, engine_bin, engine_key, on_engine_change, head_start)
+    engines.max_admitted = settings.parallel + settings.max_queue  # requests served or waiting; more get a 429
     metrics.memory_budget.set(engines.budget)
 
     # One cleanup context per resource, in start order; aiohttp tears them down in reverse and goes on
@@ -88,7 +88,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     ])
 
     proxy = Proxy(settings=lambda: app[keys.SETTINGS], models=models, projects=project_cache, engines=engines,
-                  admission=admission, recorder=recorder, workers=workers, engine_auth=app[keys.ENGINE_AUTH])
+                  recorder=recorder, workers=workers, engine_auth=app[keys.ENGINE_AUTH])
     add_api_routes(app, proxy, ProjectRoutes(projects, lambda name: models.resolve(name) is not None))
     return app
 
@@ -229,7 +229,7 @@ def apply_settings(app: web.Application, new: Settings) -> dict:
     pool.budget = memory_budget_bytes(applied)
     pool.wait_timeout, pool.max_waiting = applied.request_wait_timeout, applied.max_queue
     app[keys.METRICS].memory_budget.set(pool.budget)
-    app[keys.ADMISSION].max_admitted = applied.parallel + applied.max_queue
+    pool.max_admitted = applied.parallel + applied.max_queue
     restart = any(name in ENGINE_SETTINGS or name == "workers" for name in changed)  # workers: --rpc
     for engine in pool.engines():
         engine.supervisor.configure(start_timeout=applied.start_timeout, health_interval=applied.health_interval,

@@ -13,7 +13,7 @@ from slp.engine.pool import EnginePool
 from slp.models.store import ModelStore
 from slp.projects.store import ProjectStore
 from slp.server.observe import Metrics
-from slp.server.services import Admission, UsageRecorder
+from slp.server.services import UsageRecorder
 from slp.settings import Settings
 from slp.worker.pool import WorkerPool
 
@@ -24,7 +24,6 @@ PROJECTS = web.AppKey("projects", ProjectStore)
 ENGINE_CONTROL_HTTP = web.AppKey("engine_control_http", aiohttp.ClientSession)  # health probes, /metrics
 ENGINE_AUTH = web.AppKey("engine_auth", str)  # "Bearer <key>" for the engine's private API key
 ENGINE_BUILD = web.AppKey("engine_build", dict)  # the build record of the engine binary (may be empty)
-ADMISSION = web.AppKey("admission", Admission)  # proxied requests held at once (served or waiting), bounded
 RECORDER = web.AppKey("recorder", UsageRecorder)  # usage and conversations, written off the request path
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", Metrics)

@@ -11,24 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
 
 import aiohttp
 from aiohttp import web
 
-from slp.engine.pool import UNSET, Engine, EnginePool, ModelTooLarge
+from slp.engine.pool import UNSET, Engine, EnginePool, ModelTooLarge, Overloaded
 from slp.engine.supervisor import EngineState, EngineUnavailable
 from slp.models.store import ModelStore, engine_name
 from slp.projects.schema import Project
-from slp.projects.shaping import added_usage, shape_chat, shape_plain
+from slp.projects.shaping import added_usage, plan_of, shape_chat, shape_plain
 from slp.projects.store import ProjectError
 from slp.server.engine_client import EngineConnectionError, EngineResponse, EngineStreamError
 from slp.server.errors import APIError, keep_alive_seconds, model_not_found, model_too_large, project_error
 from slp.server.jsonbody import read_json_object, validate
 from slp.server.record import RECORD, EngineRef, RequestRecord
-from slp.server.schemas import ChatCompletionRequest, validation_context
-from slp.server.services import Admission, ProjectCache, Session, UsageRecorder
+from slp.server.schemas import ChatCompletionRequest, plainly_valid_chat, validation_context
+from slp.server.services import ProjectCache, Session, UsageRecorder
 from slp.settings import Settings
 from slp.worker.pool import WorkerPool
 
@@ -36,13 +37,52 @@ log = logging.getLogger("slp.proxy")
 
 _DONE = b"data: [DONE]"
 _TAIL_BYTES = 16384  # tail of a stream kept for its usage event and end marker (see _stream)
+_MODELS_RECHECK_S = 1.0  # how often the model lookup looks at the models folder again
 
 
-def _last_event(stream: bytearray) -> bytes:
+def _last_event(stream: bytes) -> bytes:
     """The last SSE event of a stream (events end with a blank line)."""
-    body = bytes(stream).rstrip(b"\n")
+    body = stream.rstrip(b"\n")
     start = body.rfind(b"\n\n")
     return body[start + 2:] if start >= 0 else body
+
+
+class StreamTail:
+    """The end of a stream, kept as references to its last chunks (no copy per chunk): at least `keep`
+    bytes, starting at an event's start, so the final event (usage, the end marker) stays whole however
+    long it is (Responses' carries the full output); every chunk when `keep` is None (a session stores
+    the whole reply)."""
+
+    __slots__ = ("chunks", "size", "keep")
+
+    def __init__(self, keep: Optional[int]):
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.keep = keep
+
+    def add(self, chunk: bytes) -> None:
+        chunks = self.chunks
+        chunks.append(chunk)
+        self.size += len(chunk)
+        if self.keep is None:
+            return
+        # llama-server writes whole events, so a chunk ends where the next event starts: drop whole chunks.
+        while len(chunks) > 1 and self.size - len(chunks[0]) >= self.keep and chunks[0].endswith(b"\n\n"):
+            self.size -= len(chunks.popleft())
+        if self.size > 4 * self.keep:  # chunks that do not end with their events: cut at an event's start
+            data = b"".join(chunks)
+            cut = data.rfind(b"\n\n", 0, len(data) - self.keep)
+            if cut >= 0:
+                data = data[cut + 2:]
+            chunks.clear()
+            chunks.append(data)
+            self.size = len(data)
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 UNKNOWN_FIELDS_HEADER = "X-SLP-Unknown-Fields"  # request fields slp does not know, passed to the engine as they are
@@ -81,13 +121,16 @@ class HiddenUsage:
 
     def __init__(self) -> None:
         self.held = b""
+        self.finishing = False  # a choice finished: the usage event may come from now on
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes of `chunk` (after those held back before) that may go to the client now."""
         data = self.held + chunk if self.held else chunk
         self.held = b""
-        if data.endswith(b"\n\n") and self.FINISH not in data and self.USAGE_ONLY not in data:
-            return data
+        if not self.finishing:  # the usage event comes after a finish: until one, a single scan per chunk
+            if self.FINISH not in data and data.endswith(b"\n\n"):
+                return data
+            self.finishing = True
         events = data.split(b"\n\n")
         tail = events.pop()  # an incomplete event, or b"" after a whole one
         kept: list[bytes] = []
@@ -147,17 +190,17 @@ class Proxy:
     """Request handlers for the proxied routes; one instance per app, given the services it uses."""
 
     def __init__(self, *, settings: Callable[[], Settings], models: ModelStore, projects: ProjectCache,
-                 engines: EnginePool, admission: Admission, recorder: UsageRecorder, workers: WorkerPool,
-                 engine_auth: str):
+                 engines: EnginePool, recorder: UsageRecorder, workers: WorkerPool, engine_auth: str):
         self._settings = settings  # read per request: a config reload replaces the settings
         self._models = models
         self._projects = projects
         self._engines = engines
-        self._admission = admission
         self._recorder = recorder
         self._workers = workers
-        self._engine_auth = engine_auth  # "Bearer <key>": the engines' private API key
-        self._resolved: dict[str, tuple[int, Path, str]] = {}  # model name -> (store mtime, file, engine name)
+        # The same dict for every request to the engines: their client builds the request head once from it.
+        self._engine_headers = {"Content-Type": "application/json", "Authorization": engine_auth}
+        self._resolved: dict[str, tuple[Path, str]] = {}  # model name -> (file, engine name)
+        self._models_stamp = (-1.0, -2)  # (when the models folder was last looked at, its mtime then)
 
     # ------------------------------------------------------------------ handlers
 
@@ -166,13 +209,17 @@ class Proxy:
         record.proxied = True  # logged from here on, a refusal too
         body = await read_json_object(request)
         keep_alive = _pop_keep_alive(body)
-        self._validate(record, ChatCompletionRequest, body)
+        if plainly_valid_chat(body):  # the common request, known valid without building the model
+            record.unknown_fields = ()
+        else:
+            self._validate(record, ChatCompletionRequest, body)
         project = await self._project_for(request, body)
         session = (body["session_id"], body["messages"]) if body.get("session_id") else None
         shaped = shape_chat(body, project)
         record.hide_usage = added_usage(body, shaped)
+        payload = await _unchanged(request, body, shaped, keep_alive)
         return await self._forward(request, record, "/v1/chat/completions", shaped, project, session,
-                                   keep_alive=keep_alive)
+                                   keep_alive=keep_alive, payload=payload)
 
     def route(self, path: str, schema: type, shape: Callable[[dict, Project], dict] = shape_plain,
               end_marker: bytes = _DONE, account: bool = True) -> Callable:
@@ -188,8 +235,9 @@ class Proxy:
             project = await self._project_for(request, body)
             shaped = shape(body, project)
             record.hide_usage = added_usage(body, shaped)
-            return await self._forward(request, record, path, shaped, project, None,
-                                       end_marker=end_marker, account=account, keep_alive=keep_alive)
+            return await self._forward(request, record, path, shaped, project, None, end_marker=end_marker,
+                                       account=account, keep_alive=keep_alive,
+                                       payload=await _unchanged(request, body, shaped, keep_alive))
 
         handler.__doc__ = schema.__doc__
         return handler
@@ -212,81 +260,83 @@ class Proxy:
             raise project_error(exc, param="project_id") from None
 
     def _model_path(self, model_name: str) -> tuple[Path, str]:
-        """The file behind a model name and its engine's name; remembered until the models folder changes
-        (one stat instead of a resolve per request). Unknown names are an OpenAI-style 404."""
+        """The file behind a model name and its engine's name; remembered until the models folder changes,
+        which is looked at (one stat) at most once a second. Unknown names are an OpenAI-style 404."""
         store = self._models
-        try:
-            stamp = store.root.stat().st_mtime_ns
-        except OSError:
-            stamp = -1
+        now = time.monotonic()
+        checked, stamp = self._models_stamp
+        if now - checked >= _MODELS_RECHECK_S:
+            try:
+                mtime = store.root.stat().st_mtime_ns
+            except OSError:
+                mtime = -1
+            if mtime != stamp:
+                self._resolved.clear()
+            self._models_stamp = (now, mtime)
         known = self._resolved.get(model_name)
-        if known is not None and known[0] == stamp:
-            return known[1], known[2]
+        if known is not None:
+            return known
         model = store.resolve(model_name)
         if model is None:
             raise model_not_found(model_name)
         if len(self._resolved) > 256:
             self._resolved.clear()
         name = engine_name(store, model.path)  # as the runner and the load route name it: one engine per file
-        self._resolved[model_name] = (stamp, model.path, name)
-        return model.path, name
+        self._resolved[model_name] = known = (model.path, name)
+        return known
 
     async def _forward(self, request: web.Request, record: RequestRecord, path: str, body: dict,
                        project: Project, session: Optional[Session], end_marker: bytes = _DONE,
-                       account: bool = True, keep_alive: object = UNSET) -> web.StreamResponse:
-        """Admit the request, lease its model's engine (loading it if needed) and send it there."""
+                       account: bool = True, keep_alive: object = UNSET,
+                       payload: Optional[bytes] = None) -> web.StreamResponse:
+        """Lease the model's engine (admitted, loading it if needed) and send the request there; `payload`
+        is the body's bytes when they can go as the client sent them."""
         record.project, record.model = project.name, body.get("model") or project.model
-        if not self._admission.try_admit():
-            raise APIError(429, "too many requests waiting for the engine; retry shortly",
-                           code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        model_path, name = self._model_path(record.model)
+        if keep_alive is UNSET:
+            keep_alive = plan_of(project).keep_alive
         try:
-            model_path, name = self._model_path(record.model)
-            if keep_alive is UNSET and project.params.keep_alive is not None:
-                keep_alive = keep_alive_seconds(project.params.keep_alive)  # valid: the project schema checked it
-            try:
-                async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
-                    return await self._send(request, record, engine, path, body, project, session, end_marker,
-                                            account)
-            except ModelTooLarge as exc:
-                raise model_too_large(exc) from None
-            except EngineUnavailable as exc:
-                raise APIError.engine_unavailable(exc) from None
-        finally:
-            self._admission.leave()
+            async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
+                return await self._send(request, record, engine, path, body, payload, project, session, end_marker,
+                                        account)
+        except Overloaded:
+            raise APIError(429, "too many requests waiting for the engine; retry shortly",
+                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+        except ModelTooLarge as exc:
+            raise model_too_large(exc) from None
+        except EngineUnavailable as exc:
+            raise APIError.engine_unavailable(exc) from None
 
     async def _send(self, request: web.Request, record: RequestRecord, engine: Engine, path: str, body: dict,
-                    project: Project, session: Optional[Session], end_marker: bytes,
+                    payload: Optional[bytes], project: Project, session: Optional[Session], end_marker: bytes,
                     account: bool) -> web.StreamResponse:
-        """Forward to a leased, ready engine; its supervisor sees the work and every byte (progress)."""
+        """Forward to a leased, ready engine (the lease counts the work in flight); its supervisor sees
+        every byte (progress)."""
         supervisor = engine.supervisor
         port = supervisor.port
         if supervisor.state is not EngineState.READY or port is None:  # it failed since the lease saw it ready
             raise await supervisor.unavailable("the engine stopped serving before the request was sent")
         record.engine = EngineRef(engine.name, supervisor.pid)
-        payload = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Authorization": self._engine_auth}
-        supervisor.work_begin()
+        if payload is None:
+            payload = json.dumps(body, separators=(",", ":")).encode()
         try:
+            upstream = await engine.extra["http"].post("127.0.0.1", port, path, payload, self._engine_headers)
+        except EngineConnectionError as exc:
+            raise await supervisor.unavailable(str(exc))
+        supervisor.progress()
+        async with upstream:
+            if body.get("stream") and upstream.status == 200:
+                return await self._stream(request, record, engine, upstream, project, session, end_marker)
             try:
-                upstream = await engine.extra["http"].post("127.0.0.1", port, path, payload, headers)
-            except EngineConnectionError as exc:
-                raise await supervisor.unavailable(str(exc))
-            supervisor.progress()
-            async with upstream:
-                if body.get("stream") and upstream.status == 200:
-                    return await self._stream(request, record, engine, upstream, project, session, end_marker)
-                try:
-                    data = await upstream.read()
-                except EngineStreamError as exc:
-                    raise await supervisor.unavailable(f"the engine failed before answering: {exc}")
-                if upstream.status != 200:
-                    raise engine_refusal(upstream.status, data)
-                supervisor.served()  # a whole answer: the engine is past its first decode
-                if account:
-                    record.account_after(lambda: self._account_json(data, project, session))
-                return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
-        finally:
-            supervisor.work_end()
+                data = await upstream.read()
+            except EngineStreamError as exc:
+                raise await supervisor.unavailable(f"the engine failed before answering: {exc}")
+            if upstream.status != 200:
+                raise engine_refusal(upstream.status, data)
+            supervisor.served()  # a whole answer: the engine is past its first decode
+            if account:
+                record.account_after(lambda: self._account_json(data, project, session))
+            return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
 
     async def _stream(self, request: web.Request, record: RequestRecord, engine: Engine, upstream: EngineResponse,
                       project: Project, session: Optional[Session], end_marker: bytes) -> web.StreamResponse:
@@ -295,8 +345,7 @@ class Proxy:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        keep_all = session is not None
-        seen = bytearray()
+        seen = StreamTail(None if session is not None else _TAIL_BYTES)
         failure: Optional[str] = None
         hidden = HiddenUsage() if record.hide_usage else None
         progress = engine.supervisor.progress
@@ -317,13 +366,7 @@ class Proxy:
                     upstream.close()  # drops the engine connection: llama-server cancels the generation
                     record.disconnected = True
                     return response
-                seen += chunk
-                if not keep_all and len(seen) > 2 * _TAIL_BYTES:
-                    # Keep the last _TAIL_BYTES from an event's start on: the final event (usage, the end
-                    # marker) stays whole however long it is (Responses' carries the full output).
-                    cut = seen.rfind(b"\n\n", 0, len(seen) - _TAIL_BYTES)
-                    if cut >= 0:
-                        del seen[:cut + 2]
+                seen.add(chunk)  # the final event (usage, the end marker) stays whole however long it is
         except EngineStreamError as exc:
             failure = f"engine stream broke: {exc.__class__.__name__}"
         if hidden is not None and hidden.held:
@@ -332,12 +375,13 @@ class Proxy:
             except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
                 record.disconnected = True
                 return response
-        if failure is None and end_marker not in _last_event(seen):
+        tail = seen.data()
+        if failure is None and end_marker not in _last_event(tail):
             failure = f"engine stream ended before {end_marker.decode()}"
         if failure is not None:
             await self._fail_stream(response, record, engine, failure)
         else:
-            record.account_after(lambda: self._account_stream(bytes(seen), project, session))
+            record.account_after(lambda: self._account_stream(tail, project, session))
         try:
             await response.write_eof()
         except (ConnectionResetError, RuntimeError):
@@ -375,8 +419,13 @@ class Proxy:
         return usage
 
     def _account_stream(self, data: bytes, project: Project, session: Optional[Session]) -> Optional[dict]:
+        """Usage from the events that carry it, read from the end (the last one or two: Anthropic's are
+        split); for a session, every event, for the reply's text."""
         usage, parts = None, []
-        for line in data.split(b"\n"):
+        lines = data.split(b"\n")
+        if session is None:
+            lines = [line for line in reversed(lines) if b'"usage"' in line][:_USAGE_EVENTS]
+        for line in lines:
             if not line.startswith(b"data: {"):
                 continue
             try:
@@ -392,6 +441,18 @@ class Proxy:
         assistant = {"role": "assistant", "content": "".join(parts)} if session else None
         self._recorder.record(project.id, usage, session, assistant)
         return usage
+
+
+_USAGE_EVENTS = 3  # events with usage read at a stream's end (Anthropic: message_start and message_delta)
+
+
+async def _unchanged(request: web.Request, body: dict, shaped: dict, keep_alive: object) -> Optional[bytes]:
+    """The request's own bytes when the project changed nothing in it (they go to the engine as they
+    came, not serialised again); None when the shaped body must be sent. (aiohttp keeps the body it read:
+    reading it again is free.)"""
+    if keep_alive is UNSET and shaped == body:
+        return await request.read()
+    return None
 
 
 def _pop_keep_alive(body: dict) -> object:

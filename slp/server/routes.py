@@ -211,11 +211,11 @@ async def get_model(request: web.Request) -> Model:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format: slp's metrics, then each engine's own (re-exported with a model label)."""
     app = request.app
-    m, pool, admission = app[keys.METRICS], app[keys.ENGINES], app[keys.ADMISSION]
+    m, pool = app[keys.METRICS], app[keys.ENGINES]
     settings = app[keys.SETTINGS]
-    m.in_flight.set(admission.admitted)
+    m.in_flight.set(pool.admitted)
     slots_total = settings.parallel * max(1, len(pool.engines()))  # each engine serves `parallel` at once
-    m.queued.set(max(0, admission.admitted - slots_total))
+    m.queued.set(max(0, pool.admitted - slots_total))
     # Process reads (and nvidia-smi on a GPU build, up to seconds) run in threads; gauges are set here.
     await pool.refresh()
     engines = pool.engines()

@@ -253,3 +253,51 @@ class LoadModelRequest(BaseModel):
     pin: bool = Field(False, description="Keep it resident: it never expires and is never evicted.")
     keep_alive: Optional[Union[int, str]] = Field(
         None, description="How long it stays loaded once idle: '10m', seconds, 0 or -1 (never unload).")
+
+
+# --------------------------------------------------------------------------- the common chat, checked fast
+
+def _int_in(low: int, high: int):
+    return lambda v: type(v) is int and low <= v <= high
+
+
+def _float_in(low: float, high: float):
+    return lambda v: (type(v) is float or type(v) is int) and low <= v <= high  # NaN fails both bounds
+
+
+_ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
+_FAST_CHAT_FIELDS = {
+    "model": lambda v: v is None or (type(v) is str and len(v) <= 256),
+    "stream": lambda v: type(v) is bool,
+    "max_tokens": _int_in(-1, INT32_MAX),
+    "max_completion_tokens": _int_in(-1, INT32_MAX),
+    "temperature": _float_in(0, FLOAT32_MAX),
+    "top_p": _float_in(0, 1),
+    "top_k": _int_in(0, INT32_MAX),
+    "min_p": _float_in(0, 1),
+    "seed": _int_in(-(1 << 63), (1 << 64) - 1),
+    "stop": lambda v: type(v) is str or (type(v) is list and len(v) <= 256 and all(type(s) is str for s in v)),
+    "stream_options": lambda v: type(v) is dict and v.keys() <= {"include_usage"}
+    and type(v.get("include_usage", False)) is bool,
+}
+
+
+def plainly_valid_chat(body: dict) -> bool:
+    """True when a chat request is one `ChatCompletionRequest` accepts for certain, checked without
+    building it: known fields of the plain types, and messages that are a role and a string. Anything
+    else (False) goes through the model, which gives the errors; so this only ever saves time, and
+    `test_bad_input`'s cases and a property test keep it no looser than the model."""
+    messages = body.get("messages")
+    if type(messages) is not list or not 1 <= len(messages) <= 4096:
+        return False
+    for message in messages:
+        if type(message) is not dict or len(message) != 2 or type(message.get("content")) is not str \
+                or message.get("role") not in _ROLES:
+            return False
+    checks = _FAST_CHAT_FIELDS
+    for key, value in body.items():
+        if key != "messages":
+            check = checks.get(key)
+            if check is None or not check(value):
+                return False
+    return True

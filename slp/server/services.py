@@ -1,6 +1,7 @@
-"""The services every proxied request shares, kept on the app (see `keys`): admission, the project cache
-and the usage recorder. They live apart from the proxy so that the app's typed keys can name them without
-importing the proxy, and so each can be set up and torn down on its own."""
+"""The services every proxied request shares, kept on the app (see `keys`): the project cache and the usage
+recorder (admission is the engine pool's: a request's lease counts it). They live apart from the proxy so
+that the app's typed keys can name them without importing the proxy, and so each can be set up and torn
+down on its own."""
 
 from __future__ import annotations
 
@@ -44,24 +45,6 @@ class ProjectCache:
             if self._store.revision == revision == self._revision and len(self._cache) < self.MAX_ENTRIES:
                 self._cache[ref] = project
         return project
-
-
-class Admission:
-    """How many proxied requests the agent holds at once: `max_admitted` (the engines' slots plus a bounded
-    queue, SLP_PARALLEL + SLP_MAX_QUEUE); one more gets a clear 429 instead of an unbounded wait."""
-
-    def __init__(self, max_admitted: int):
-        self.max_admitted = max_admitted
-        self.admitted = 0  # being served, or waiting for an engine
-
-    def try_admit(self) -> bool:
-        if self.admitted >= self.max_admitted:
-            return False
-        self.admitted += 1
-        return True
-
-    def leave(self) -> None:
-        self.admitted -= 1
 
 
 class UsageRecorder:
