@@ -37,6 +37,26 @@ def port_free(host: str, port: int) -> bool:
 SHUTDOWN_GRACE = 10.0  # seconds in-flight responses get to finish on stop
 
 
+def wait_exited(proc, timeout: float) -> None:
+    """psutil's `Process.wait` for a process that is not our child, which also counts a zombie as gone:
+    it has exited, and its reaping is its parent's business (in a container, PID 1 may take its time).
+    Raises psutil.TimeoutExpired when it still runs after `timeout` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        if time.monotonic() >= deadline:
+            raise psutil.TimeoutExpired(timeout, proc.pid)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
 class AgentError(Exception):
     """The agent cannot start (or did not): one line that says why and what to do."""
 
@@ -141,7 +161,7 @@ def stop_agent_process(paths: Paths, stop_grace: float) -> bool:
     try:
         agent = psutil.Process(state["agent_pid"])
         agent.send_signal(signal.SIGTERM)
-        agent.wait(SHUTDOWN_GRACE + stop_grace + 5)
+        wait_exited(agent, SHUTDOWN_GRACE + stop_grace + 5)
     except psutil.TimeoutExpired:
         agent.kill()
     except psutil.NoSuchProcess:

@@ -16,6 +16,7 @@ from tabulate import tabulate
 
 from slp.cli.client import CliError, load_settings, run_cli
 from slp.engine.process import tail_lines
+from slp.lifecycle import wait_exited
 from slp.settings import Settings, ensure_private_dir
 from slp.worker import (
     TRUST_WARNING,
@@ -137,7 +138,7 @@ def stop_worker(settings: Settings, port: int) -> bool:
     pid = state["supervisor_pid"]
     try:
         os.kill(pid, signal.SIGTERM)
-        psutil.Process(pid).wait(STOP_TIMEOUT)
+        wait_exited(psutil.Process(pid), STOP_TIMEOUT)
     except psutil.TimeoutExpired:
         try:
             os.killpg(pid, signal.SIGKILL)  # the supervisor leads its own session; the worker dies with it

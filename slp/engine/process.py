@@ -21,6 +21,7 @@ from typing import Optional
 
 import psutil
 
+from slp.lifecycle import wait_exited
 from slp.runstate import process_matches  # one definition of "is it still that process" (no psutil on Linux)
 
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
@@ -173,7 +174,7 @@ def kill_stale(pid: Optional[int], create_time: Optional[float], grace: float = 
         return False
     signal_group(pid, signal.SIGTERM)
     try:
-        psutil.Process(pid).wait(grace)
+        wait_exited(psutil.Process(pid), grace)
     except psutil.TimeoutExpired:
         signal_group(pid, signal.SIGKILL)
     except psutil.NoSuchProcess:
