@@ -8,70 +8,20 @@ killed with SIGKILL. Elsewhere the state file lets the next `slp agent start` re
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import psutil
 
+from slp.engine.launch import EngineCommand, die_with_parent, free_port, open_log, popen_engine, rotate_log
 from slp.lifecycle import wait_exited
 from slp.runstate import process_matches  # one definition of "is it still that process" (no psutil on Linux)
 
-LOG_ROTATE_BYTES = 10 * 1024 * 1024
-LOG_BACKUPS = 3
-
-
-@dataclass(frozen=True)
-class EngineCommand:
-    """Everything needed to start one engine: argv, extra environment, where its output goes."""
-
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES, backups: int = LOG_BACKUPS) -> None:
-    """Shift `path` to `path.1` … when it has grown past max_bytes (done before each spawn)."""
-    try:
-        if path.stat().st_size < max_bytes:
-            return
-    except FileNotFoundError:
-        return
-    for i in range(backups - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-    os.replace(path, path.with_name(f"{path.name}.1"))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now, for the engine's private loopback socket."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _open_log(command: EngineCommand) -> int:
-    command.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    rotate_log(command.log_path)
-    fd = os.open(command.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.write(fd, f"--- slp: starting engine at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                 f"{' '.join(command.argv)}\n".encode())
-    return fd
+# Spawning lives in slp.engine.launch (stdlib only, for the agent's head start); these names stay here too.
+__all__ = ["EngineCommand", "StartedProcess", "free_port", "rotate_log", "spawn", "spawn_now", "terminate"]
 
 
 async def spawn(command: EngineCommand) -> asyncio.subprocess.Process:
@@ -79,11 +29,11 @@ async def spawn(command: EngineCommand) -> asyncio.subprocess.Process:
 
     Raises OSError when the binary cannot be executed (missing, not executable).
     """
-    fd = _open_log(command)
+    fd = open_log(command)
     try:
         return await asyncio.create_subprocess_exec(
             *command.argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd,
-            env={**os.environ, **command.env}, start_new_session=True, preexec_fn=_die_with_parent)
+            env={**os.environ, **command.env}, start_new_session=True, preexec_fn=die_with_parent)
     finally:
         os.close(fd)
 
@@ -137,13 +87,7 @@ class StartedProcess:
 
 def spawn_now(command: EngineCommand) -> StartedProcess:
     """`spawn` without an event loop, as the agent process does first thing (see slp.server.head_start)."""
-    fd = _open_log(command)
-    try:
-        return StartedProcess(subprocess.Popen(
-            command.argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env={**os.environ, **command.env},
-            start_new_session=True, preexec_fn=_die_with_parent))
-    finally:
-        os.close(fd)
+    return StartedProcess(popen_engine(command))
 
 
 def signal_group(pid: int, sig: int) -> None:

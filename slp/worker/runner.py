@@ -27,7 +27,8 @@ from typing import Optional
 
 import psutil
 
-from slp.engine.process import _die_with_parent, rotate_log, tail_lines, terminate
+from slp.engine.launch import die_with_parent, rotate_log
+from slp.engine.process import tail_lines, terminate
 from slp.engine.supervisor import CrashWindow, EngineState, describe_exit
 from slp.settings import Settings
 from slp.worker import (
@@ -81,7 +82,7 @@ async def spawn_worker(argv: list[str], log_path: Path) -> asyncio.subprocess.Pr
         # restore_signals=False keeps Python's SIG_IGN for SIGPIPE across exec (ignored dispositions survive it).
         return await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd, env={**os.environ, "GGML_NO_BACKTRACE": "1"},
-            start_new_session=True, restore_signals=False, preexec_fn=_die_with_parent)
+            start_new_session=True, restore_signals=False, preexec_fn=die_with_parent)
     finally:
         os.close(fd)
 
