@@ -79,14 +79,21 @@ def clean_up_after_dead_agent(paths: Paths, state: Optional[dict] = None) -> lis
     return killed
 
 
-def start_detached(paths: Paths) -> subprocess.Popen:
+# `python -m slp.server --no-fetch` exits with this status, before it serves, when the model it would start
+# with is not installed: the CLI fetches it (with a progress bar the detached agent cannot show) and starts
+# the agent again.
+MODEL_NOT_INSTALLED = 3
+
+
+def start_detached(paths: Paths, fetch: bool = True) -> subprocess.Popen:
     """Start `python -m slp.server` in its own session, output appended to the agent log; returns at once
-    (see `wait_until_ready`)."""
+    (see `wait_until_ready`). With `fetch=False` an agent whose model is not installed exits with
+    MODEL_NOT_INSTALLED instead of fetching it."""
     ensure_private_dir(paths.log_dir)
     fd = os.open(paths.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # not a service's child
-        return subprocess.Popen([sys.executable, "-m", "slp.server"],
+        return subprocess.Popen([sys.executable, "-m", "slp.server", *(() if fetch else ("--no-fetch",))],
                                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
                                 close_fds=True, env=env)
     finally:
@@ -99,25 +106,30 @@ def exit_reason(paths: Paths) -> str:
 
     lines = tail_lines(paths.agent_log, 30)
     lines = [line for line in lines if "Error" in line or "error" in line] or lines[-3:]
-    return lines[-1] if lines else f"see {paths.agent_log}"
+    return lines[-1].removeprefix("Error: ") if lines else f"see {paths.agent_log}"
 
 
 def wait_until_ready(paths: Paths, timeout: float, ended: Callable[[], Optional[str]], *,
                      name: str = "the agent", hint: str = "see `slp agent logs`",
                      engine_failed: str = "the engine failed to start", ended_every: float = 0.0,
-                     poll: float = 0.05) -> dict:
+                     poll: float = 0.02) -> dict:
     """Block until the agent has written its run state and its /health says the engine is ready; returns
     that state. At least one look is taken, however short `timeout`.
 
     `ended()` says, in one line, why the agent is no longer running (None while it runs); it is asked only
     while the agent is not healthy, and at most every `ended_every` seconds (asking a service manager
     costs a subprocess). `name`, `hint` and `engine_failed` word the errors.
-    Raises AgentError when the agent ended, its engine failed for good, or `timeout` ran out.
+    Raises AgentError when the agent ended, its engine failed for good, or `timeout` ran out. An agent
+    whose state file gives a longer `start_timeout` (+ 30 s) gets that long.
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     asked = float("-inf")
     while True:
         state = live_state(paths)
+        if state and isinstance(state.get("start_timeout"), (int, float)):
+            deadline = max(deadline, started + state["start_timeout"] + 30)
+            timeout = deadline - started
         if state and state.get("url"):
             code, body = agent_health(state["url"], timeout=2)
             if code == 200:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from slp.cli.client import AgentClient, CliError, load_settings, run_cli, running_agent
-from slp.lifecycle import AgentError, port_free
+from slp.cli.client import AgentClient, CliError, agent_paths, load_settings, run_cli, running_agent
+from slp.lifecycle import AgentError
 from slp.runstate import live_state
 
 if TYPE_CHECKING:
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # `slp agent status` costs no more than finding the agent, and `slp agent start` no more than starting it.
 
 app = typer.Typer(help="Start, stop and inspect the slp agent.", no_args_is_help=True)
+
+START_BACKSTOP = 90.0  # seconds `slp agent start` waits until the agent's state file gives its start_timeout
 
 
 def check_can_start(settings: Settings) -> None:
@@ -55,43 +57,49 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
 
     Example: slp agent start
     """
-    settings = load_settings()
     if foreground:
         from slp.server.runner import run_foreground
 
         try:
-            run_foreground(settings)
+            run_foreground(load_settings())
         except AgentError as exc:
             raise CliError(str(exc))
         return
-    state = live_state(settings.paths)
+    paths = agent_paths()
+    state = live_state(paths)
     if state:
         typer.echo(f"slp agent is already running at {state['url']} (pid {state['agent_pid']})")
         return
-    from slp.lifecycle import clean_up_after_dead_agent, start_detached, wait_for_detached
+    from slp.lifecycle import MODEL_NOT_INSTALLED, clean_up_after_dead_agent, start_detached, wait_for_detached
     from slp.service import ServiceError, installed_service, service_start
 
     if manager := installed_service():
         # A service is installed: start it through its manager, so it stays the one in charge.
         try:
-            state = service_start(settings)
+            state = service_start(load_settings())
         except ServiceError as exc:
             raise CliError(str(exc))
         typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}, managed by {manager}); "
                    "engine ready")
         return
-    for pid in clean_up_after_dead_agent(settings.paths):
+    for pid in clean_up_after_dead_agent(paths):
         typer.echo(f"Cleaned up an engine (pid {pid}) left by an agent that died")
-    if settings.port and not port_free(settings.host, settings.port):
-        raise CliError(f"port {settings.port} on {settings.host} is already in use by another program; "
-                       "stop it or choose another port with SLP_PORT")
-    check_can_start(settings)  # last: it may fetch the default model, which no one should wait for in vain
-
-    proc = start_detached(settings.paths)
+    # The agent starts at once and makes every check the start needs (settings, security, port, engine,
+    # model), saying what is wrong in one line; this process loads nothing more and leaves the cores to the
+    # agent and its engine. The wait's limit is the agent's start_timeout (from its state file) + 30 s. Only
+    # a model that is not installed comes back here, to be fetched with a progress bar.
+    proc = start_detached(paths, fetch=False)
     try:
-        state = wait_for_detached(proc, settings.paths, settings.start_timeout + 30)
+        state = wait_for_detached(proc, paths, START_BACKSTOP)
     except AgentError as exc:
-        raise CliError(str(exc))
+        if proc.returncode != MODEL_NOT_INSTALLED:
+            raise CliError(str(exc))
+        settings = load_settings()
+        check_can_start(settings)
+        try:
+            state = wait_for_detached(start_detached(paths), paths, START_BACKSTOP)
+        except AgentError as exc:
+            raise CliError(str(exc))
     typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}); engine ready")
 
 

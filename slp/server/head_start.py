@@ -22,6 +22,8 @@ import psutil
 from slp.engine.binary import find_engine
 from slp.engine.command import engine_command
 from slp.engine.process import StartedProcess, free_port, spawn_now
+from slp.server import head_plan
+from slp.server.head_plan import Planned
 from slp.lifecycle import clean_up_after_dead_agent, port_free
 from slp.models.store import ModelStore, engine_name
 from slp.projects.store import ProjectStore
@@ -58,12 +60,29 @@ def installed_model(settings: Settings, models: ModelStore) -> Optional[Path]:
     return None
 
 
-def head_start(settings: Settings) -> Optional[HeadStart]:
+def head_start(settings: Settings, planned: Optional[Planned] = None) -> Optional[HeadStart]:
     """Spawn the default model's engine now, or None when the agent should start it itself: whenever the
     agent is about to refuse (another agent runs, an unsafe address, its port taken) or the start needs
-    what only the agent does (fetching the model, checking RPC workers)."""
+    what only the agent does (fetching the model, checking RPC workers).
+
+    `planned` is the engine `head_plan` spawned from the last start's command: kept if it is exactly the
+    engine worked out here, else killed. The command used is recorded as the plan for the next start."""
+    try:
+        head = _head_start(settings, planned)
+    except BaseException:
+        if planned is not None:
+            planned.kill()
+        raise
+    if head is None:
+        head_plan.forget(settings.paths)
+    return head
+
+
+def _head_start(settings: Settings, planned: Optional[Planned]) -> Optional[HeadStart]:
     paths = settings.paths
     if settings.workers or live_state(paths) or not port_free(settings.host, settings.port):
+        if planned is not None:
+            planned.kill()
         return None
     try:
         check_security(settings)
@@ -71,18 +90,29 @@ def head_start(settings: Settings) -> Optional[HeadStart]:
         models = ModelStore(settings.resolved_models_dir)
         model_path = installed_model(settings, models)
     except Exception:  # noqa: BLE001 - only a head start: the agent says what is wrong in its own words
-        return None
+        model_path = None
     if model_path is None:
+        if planned is not None:
+            planned.kill()
         return None
-    clean_up_after_dead_agent(paths)  # a dead agent's engines free their memory before this one loads
     found = models.for_path(model_path)
-    name, port, key = engine_name(models, model_path), free_port(), secrets.token_urlsafe(32)
-    command = engine_command(settings, binary, model_path, port, key, name,
-                             mmproj=found.mmproj if found is not None else None)
-    try:
-        process = spawn_now(command)
-    except OSError:
-        return None
+    name = engine_name(models, model_path)
+    mmproj = found.mmproj if found is not None else None
+    process = None
+    if planned is not None:
+        command = engine_command(settings, binary, model_path, planned.port, planned.key, name, mmproj=mmproj)
+        if command == planned.command:
+            port, key, process = planned.port, planned.key, StartedProcess(planned.popen)
+        else:
+            planned.kill()
+    if process is None:
+        clean_up_after_dead_agent(paths)  # a dead agent's engines free their memory before this one loads
+        port, key = free_port(), secrets.token_urlsafe(32)
+        command = engine_command(settings, binary, model_path, port, key, name, mmproj=mmproj)
+        try:
+            process = spawn_now(command)
+        except OSError:
+            return None
     if settings.port:
         # In the state file at once, so a next start reaps it even if this agent is killed before it
         # serves (the parent-death signal does that on Linux only). The URL is where it will listen.
@@ -90,7 +120,8 @@ def head_start(settings: Settings) -> Optional[HeadStart]:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         write_state(paths, {"agent_pid": me.pid, "agent_create_time": me.create_time(), "host": settings.host,
                             "port": settings.port, "url": f"http://{host}:{settings.port}",
+                            "start_timeout": settings.start_timeout,
                             "engine_pid": process.pid, "engine_create_time": engine.create_time(),
                             "engines": [{"model": name, "pid": process.pid, "create_time": engine.create_time()}]})
+        head_plan.save(paths, command, port, key, (settings.host, settings.port))
     return HeadStart(model_path=model_path, name=name, port=port, api_key=key, process=process)
-

@@ -35,13 +35,19 @@ from slp.settings import Settings, describe_settings_error, ensure_private_dir
 
 log = logging.getLogger("slp.agent")
 
-def pick_model(settings: Settings) -> Path:
+class ModelNotInstalled(AgentError):
+    """The model the agent starts with is not installed, and this start may not fetch it."""
+
+
+def pick_model(settings: Settings, fetch: bool = True) -> Path:
     """The model the engine starts with: the active project's, else `settings.model` (fetched if it is
-    the embedded default)."""
+    the embedded default, unless `fetch` is off)."""
     models = ModelStore(settings.resolved_models_dir)
     found = installed_model(settings, models)
     if found is not None:
         return found
+    if not fetch:
+        raise ModelNotInstalled(f"model {settings.model!r} is not installed")
     try:
         return models.pull(settings.model, progress=False).path
     except ModelError as exc:
@@ -95,7 +101,8 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head: Optional[HeadStart] = None) -> None:
+async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head: Optional[HeadStart] = None,
+                fetch: bool = True) -> None:
     """Run until SIGTERM/SIGINT. Raises AgentError for anything the user must fix."""
     check_security(settings)
     paths = settings.paths
@@ -110,12 +117,12 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head:
     except EngineNotFound as exc:
         raise AgentError(str(exc))
     # The head start has picked it already (and its engine serves that file); else pick it now.
-    model_path = head.model_path if head is not None else await asyncio.to_thread(pick_model, settings)
+    model_path = head.model_path if head is not None else await asyncio.to_thread(pick_model, settings, fetch)
 
     me = psutil.Process()
     state = {"agent_pid": me.pid, "agent_create_time": me.create_time(), "host": settings.host,
              "port": settings.port, "url": None, "engine_pid": None, "engine_create_time": None,
-             "started_at": time.time(), "version": slp.__version__}
+             "started_at": time.time(), "version": slp.__version__, "start_timeout": settings.start_timeout}
 
     notifier = ServiceNotifier()  # systemd Type=notify (READY=1, STATUS=, STOPPING=1); no-op without NOTIFY_SOCKET
 
@@ -200,7 +207,7 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head:
         log.info("slp agent stopped")
 
 
-def run_foreground(settings: Settings, head: Optional[HeadStart] = None) -> None:
+def run_foreground(settings: Settings, head: Optional[HeadStart] = None, fetch: bool = True) -> None:
     """Blocking entry point for `python -m slp.server` and `slp agent start --foreground`."""
     from slp.models.metadata import isolate_parsing
 
@@ -209,6 +216,6 @@ def run_foreground(settings: Settings, head: Optional[HeadStart] = None) -> None
     try:
         import uvloop
 
-        uvloop.run(serve(settings, head=head))
+        uvloop.run(serve(settings, head=head, fetch=fetch))
     except ImportError:
-        asyncio.run(serve(settings, head=head))
+        asyncio.run(serve(settings, head=head, fetch=fetch))

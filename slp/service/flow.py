@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from slp.service.base import InstallResult, ManagerUnavailable, ServiceManager, ServiceStatus
 from slp.service.spec import ServiceSpec
-from slp.settings import ensure_private_dir
+from slp.paths import ensure_private_dir
 
 
 def install(manager: ServiceManager, spec: ServiceSpec, start: bool = True,
