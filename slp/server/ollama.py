@@ -463,6 +463,15 @@ class Reply:
         return {"prompt_tokens": counters["prompt_eval_count"], "completion_tokens": counters["eval_count"]}
 
 
+def _as_event(answer: dict) -> dict:
+    """A whole answer of the engine as the one event that says all of it (what `Reply.feed` reads)."""
+    if "choices" not in answer:  # /completion, /infill: their last event has the same fields
+        return {**answer, "stop": True}
+    choices = [{"index": c.get("index", 0), "delta": c.get("message") or {}, "finish_reason": c.get("finish_reason")
+                or "stop"} for c in answer["choices"][:1]]
+    return {**answer, "choices": choices}
+
+
 def _line(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
@@ -472,22 +481,24 @@ async def _run(request: web.Request, path: str, shaped: dict, project: Project, 
     """Send a shaped request to the engine and answer with its translation: NDJSON objects as the engine
     streams, or one object. A failure after the first object ends the stream with an error object."""
     proxy, record = request.app[PROXY], request[RECORD]
+    if not stream:  # the engine's own whole answer (its stream can hold back an unfinished tail)
+        shaped = {key: value for key, value in shaped.items() if key != "stream_options"}
+        shaped["stream"] = False
     async with proxy.exchange(record, path, shaped, project, keep_alive) as (engine, upstream):
         reply.loaded = time.perf_counter()
-        if upstream.status != 200:
-            raise engine_refusal(upstream.status, await upstream.read())
         if not stream:
             try:
-                async for event in engine_events(upstream, engine, record):
-                    reply.feed(event)
-                    if reply.ended:
-                        break
-            except StreamFailed as exc:
-                raise OllamaError(500, str(exc), code="engine_failed") from None
-            if not reply.complete:
-                raise OllamaError(500, "the engine's answer ended early", code="engine_failed")
+                data = await upstream.read()
+            except EngineStreamError as exc:
+                raise await engine.supervisor.unavailable(f"the engine failed before answering: {exc}")
+            if upstream.status != 200:
+                raise engine_refusal(upstream.status, data)
+            engine.supervisor.served()
+            reply.feed(_as_event(json.loads(data)))
             proxy.account(record, project, reply.usage_for_project())
             return web.json_response(reply.whole(), dumps=lambda o: json.dumps(o, ensure_ascii=False))
+        if upstream.status != 200:
+            raise engine_refusal(upstream.status, await upstream.read())
         response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
