@@ -105,7 +105,7 @@ def ollama_route(handler: Callable[[web.Request], Awaitable[Any]]) -> Callable[[
         except asyncio.CancelledError:
             raise
         except web.HTTPException as exc:
-            if exc.status < 400:
+            if exc.status < 400 or exc.status in (401, 403):  # the agent's own guards keep its envelope (as documented)
                 raise
             raise _as_ollama(exc) from None
         except Exception as exc:  # noqa: BLE001 - the envelope is the contract, the log keeps the details
