@@ -38,7 +38,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 API_KEY = "sk-slp-docs-test-key"
 GEN_CAP = 4  # tokens a fuzzed request may generate: the engine is a tiny model on shared CPU cores
-FUZZ_SECONDS = 60  # schemathesis' budget for all its phases (it stops at the deadline)
+FUZZ_SECONDS = 90  # schemathesis' budget for all its phases (it stops at the deadline); 43 operations with Ollama's
 SEED_CHAT = {"model": "slp-orchestra-mini",
              "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
@@ -71,6 +71,26 @@ GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/m
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict", "max_output_tokens")
 
 
+STORE_CHANGING = {"/api/delete": ("model", "name"), "/api/copy": ("source",), "/api/pull": ("model", "name")}
+
+
+def keep_store_intact(path: str, body: Any) -> None:
+    """The fuzzed agent shares the tests' model store: fuzzed deletes, copies and pulls name a model that is
+    not installed, so they exercise only refusals (tests/test_ollama_api.py covers them on a store of its
+    own); Ollama generations are capped like the others."""
+    if not isinstance(body, dict):
+        return
+    for key in STORE_CHANGING.get(path, ()):
+        if key in body:
+            body[key] = "fuzz-absent-model"
+    if path in ("/api/chat", "/api/generate"):
+        options = body.get("options")
+        if isinstance(options, dict):
+            value = options.get("num_predict")
+            if isinstance(value, int) and not isinstance(value, bool) and (value > GEN_CAP or value < 0):
+                options["num_predict"] = GEN_CAP
+
+
 def cap_generation(path: str, body: Any) -> None:
     """Keep fuzzed generations short: at most GEN_CAP tokens (values of the wrong type are left alone; a
     request that sets no length gets the agent's default, GEN_CAP)."""
@@ -87,6 +107,7 @@ if __name__ == "_schemathesis_hooks":  # loaded by `schemathesis run` through SC
     @schemathesis.hook
     def before_call(context, case, kwargs):  # noqa: ANN001
         cap_generation(case.path, case.body)
+        keep_store_intact(case.path, case.body)
 
     @schemathesis.hook
     def filter_failure(context, failure, case, response):  # noqa: ANN001
@@ -213,7 +234,7 @@ def test_openapi_document_is_valid_31(spec):
 def test_request_schemas_are_the_validating_models(spec):
     """The documented request bodies are the pydantic models the handlers validate with."""
     from slp.projects.schema import ProjectCreate, ProjectUpdate
-    from slp.server import schemas
+    from slp.server import ollama_schemas, schemas
     from slp.server.api import ROUTES
     from slp.server.openapi import UNKNOWN_FIELDS_NOTE, request_models
     from slp.server.schemas import _Known
@@ -222,8 +243,8 @@ def test_request_schemas_are_the_validating_models(spec):
 
     components = spec["components"]["schemas"]
     handlers_validate_with = {ProjectCreate, ProjectUpdate, *(
-        value for value in vars(schemas).values()
-        if isinstance(value, type) and value.__name__.endswith("Request") and value.__module__ == schemas.__name__)}
+        value for module in (schemas, ollama_schemas) for value in vars(module).values()
+        if isinstance(value, type) and value.__name__.endswith("Request") and value.__module__ == module.__name__)}
     assert set(REQUEST_MODELS) == handlers_validate_with  # every request model of slp.server.schemas is documented
     for model in REQUEST_MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -270,6 +291,16 @@ ROUTE_BODIES = {
     ("POST", "/v1/models/{model}/load"): "LoadModelRequest",
     ("POST", "/v1/projects"): "ProjectCreate",
     ("PATCH", "/v1/projects/{project}"): "ProjectUpdate",
+    ("POST", "/api/show"): "OllamaModelRequest",
+    ("POST", "/api/chat"): "OllamaChatRequest",
+    ("POST", "/api/generate"): "OllamaGenerateRequest",
+    ("POST", "/api/embed"): "OllamaEmbedRequest",
+    ("POST", "/api/embeddings"): "OllamaEmbeddingsRequest",
+    ("POST", "/api/pull"): "OllamaPullRequest",
+    ("DELETE", "/api/delete"): "OllamaModelRequest",
+    ("POST", "/api/copy"): "OllamaCopyRequest",
+    ("POST", "/api/create"): "OllamaUnsupportedRequest",
+    ("POST", "/api/push"): "OllamaUnsupportedRequest",
 }
 
 

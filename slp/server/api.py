@@ -16,8 +16,28 @@ from aiohttp import web
 
 from slp.projects.schema import SESSION_ID_PATTERN, Project, ProjectCreate, ProjectUpdate, ProjectUsage, SessionDetail
 from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
-from slp.server import docs, engines_routes, keys, projects_routes, routes
+from slp.server import docs, engines_routes, keys, ollama, projects_routes, routes
 from slp.server.docs_files import STATIC_FILES
+from slp.server.ollama_schemas import (
+    OllamaChatRequest,
+    OllamaChatResponse,
+    OllamaCopyRequest,
+    OllamaEmbeddingResponse,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaEmbedResponse,
+    OllamaErrorResponse,
+    OllamaGenerateRequest,
+    OllamaGenerateResponse,
+    OllamaModelRequest,
+    OllamaProgress,
+    OllamaPs,
+    OllamaPullRequest,
+    OllamaShow,
+    OllamaTags,
+    OllamaUnsupportedRequest,
+    OllamaVersion,
+)
 from slp.server.projects_routes import PROJECT_ROUTES, ProjectRoutes
 from slp.server.responses import (
     EXAMPLE_PROJECT,
@@ -166,6 +186,36 @@ async def openapi_json(request: web.Request) -> web.Response:
     document = _document(request.app[keys.SETTINGS].api_key is not None)
     return web.Response(body=document, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
+
+# ----------------------------------------------------------------------------- the Ollama API
+
+OLLAMA_QUESTION = {"model": DEFAULT_MODEL_ALIAS, "messages": QUESTION, "stream": False,
+                   "options": {"num_predict": 16}}
+OLLAMA_CHAT_LINES = (
+    '{"model":"slp-orchestra-mini","created_at":"2026-01-01T00:00:00.000000Z","message":{"role":"assistant",'
+    '"content":"Paris"},"done":false}',
+    '{"model":"slp-orchestra-mini","created_at":"2026-01-01T00:00:00.100000Z","message":{"role":"assistant",'
+    '"content":""},"done":true,"done_reason":"stop","total_duration":120000000,"load_duration":1000000,'
+    '"prompt_eval_count":36,"prompt_eval_duration":40000000,"eval_count":2,"eval_duration":60000000}',
+)
+OLLAMA_GENERATE_LINES = (
+    '{"model":"slp-orchestra-mini","created_at":"2026-01-01T00:00:00.000000Z","response":"Paris","done":false}',
+    '{"model":"slp-orchestra-mini","created_at":"2026-01-01T00:00:00.100000Z","response":"","done":true,'
+    '"done_reason":"stop","total_duration":120000000,"load_duration":1000000,"prompt_eval_count":36,'
+    '"prompt_eval_duration":40000000,"eval_count":2,"eval_duration":60000000}',
+)
+OLLAMA_PULL_LINES = ('{"status":"pulling manifest"}',
+                     '{"status":"pulling model.gguf","digest":"model.gguf","completed":1048576,"total":2097152}',
+                     '{"status":"success"}')
+OLLAMA_NOTE = (" Ollama's API (its clients work with `OLLAMA_HOST=http://127.0.0.1:38540`); errors are "
+               "Ollama's `{\"error\": \"...\"}`.")
+OLLAMA_STREAM = (" NDJSON objects as the engine generates (default), the last with `done: true`, the counters "
+                 "and durations (nanoseconds, from the engine's timings); one object with `\"stream\": false`. "
+                 "A stream that fails midway ends with an error object. `model` may name a project (its model, "
+                 "system prompt and defaults apply; usage is counted for it).")
+OLLAMA_GENERATING = {400: "Invalid request, or a refusal of the engine (message `engine: ...`).",
+                     404: "No installed model or project has that name.", 429: None, 500: None, 503: None}
+OLLAMA_MODEL = {400: "Invalid request.", 404: "No installed model has that name."}
 
 # ----------------------------------------------------------------------------- the table
 
@@ -342,6 +392,101 @@ ROUTES: tuple[Route, ...] = (
           answers={200: Answer("The session.", SessionDetail)},
           errors={404: "No such project, or the project has no such session."}),
 
+    # --- Ollama's API, translated to the same engines (slp.server.ollama)
+    Route("GET", "/", "ollamaRoot", "Ollama's liveness probe", "Ollama", handler=ollama.root,
+          description="`Ollama is running`, which Ollama clients probe (HEAD or GET).",
+          answers={200: Answer("Plain text.", content={"text/plain": {"schema": {"type": "string"},
+                                                                      "example": "Ollama is running"}})}),
+    Route("GET", "/api/version", "ollamaVersion", "Ollama API version", "Ollama", handler=ollama.version,
+          description="The Ollama API version these routes follow." + OLLAMA_NOTE,
+          answers={200: Answer("The version.", OllamaVersion)}, error_model=OllamaErrorResponse),
+    Route("GET", "/api/tags", "ollamaTags", "Installed models (Ollama)", "Ollama", handler=ollama.tags,
+          description="Every installed model with Ollama's `details` (format, family, parameter size, "
+                      "quantization), size, digest (the file's sha256 when known) and time." + OLLAMA_NOTE,
+          answers={200: Answer("The models.", OllamaTags)}, error_model=OllamaErrorResponse),
+    Route("POST", "/api/show", "ollamaShow", "One model's facts (Ollama)", "Ollama", handler=ollama.show,
+          description="Details, `model_info` (the GGUF's key-value facts; long arrays null unless `verbose`), "
+                      "the chat template, license and capabilities; for a project also its system prompt "
+                      "and parameters." + OLLAMA_NOTE,
+          request=OllamaModelRequest, request_example={"model": DEFAULT_MODEL_ALIAS},
+          request_description=OllamaModelRequest.__doc__, answers={200: Answer("The model.", OllamaShow)},
+          errors=OLLAMA_MODEL, error_model=OllamaErrorResponse),
+    Route("GET", "/api/ps", "ollamaPs", "Loaded models (Ollama)", "Ollama", handler=ollama.ps,
+          description="One entry per loaded engine: memory, GPU memory, expiry, context length." + OLLAMA_NOTE,
+          answers={200: Answer("The loaded models.", OllamaPs)}, error_model=OllamaErrorResponse),
+    Route("POST", "/api/chat", "ollamaChat", "Chat (Ollama)", "Ollama", handler=ollama.chat,
+          description="A chat turn through the model's engine (`/v1/chat/completions`): `options` map onto the "
+                      "engine's sampling fields, `format` onto its JSON schema constraint, `tools`, `think`, "
+                      "`images` (vision models), `keep_alive` as in Ollama; an empty `messages` loads the model "
+                      "(`keep_alive: 0` unloads it)." + OLLAMA_STREAM + OLLAMA_NOTE,
+          request=OllamaChatRequest, request_example=OLLAMA_QUESTION,
+          request_description=OllamaChatRequest.__doc__,
+          answers={200: Answer("The answer, or its NDJSON objects.", OllamaChatResponse,
+                               stream=Stream(OllamaChatResponse, OLLAMA_CHAT_LINES, "One object per line.",
+                                             media=ollama.NDJSON, error_event=OllamaErrorResponse))},
+          errors=OLLAMA_GENERATING, error_model=OllamaErrorResponse),
+    Route("POST", "/api/generate", "ollamaGenerate", "Generate (Ollama)", "Ollama", handler=ollama.generate,
+          description="A completion of `prompt`: through the chat template with `system`, as it is with `raw` "
+                      "(the engine's `/completion`), or between `prompt` and `suffix` (`/infill`, for models "
+                      "with fill-in-the-middle tokens); an empty prompt loads the model." + OLLAMA_STREAM
+                      + OLLAMA_NOTE,
+          request=OllamaGenerateRequest, request_description=OllamaGenerateRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "prompt": "What is the capital of France?",
+                           "stream": False, "options": {"num_predict": 16}},
+          answers={200: Answer("The answer, or its NDJSON objects.", OllamaGenerateResponse,
+                               stream=Stream(OllamaGenerateResponse, OLLAMA_GENERATE_LINES, "One object per line.",
+                                             media=ollama.NDJSON, error_event=OllamaErrorResponse))},
+          errors=OLLAMA_GENERATING, error_model=OllamaErrorResponse),
+    Route("POST", "/api/embed", "ollamaEmbed", "Embeddings (Ollama)", "Ollama", handler=ollama.embed,
+          description="Embeddings of `input` through the engine's `/v1/embeddings` (the agent runs with "
+                      "SLP_EMBEDDINGS=true; otherwise a 400 says so)." + OLLAMA_NOTE,
+          request=OllamaEmbedRequest, request_description=OllamaEmbedRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "input": ["The capital of France is Paris."]},
+          answers={200: Answer("One vector per input.", OllamaEmbedResponse)},
+          errors=OLLAMA_GENERATING, error_model=OllamaErrorResponse),
+    Route("POST", "/api/embeddings", "ollamaEmbeddings", "Embedding (Ollama, older)", "Ollama",
+          handler=ollama.embeddings, description="The older call: one `prompt`, one `embedding`." + OLLAMA_NOTE,
+          request=OllamaEmbeddingsRequest, request_description=OllamaEmbeddingsRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "prompt": "The capital of France is Paris."},
+          answers={200: Answer("The vector.", OllamaEmbeddingResponse)},
+          errors=OLLAMA_GENERATING, error_model=OllamaErrorResponse),
+    Route("POST", "/api/pull", "ollamaPull", "Pull a model (Ollama)", "Ollama", handler=ollama.pull,
+          description="Installs what `slp model pull` accepts: a catalog model, `hf.co/OWNER/REPO[:QUANT]` "
+                      "(installed under its file's name and also answering to that name) or a .gguf path. "
+                      "NDJSON progress objects (`\"stream\": false`: one `success`); a pull that fails midway "
+                      "ends with an error object." + OLLAMA_NOTE,
+          request=OllamaPullRequest, request_description=OllamaPullRequest.__doc__,
+          request_example={"model": DEFAULT_MODEL_ALIAS, "stream": False},
+          answers={200: Answer("Done, or the progress objects.", OllamaProgress,
+                               stream=Stream(OllamaProgress, OLLAMA_PULL_LINES, "One object per line.",
+                                             media=ollama.NDJSON, error_event=OllamaErrorResponse))},
+          errors={400: "Not something slp can pull, or the pull failed (the message says why)."},
+          error_model=OllamaErrorResponse),
+    Route("DELETE", "/api/delete", "ollamaDelete", "Delete a model (Ollama)", "Ollama", handler=ollama.delete,
+          description="`slp model rm`: forgets the model and deletes the files slp downloaded (never a file "
+                      "registered in place), after unloading its engine." + OLLAMA_NOTE,
+          request=OllamaModelRequest, request_description=OllamaModelRequest.__doc__,
+          request_example={"model": "my-model"}, answers={200: Answer("Deleted (no body).")},
+          errors=OLLAMA_MODEL, error_model=OllamaErrorResponse),
+    Route("POST", "/api/copy", "ollamaCopy", "Another name for a model (Ollama)", "Ollama", handler=ollama.copy,
+          description="Records `destination` as a model on the same files (nothing is copied; deleting it "
+                      "leaves the files)." + OLLAMA_NOTE,
+          request=OllamaCopyRequest, request_description=OllamaCopyRequest.__doc__,
+          request_example={"source": DEFAULT_MODEL_ALIAS, "destination": "my-model"},
+          answers={200: Answer("Copied (no body).")},
+          errors={400: "An invalid or taken destination.", 404: "No installed model has the source's name."},
+          error_model=OllamaErrorResponse),
+    Route("POST", "/api/create", "ollamaCreate", "Create a model (not served)", "Ollama", handler=ollama.unsupported,
+          description="slp keeps GGUF files, not Ollama images: always a 400 that says what to do instead.",
+          request=OllamaUnsupportedRequest, request_description=OllamaUnsupportedRequest.__doc__,
+          request_example={"model": "my-model", "from": DEFAULT_MODEL_ALIAS},
+          answers={200: Answer("Never.")}, errors={400: "Always."}, error_model=OllamaErrorResponse),
+    Route("POST", "/api/push", "ollamaPush", "Push a model (not served)", "Ollama", handler=ollama.unsupported,
+          description="slp does not push to registries: always a 400.",
+          request=OllamaUnsupportedRequest, request_description=OllamaUnsupportedRequest.__doc__,
+          request_example={"model": "my-model"},
+          answers={200: Answer("Never.")}, errors={400: "Always."}, error_model=OllamaErrorResponse),
+
     # --- this documentation: public (a browser cannot send a key when it opens /docs, and these hold no
     # data; every operation tried from the page still needs the key, entered with Swagger's Authorize)
     Route("GET", "/openapi.json", "getOpenAPI", "This OpenAPI 3.1 document", "Docs",
@@ -373,4 +518,5 @@ PUBLIC_PATHS = public_paths(ROUTES)
 def add_api_routes(app: web.Application, proxy: Any, projects: ProjectRoutes) -> None:
     """Serve every route of `ROUTES` on `app`: the proxied ones by `proxy`, the project ones with `projects`."""
     app[PROJECT_ROUTES] = projects
+    app[ollama.PROXY] = proxy  # the Ollama routes translate through the proxy's lease and accounting
     register(app, ROUTES, proxy)

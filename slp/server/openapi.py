@@ -39,8 +39,10 @@ def response_models(routes: Iterable[Route]) -> list[type[BaseModel]]:
     """The error envelope and every model a route answers with (stream events included), once each."""
     found: list[type[BaseModel]] = [ErrorResponse]
     for route in routes:
+        found += [route.error_model] if route.error_model else []
         for answer in route.answers.values():
-            found += [model for model in (answer.model, answer.stream and answer.stream.event) if model]
+            found += [model for model in (answer.model, answer.stream and answer.stream.event,
+                                          answer.stream and answer.stream.error_event) if model]
     return list(dict.fromkeys(found))
 
 
@@ -100,9 +102,9 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying."
 WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}}
 
 
-def error(status: int, description: Optional[str] = None) -> dict:
+def error(status: int, description: Optional[str] = None, model: str = "ErrorResponse") -> dict:
     response: dict[str, Any] = {"description": description or ERROR_CODES[status],
-                                "content": {"application/json": {"schema": ref("ErrorResponse")}}}
+                                "content": {"application/json": {"schema": ref(model)}}}
     if status in (429, 503):
         response["headers"] = copy.deepcopy(RETRY_AFTER)
     elif status == 401:
@@ -133,14 +135,24 @@ def answer(spec: Answer) -> dict:
             media["example"] = spec.example
         response["content"] = {"application/json": media}
         if spec.stream is not None:
-            response["content"]["text/event-stream"] = stream(spec.stream)
+            response["content"][spec.stream.media] = stream(spec.stream)
     elif spec.content is not None:
         response["content"] = copy.deepcopy(spec.content)
     return response
 
 
 def stream(spec: Stream) -> dict:
+    if spec.media == "application/x-ndjson":
+        return ndjson(spec)
     return sse(spec.event.__name__, list(spec.lines), spec.description, done=spec.done)
+
+
+def ndjson(spec: Stream) -> dict:
+    """Newline-delimited JSON: the schema describes one line (an event, or the error that ends a stream
+    that failed midway)."""
+    kinds = [ref(spec.event.__name__)] + ([ref(spec.error_event.__name__)] if spec.error_event else [])
+    return {"schema": {"anyOf": kinds, "description": spec.description},
+            "example": "".join(line + "\n" for line in spec.lines)}
 
 
 def operation(route: Route) -> dict:
@@ -164,7 +176,9 @@ def operation(route: Route) -> dict:
         errors[413] = None
     errors.update(route.errors)
     responses = {code: answer(spec) for code, spec in route.answers.items()}
-    responses.update({code: error(code, description) for code, description in errors.items()})
+    own = route.error_model.__name__ if route.error_model is not None else "ErrorResponse"
+    responses.update({code: error(code, description, own if code not in (401, 403) else "ErrorResponse")
+                      for code, description in errors.items()})
     op["responses"] = {str(code): responses[code] for code in sorted(responses)}
     return op
 
@@ -201,6 +215,7 @@ def build_openapi(routes: Iterable[Route], api_key_required: bool = False) -> di
             {"name": "Engine", "description": "llama-server's other APIs (Anthropic, rerank, tokenizer), proxied."},
             {"name": "Agent", "description": "Health and status of the agent and its engine."},
             {"name": "Projects", "description": "Projects, their usage and conversations."},
+            {"name": "Ollama", "description": "Ollama's REST API, translated to the same engines and projects."},
             {"name": "Docs", "description": "This documentation."},
         ],
         "security": [{"bearerAuth": []}] if api_key_required else [{}, {"bearerAuth": []}],

@@ -8,12 +8,13 @@ after they were sent, and stored by a background writer, off the request path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Optional
+from typing import AsyncIterator, Callable, Optional
 
 import aiohttp
 from aiohttp import web
@@ -241,6 +242,57 @@ class Proxy:
 
         handler.__doc__ = schema.__doc__
         return handler
+
+    # ------------------------------------------------------------------ for routes that translate (slp.server.ollama)
+
+    async def project_for(self, request: web.Request, body: dict) -> Project:
+        return await self._project_for(request, body)
+
+    def model_file(self, model_name: str) -> tuple[Path, str]:
+        """The file behind a model name and its engine's name (404 when none)."""
+        return self._model_path(model_name)
+
+    def account(self, record: RequestRecord, project: Project, usage: Optional[dict]) -> None:
+        """Count a translated reply's usage for its project, after its bytes left (as `_forward` does)."""
+        def account() -> Optional[dict]:
+            self._recorder.record(project.id, usage, None, None)
+            return usage
+        record.account_after(account)
+
+    @contextlib.asynccontextmanager
+    async def exchange(self, record: RequestRecord, path: str, body: dict, project: Project,
+                       keep_alive: object = UNSET) -> AsyncIterator[tuple[Engine, EngineResponse]]:
+        """Lease the model's engine and POST `body` to `path` there, for a route that translates the
+        engine's answer instead of relaying its bytes: the same admission, loading, lease and refusals
+        as `_forward`. Yields (engine, the engine's response); the lease lasts until the block ends."""
+        record.proxied = True
+        record.project, record.model = project.name, body.get("model") or project.model
+        model_path, name = self._model_path(record.model)
+        if keep_alive is UNSET:
+            keep_alive = plan_of(project).keep_alive
+        try:
+            async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
+                supervisor = engine.supervisor
+                port = supervisor.port
+                if supervisor.state is not EngineState.READY or port is None:
+                    raise await supervisor.unavailable("the engine stopped serving before the request was sent")
+                record.engine = EngineRef(engine.name, supervisor.pid)
+                payload = json.dumps(body, separators=(",", ":")).encode()
+                try:
+                    upstream = await engine.extra["http"].post("127.0.0.1", port, path, payload,
+                                                               self._engine_headers)
+                except EngineConnectionError as exc:
+                    raise await supervisor.unavailable(str(exc))
+                supervisor.progress()
+                async with upstream:
+                    yield engine, upstream
+        except Overloaded:
+            raise APIError(429, "too many requests waiting for the engine; retry shortly",
+                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+        except ModelTooLarge as exc:
+            raise model_too_large(exc) from None
+        except EngineUnavailable as exc:
+            raise APIError.engine_unavailable(exc) from None
 
     # ------------------------------------------------------------------ steps
 

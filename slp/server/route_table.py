@@ -30,6 +30,8 @@ class Stream:
     lines: tuple[str, ...]
     description: str
     done: bool = True
+    media: str = "text/event-stream"  # or "application/x-ndjson": one JSON object a line (the Ollama API)
+    error_event: Optional[type[BaseModel]] = None  # an NDJSON stream's last object when it fails midway
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ class Route:
 
     `errors` maps the statuses it answers with the error envelope to what they mean there (None: the usual
     meaning). Every route may also answer 403 (Host check), 401 unless `public` (API key) and 413 when it
-    reads a body (`request`): those are added for all. `public` routes need no API key.
+    reads a body (`request`): those are added for all. `public` routes need no API key. `error_model`: its
+    own errors' body when it is not the OpenAI envelope (the Ollama routes; 401 and 403 come before the
+    route and keep the envelope).
     """
 
     method: str
@@ -81,6 +85,7 @@ class Route:
     request_required: bool = True
     errors: dict[int, Optional[str]] = field(default_factory=dict)
     public: bool = False
+    error_model: Optional[type[BaseModel]] = None  # the body of its own errors, when not OpenAI's envelope
 
     def __post_init__(self) -> None:
         if (self.handler is None) == (self.forward is None):
