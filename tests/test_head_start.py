@@ -12,7 +12,7 @@ from datetime import datetime
 
 import psutil
 
-from conftest import SLP, processes_under, wait_for
+from conftest import processes_under, wait_for
 
 
 def engine_starts(agent) -> list[str]:

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import logging
-import re
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
