@@ -106,13 +106,17 @@ def test_a_long_responses_stream_ends_cleanly_and_is_counted(agent):
     (no error event appended) and its usage still counted."""
     project = agent.get("/v1/status")["active_project"]["id"]
     before = agent.get(f"/v1/projects/{project}/usage")["completion_tokens"]
+    # Long words (SmolLM2's 18-19 character tokens, favoured by logit_bias) make a final event of several
+    # KB from 300 tokens instead of 1,200.
+    long_words = (28475, 27244, 22936, 48688, 42542, 42503, 42409, 35157, 33747, 30279, 28053, 27174)
     resp = requests.post(f"{agent.url}/v1/responses", timeout=300, stream=True, json={
         "model": "slp-orchestra-mini", "input": "Write a very long story about a lighthouse.",
-        "max_output_tokens": 1200, "ignore_eos": True, "stream": True})
+        "max_output_tokens": 300, "ignore_eos": True, "stream": True,
+        "logit_bias": {str(token): 30 for token in long_words}})
     body = resp.content
     assert resp.status_code == 200
     final = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
     assert final.startswith(b"event: response.completed") and len(final) > 4096
     assert b"engine_failed" not in body
     after = agent.get(f"/v1/projects/{project}/usage")["completion_tokens"]
-    assert after - before == 1200
+    assert after - before == 300

@@ -3,9 +3,9 @@
 No second engine and no second model store: a chat or generate request becomes a request to the model's
 llama-server (`/v1/chat/completions`, or `/completion` / `/infill` for `raw` and `suffix`), leased,
 shaped by its project and accounted through the proxy (`Proxy.exchange`), and the engine's event stream
-is turned into Ollama's NDJSON objects as it arrives. The engine is always asked to stream: a
-`"stream": false` answer is the same objects gathered into one, so both kinds of answer come from one
-translation. Errors have Ollama's shape (`{"error": "..."}`); a stream that fails midway ends with one.
+is turned into Ollama's NDJSON objects as it arrives. A `"stream": false` request asks the engine for its
+whole answer (its stream can hold back an unfinished tail), fed through the same translation (`Reply`) and
+gathered into one object. Errors have Ollama's shape (`{"error": "..."}`); a stream that fails midway ends with one.
 """
 
 from __future__ import annotations
@@ -869,7 +869,10 @@ async def ps(request: web.Request) -> OllamaPs:
             expires = FOREVER
         else:
             left = row.expires_in_s if row.expires_in_s is not None else row.keep_alive_s
-            expires = (now + timedelta(seconds=left)).isoformat().replace("+00:00", "Z")
+            try:
+                expires = (now + timedelta(seconds=left)).isoformat().replace("+00:00", "Z")
+            except OverflowError:  # a keep_alive past the calendar's end: kept for good
+                expires = FOREVER
         running.append(OllamaRunning(name=model.name, model=model.name,
                                      size=row.measured_bytes or row.estimate_bytes, digest=_digest(model),
                                      details=_details(model), expires_at=expires, size_vram=row.gpu_bytes or 0,
