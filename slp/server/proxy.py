@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncIterator, Callable, Iterator, Optional
 
 import aiohttp
 from aiohttp import web
@@ -187,6 +187,21 @@ def engine_refusal(status: int, data: bytes) -> APIError:
 _CLIENT_FAULTS = ("Failed to parse", "[json.exception.", "_M_range_check", "out of range", "invalid token")
 
 
+@contextlib.contextmanager
+def lease_refusals() -> Iterator[None]:
+    """What the pool's lease refuses, as the client's error: a full queue (429), a model too large for the
+    memory budget, an engine that cannot serve."""
+    try:
+        yield
+    except Overloaded:
+        raise APIError(429, "too many requests waiting for the engine; retry shortly",
+                       code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+    except ModelTooLarge as exc:
+        raise model_too_large(exc) from None
+    except EngineUnavailable as exc:
+        raise APIError.engine_unavailable(exc) from None
+
+
 class Proxy:
     """Request handlers for the proxied routes; one instance per app, given the services it uses."""
 
@@ -270,7 +285,7 @@ class Proxy:
         model_path, name = self._model_path(record.model)
         if keep_alive is UNSET:
             keep_alive = plan_of(project).keep_alive
-        try:
+        with lease_refusals():
             async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
                 supervisor = engine.supervisor
                 port = supervisor.port
@@ -286,13 +301,6 @@ class Proxy:
                 supervisor.progress()
                 async with upstream:
                     yield engine, upstream
-        except Overloaded:
-            raise APIError(429, "too many requests waiting for the engine; retry shortly",
-                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
-        except ModelTooLarge as exc:
-            raise model_too_large(exc) from None
-        except EngineUnavailable as exc:
-            raise APIError.engine_unavailable(exc) from None
 
     # ------------------------------------------------------------------ steps
 
@@ -347,17 +355,10 @@ class Proxy:
         model_path, name = self._model_path(record.model)
         if keep_alive is UNSET:
             keep_alive = plan_of(project).keep_alive
-        try:
+        with lease_refusals():
             async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
                 return await self._send(request, record, engine, path, body, payload, project, session, end_marker,
                                         account)
-        except Overloaded:
-            raise APIError(429, "too many requests waiting for the engine; retry shortly",
-                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
-        except ModelTooLarge as exc:
-            raise model_too_large(exc) from None
-        except EngineUnavailable as exc:
-            raise APIError.engine_unavailable(exc) from None
 
     async def _send(self, request: web.Request, record: RequestRecord, engine: Engine, path: str, body: dict,
                     payload: Optional[bytes], project: Project, session: Optional[Session], end_marker: bytes,
