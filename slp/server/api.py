@@ -16,9 +16,10 @@ from aiohttp import web
 
 from slp.projects.schema import SESSION_ID_PATTERN, Project, ProjectCreate, ProjectUpdate, ProjectUsage, SessionDetail
 from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
-from slp.server import docs, engines_routes, keys, ollama, projects_routes, routes
+from slp.server import docs, engines_routes, keys, projects_routes, routes
 from slp.server.docs_files import STATIC_FILES
 from slp.server.ollama_schemas import (
+    NDJSON,
     OllamaChatRequest,
     OllamaChatResponse,
     OllamaCopyRequest,
@@ -65,7 +66,17 @@ from slp.server.responses import (
     TokenList,
     UnloadResult,
 )
-from slp.server.route_table import Answer, Forward, Route, Stream, path_param, public_paths, register
+from slp.server.route_table import (
+    Answer,
+    Forward,
+    Handler,
+    Route,
+    Stream,
+    lazy_handler,
+    path_param,
+    public_paths,
+    register,
+)
 from slp.server.schemas import (
     AnthropicCountTokensRequest,
     AnthropicMessagesRequest,
@@ -218,6 +229,11 @@ OLLAMA_GENERATING = {400: "Invalid request, or a refusal of the engine (message 
 OLLAMA_MODEL = {400: "Invalid request.", 404: "No installed model has that name."}
 
 # ----------------------------------------------------------------------------- the table
+
+
+def ollama(name: str) -> Handler:
+    """An Ollama route's handler in slp.server.ollama, imported on its first request."""
+    return lazy_handler("slp.server.ollama", name)
 
 ROUTES: tuple[Route, ...] = (
     # --- OpenAI-compatible, proxied to llama-server
@@ -393,28 +409,28 @@ ROUTES: tuple[Route, ...] = (
           errors={404: "No such project, or the project has no such session."}),
 
     # --- Ollama's API, translated to the same engines (slp.server.ollama)
-    Route("GET", "/", "ollamaRoot", "Ollama's liveness probe", "Ollama", handler=ollama.root,
+    Route("GET", "/", "ollamaRoot", "Ollama's liveness probe", "Ollama", handler=ollama("root"),
           description="`Ollama is running`, which Ollama clients probe (HEAD or GET).",
           answers={200: Answer("Plain text.", content={"text/plain": {"schema": {"type": "string"},
                                                                       "example": "Ollama is running"}})}),
-    Route("GET", "/api/version", "ollamaVersion", "Ollama API version", "Ollama", handler=ollama.version,
+    Route("GET", "/api/version", "ollamaVersion", "Ollama API version", "Ollama", handler=ollama("version"),
           description="The Ollama API version these routes follow." + OLLAMA_NOTE,
           answers={200: Answer("The version.", OllamaVersion)}, error_model=OllamaErrorResponse),
-    Route("GET", "/api/tags", "ollamaTags", "Installed models (Ollama)", "Ollama", handler=ollama.tags,
+    Route("GET", "/api/tags", "ollamaTags", "Installed models (Ollama)", "Ollama", handler=ollama("tags"),
           description="Every installed model with Ollama's `details` (format, family, parameter size, "
                       "quantization), size, digest (the file's sha256 when known) and time." + OLLAMA_NOTE,
           answers={200: Answer("The models.", OllamaTags)}, error_model=OllamaErrorResponse),
-    Route("POST", "/api/show", "ollamaShow", "One model's facts (Ollama)", "Ollama", handler=ollama.show,
+    Route("POST", "/api/show", "ollamaShow", "One model's facts (Ollama)", "Ollama", handler=ollama("show"),
           description="Details, `model_info` (the GGUF's key-value facts; long arrays null unless `verbose`), "
                       "the chat template, license and capabilities; for a project also its system prompt "
                       "and parameters." + OLLAMA_NOTE,
           request=OllamaModelRequest, request_example={"model": DEFAULT_MODEL_ALIAS},
           request_description=OllamaModelRequest.__doc__, answers={200: Answer("The model.", OllamaShow)},
           errors=OLLAMA_MODEL, error_model=OllamaErrorResponse),
-    Route("GET", "/api/ps", "ollamaPs", "Loaded models (Ollama)", "Ollama", handler=ollama.ps,
+    Route("GET", "/api/ps", "ollamaPs", "Loaded models (Ollama)", "Ollama", handler=ollama("ps"),
           description="One entry per loaded engine: memory, GPU memory, expiry, context length." + OLLAMA_NOTE,
           answers={200: Answer("The loaded models.", OllamaPs)}, error_model=OllamaErrorResponse),
-    Route("POST", "/api/chat", "ollamaChat", "Chat (Ollama)", "Ollama", handler=ollama.chat,
+    Route("POST", "/api/chat", "ollamaChat", "Chat (Ollama)", "Ollama", handler=ollama("chat"),
           description="A chat turn through the model's engine (`/v1/chat/completions`): `options` map onto the "
                       "engine's sampling fields, `format` onto its JSON schema constraint, `tools`, `think`, "
                       "`images` (vision models), `keep_alive` as in Ollama; an empty `messages` loads the model "
@@ -423,9 +439,9 @@ ROUTES: tuple[Route, ...] = (
           request_description=OllamaChatRequest.__doc__,
           answers={200: Answer("The answer, or its NDJSON objects.", OllamaChatResponse,
                                stream=Stream(OllamaChatResponse, OLLAMA_CHAT_LINES, "One object per line.",
-                                             media=ollama.NDJSON, error_event=OllamaErrorResponse))},
+                                             media=NDJSON, error_event=OllamaErrorResponse))},
           errors=OLLAMA_GENERATING, error_model=OllamaErrorResponse),
-    Route("POST", "/api/generate", "ollamaGenerate", "Generate (Ollama)", "Ollama", handler=ollama.generate,
+    Route("POST", "/api/generate", "ollamaGenerate", "Generate (Ollama)", "Ollama", handler=ollama("generate"),
           description="A completion of `prompt`: through the chat template with `system`, as it is with `raw` "
                       "(the engine's `/completion`), or between `prompt` and `suffix` (`/infill`, for models "
                       "with fill-in-the-middle tokens); an empty prompt loads the model." + OLLAMA_STREAM
@@ -435,9 +451,9 @@ ROUTES: tuple[Route, ...] = (
                            "stream": False, "options": {"num_predict": 16}},
           answers={200: Answer("The answer, or its NDJSON objects.", OllamaGenerateResponse,
                                stream=Stream(OllamaGenerateResponse, OLLAMA_GENERATE_LINES, "One object per line.",
-                                             media=ollama.NDJSON, error_event=OllamaErrorResponse))},
+                                             media=NDJSON, error_event=OllamaErrorResponse))},
           errors=OLLAMA_GENERATING, error_model=OllamaErrorResponse),
-    Route("POST", "/api/embed", "ollamaEmbed", "Embeddings (Ollama)", "Ollama", handler=ollama.embed,
+    Route("POST", "/api/embed", "ollamaEmbed", "Embeddings (Ollama)", "Ollama", handler=ollama("embed"),
           description="Embeddings of `input` through the engine's `/v1/embeddings` (the agent runs with "
                       "SLP_EMBEDDINGS=true; otherwise a 400 says so)." + OLLAMA_NOTE,
           request=OllamaEmbedRequest, request_description=OllamaEmbedRequest.__doc__,
@@ -445,12 +461,12 @@ ROUTES: tuple[Route, ...] = (
           answers={200: Answer("One vector per input.", OllamaEmbedResponse)},
           errors=OLLAMA_GENERATING, error_model=OllamaErrorResponse),
     Route("POST", "/api/embeddings", "ollamaEmbeddings", "Embedding (Ollama, older)", "Ollama",
-          handler=ollama.embeddings, description="The older call: one `prompt`, one `embedding`." + OLLAMA_NOTE,
+          handler=ollama("embeddings"), description="The older call: one `prompt`, one `embedding`." + OLLAMA_NOTE,
           request=OllamaEmbeddingsRequest, request_description=OllamaEmbeddingsRequest.__doc__,
           request_example={"model": DEFAULT_MODEL_ALIAS, "prompt": "The capital of France is Paris."},
           answers={200: Answer("The vector.", OllamaEmbeddingResponse)},
           errors=OLLAMA_GENERATING, error_model=OllamaErrorResponse),
-    Route("POST", "/api/pull", "ollamaPull", "Pull a model (Ollama)", "Ollama", handler=ollama.pull,
+    Route("POST", "/api/pull", "ollamaPull", "Pull a model (Ollama)", "Ollama", handler=ollama("pull"),
           description="Installs what `slp model pull` accepts: a catalog model, `hf.co/OWNER/REPO[:QUANT]` "
                       "(installed under its file's name and also answering to that name) or a .gguf path. "
                       "NDJSON progress objects (`\"stream\": false`: one `success`); a pull that fails midway "
@@ -459,16 +475,16 @@ ROUTES: tuple[Route, ...] = (
           request_example={"model": DEFAULT_MODEL_ALIAS, "stream": False},
           answers={200: Answer("Done, or the progress objects.", OllamaProgress,
                                stream=Stream(OllamaProgress, OLLAMA_PULL_LINES, "One object per line.",
-                                             media=ollama.NDJSON, error_event=OllamaErrorResponse))},
+                                             media=NDJSON, error_event=OllamaErrorResponse))},
           errors={400: "Not something slp can pull, or the pull failed (the message says why)."},
           error_model=OllamaErrorResponse),
-    Route("DELETE", "/api/delete", "ollamaDelete", "Delete a model (Ollama)", "Ollama", handler=ollama.delete,
+    Route("DELETE", "/api/delete", "ollamaDelete", "Delete a model (Ollama)", "Ollama", handler=ollama("delete"),
           description="`slp model rm`: forgets the model and deletes the files slp downloaded (never a file "
                       "registered in place), after unloading its engine." + OLLAMA_NOTE,
           request=OllamaModelRequest, request_description=OllamaModelRequest.__doc__,
           request_example={"model": "my-model"}, answers={200: Answer("Deleted (no body).")},
           errors=OLLAMA_MODEL, error_model=OllamaErrorResponse),
-    Route("POST", "/api/copy", "ollamaCopy", "Another name for a model (Ollama)", "Ollama", handler=ollama.copy,
+    Route("POST", "/api/copy", "ollamaCopy", "Another name for a model (Ollama)", "Ollama", handler=ollama("copy"),
           description="Records `destination` as a model on the same files (nothing is copied; deleting it "
                       "leaves the files)." + OLLAMA_NOTE,
           request=OllamaCopyRequest, request_description=OllamaCopyRequest.__doc__,
@@ -476,12 +492,12 @@ ROUTES: tuple[Route, ...] = (
           answers={200: Answer("Copied (no body).")},
           errors={400: "An invalid or taken destination.", 404: "No installed model has the source's name."},
           error_model=OllamaErrorResponse),
-    Route("POST", "/api/create", "ollamaCreate", "Create a model (not served)", "Ollama", handler=ollama.unsupported,
+    Route("POST", "/api/create", "ollamaCreate", "Create a model (not served)", "Ollama", handler=ollama("unsupported"),
           description="slp keeps GGUF files, not Ollama images: always a 400 that says what to do instead.",
           request=OllamaUnsupportedRequest, request_description=OllamaUnsupportedRequest.__doc__,
           request_example={"model": "my-model", "from": DEFAULT_MODEL_ALIAS},
           answers={200: Answer("Never.")}, errors={400: "Always."}, error_model=OllamaErrorResponse),
-    Route("POST", "/api/push", "ollamaPush", "Push a model (not served)", "Ollama", handler=ollama.unsupported,
+    Route("POST", "/api/push", "ollamaPush", "Push a model (not served)", "Ollama", handler=ollama("unsupported"),
           description="slp does not push to registries: always a 400.",
           request=OllamaUnsupportedRequest, request_description=OllamaUnsupportedRequest.__doc__,
           request_example={"model": "my-model"},
@@ -518,5 +534,5 @@ PUBLIC_PATHS = public_paths(ROUTES)
 def add_api_routes(app: web.Application, proxy: Any, projects: ProjectRoutes) -> None:
     """Serve every route of `ROUTES` on `app`: the proxied ones by `proxy`, the project ones with `projects`."""
     app[PROJECT_ROUTES] = projects
-    app[ollama.PROXY] = proxy  # the Ollama routes translate through the proxy's lease and accounting
+    app[keys.PROXY] = proxy  # the Ollama routes translate through the proxy's lease and accounting
     register(app, ROUTES, proxy)

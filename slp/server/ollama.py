@@ -37,6 +37,7 @@ from slp.server.engine_client import EngineResponse, EngineStreamError
 from slp.server.errors import APIError, keep_alive_seconds
 from slp.server.jsonbody import read_json_object, validate
 from slp.server.ollama_schemas import (
+    NDJSON,
     OllamaChatRequest,
     OllamaCopyRequest,
     OllamaDetails,
@@ -59,9 +60,7 @@ from slp.server.record import RECORD, RequestRecord
 
 log = logging.getLogger("slp.ollama")
 
-PROXY = web.AppKey("slp_ollama_proxy", object)  # the agent's Proxy (set by slp.server.api.add_api_routes)
 OLLAMA_VERSION = "0.12.6"  # the Ollama API these routes follow (clients compare it to a minimum)
-NDJSON = "application/x-ndjson"
 FOREVER = "2318-11-26T00:00:00Z"  # Ollama's expires_at for a model kept loaded for good
 
 
@@ -169,7 +168,7 @@ def installed(store: ModelStore, name: str) -> Optional[InstalledModel]:
 async def _target(request: web.Request, body: dict) -> tuple[Project, Optional[str]]:
     """The project a request runs in and the model it names: an installed model (in the project named
     by `project_id` / `X-SLP-Project`, else the active one), else a project of that name (its model)."""
-    proxy = request.app[PROXY]
+    proxy = request.app[keys.PROXY]
     name = body["model"]
     store = request.app[keys.MODELS]
     model = await asyncio.to_thread(installed, store, name) if name.startswith(_HF_HOSTS) else installed(store, name)
@@ -409,7 +408,8 @@ class Reply:
             out.append(self._object(content))
         if event.get("stop"):
             self.finish = event.get("stop_type") or "stop"
-            self.usage = {"prompt_tokens": event.get("tokens_evaluated"), "completion_tokens": event.get("tokens_predicted")}
+            self.usage = {"prompt_tokens": event.get("tokens_evaluated"),
+                          "completion_tokens": event.get("tokens_predicted")}
             self.ended = True
         return out
 
@@ -479,7 +479,7 @@ async def _run(request: web.Request, path: str, shaped: dict, project: Project, 
                reply: Reply, stream: bool) -> web.StreamResponse:
     """Send a shaped request to the engine and answer with its translation: NDJSON objects as the engine
     streams, or one object. A failure after the first object ends the stream with an error object."""
-    proxy, record = request.app[PROXY], request[RECORD]
+    proxy, record = request.app[keys.PROXY], request[RECORD]
     if not stream:  # the engine's own whole answer (its stream can hold back an unfinished tail)
         shaped = {key: value for key, value in shaped.items() if key != "stream_options"}
         shaped["stream"] = False
@@ -536,7 +536,7 @@ async def _run(request: web.Request, path: str, shaped: dict, project: Project, 
 async def _load_only(request: web.Request, project: Project, model: Optional[str], keep_alive: object,
                      reply: Reply) -> web.Response:
     """An empty prompt: load the model (`done_reason: load`), or unload it with `keep_alive: 0`."""
-    app, proxy = request.app, request.app[PROXY]
+    app, proxy = request.app, request.app[keys.PROXY]
     path, name = proxy.model_file(model or project.model)
     pool = app[keys.ENGINES]
     try:
@@ -656,7 +656,7 @@ async def _template_thinks(request: web.Request, project: Project, model: Option
 
 async def _embeddings(request: web.Request, body: dict, texts: Any) -> tuple[list[list[float]], dict, float, float]:
     project, model = await _target(request, body)
-    record, proxy = request[RECORD], request.app[PROXY]
+    record, proxy = request[RECORD], request.app[keys.PROXY]
     payload: dict[str, Any] = {"input": texts, **({"model": model} if model else {})}
     if body.get("dimensions"):
         payload["dimensions"] = body["dimensions"]

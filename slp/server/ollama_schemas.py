@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slp.settings import DEFAULT_MODEL_ALIAS
 
+NDJSON = "application/x-ndjson"  # the media type of Ollama's streams
+
 MODEL_NAME = Field(..., min_length=1, max_length=512, examples=[DEFAULT_MODEL_ALIAS],
                    description="An installed model (as `GET /api/tags` lists it, `:latest` optional), an "
                                "`hf.co/OWNER/REPO:QUANT` model pulled under that name, or a project's name "

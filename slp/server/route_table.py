@@ -9,6 +9,7 @@ routes name what the proxy needs (`Forward`) and stream the engine's bytes thems
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Optional, Union
 
@@ -125,6 +126,20 @@ def public_paths(routes: Iterable[Route]) -> frozenset[str]:
             expanded = [path.replace(slot, value) for path in expanded for value in param["schema"]["enum"]]
         paths.update(expanded)
     return frozenset(paths)
+
+
+def lazy_handler(module: str, name: str) -> Handler:
+    """A handler imported on its route's first request: a module only some clients use (Ollama's API) costs
+    the agent no memory and no start-up time until one of them calls."""
+    found: list[Handler] = []
+
+    async def handler(request: web.Request) -> Any:
+        if not found:
+            found.append(getattr(importlib.import_module(module), name))
+        return await found[0](request)
+
+    handler.__name__ = handler.__qualname__ = name
+    return handler
 
 
 def _answering(route: Route, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
