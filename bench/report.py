@@ -139,8 +139,8 @@ GOALS = [
     added_at_most("added latency, tiny c=1, p99", "a.c1.p99_ms", 3),
     ratio_at_most("latency, tiny c=8, p99 vs direct", "a.c8.p99_ms", 10),
     ratio_at_most("latency, tiny c=32, p50 vs direct", "a.c32.p50_ms", 5),
-    ratio_at_least("stream tokens/s, c=1, vs direct", "b.c1.tokens_per_s", 98),
-    ratio_at_least("stream tokens/s, c=8, vs direct", "b.c8.tokens_per_s", 98),
+    ratio_at_least("stream tokens/s, c=1, vs direct", "b.c1.tokens_per_s", 99),  # #22: 99 %
+    ratio_at_least("stream tokens/s, c=8, vs direct", "b.c8.tokens_per_s", 99),
     added_at_most("added time to first token, c=1", "b.ttft_ms", 2),
     agent_at_most("agent idle RSS", "c.rss_idle_mb", 60, "MB", 1),
     added_seconds_at_most("cold start to first token", "d.first_token_s", 0.3),
