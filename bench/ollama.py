@@ -1,0 +1,161 @@
+"""`python -m bench.ollama`: what Ollama's API costs over the agent's own OpenAI route, on one agent.
+
+The same tiny chat (one token, temperature 0) goes through `POST /api/chat` (`"stream": false`) and
+`POST /v1/chat/completions`, the two taking turns request by request over keep-alive connections, and the
+added p50 latency of the Ollama route is reported (goal: ≤ 0.3 ms). Then 128-token streams, taking turns:
+tokens/s of `/api/chat`'s NDJSON stream against the OpenAI SSE stream (goal: ≥ 99 %). Both routes lease
+the same engine, so the difference is the translation alone. Writes `bench/results/ollama.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench.runner import default_models_dir
+from bench.targets import agent_env, free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = "slp-orchestra-mini"
+MESSAGES = [{"role": "user", "content": "Say hi"}]
+
+
+async def tiny(session: aiohttp.ClientSession, base: str, ollama: bool) -> float:
+    """Seconds for one tiny chat through either route."""
+    if ollama:
+        url, body = base + "/api/chat", {"model": MODEL, "messages": MESSAGES, "stream": False,
+                                         "options": {"num_predict": 1, "temperature": 0}}
+    else:
+        url, body = base + "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": 1,
+                                                    "temperature": 0}
+    started = time.perf_counter()
+    async with session.post(url, json=body) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"{url}: HTTP {resp.status}")
+    return time.perf_counter() - started
+
+
+async def stream(session: aiohttp.ClientSession, base: str, ollama: bool, tokens: int) -> float:
+    """Decode tokens/s of one stream (first content to last), counting the tokens the route reports."""
+    if ollama:
+        url, body = base + "/api/chat", {"model": MODEL, "messages": MESSAGES, "stream": True,
+                                         "options": {"num_predict": tokens, "temperature": 0},
+                                         "ignore_eos": True}
+    else:
+        url, body = base + "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "stream": True,
+                                                    "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+                                                    "stream_options": {"include_usage": True}}
+    first = last = None
+    count = 0
+    async with session.post(url, json=body) as resp:
+        if resp.status != 200:
+            raise SystemExit(f"{url}: HTTP {resp.status}")
+        async for line in resp.content:
+            line = line.strip()
+            if not line or line == b"data: [DONE]":
+                continue
+            event = json.loads(line.removeprefix(b"data: "))
+            if ollama:
+                if event.get("done"):
+                    count = event["eval_count"]
+                elif event.get("message", {}).get("content"):
+                    first = first or time.perf_counter()
+                    last = time.perf_counter()
+            else:
+                if event.get("usage"):
+                    count = event["usage"]["completion_tokens"]
+                if event.get("choices") and event["choices"][0]["delta"].get("content"):
+                    first = first or time.perf_counter()
+                    last = time.perf_counter()
+    if first is None or last is None or last <= first or count < 2:
+        raise SystemExit(f"{url}: no stream to time")
+    return (count - 1) / (last - first)
+
+
+async def measure(base: str, requests: int, streams: int, tokens: int) -> dict:
+    async with aiohttp.ClientSession() as session:
+        for ollama in (False, True):  # warm both routes (the Ollama module loads on first use)
+            for _ in range(10):
+                await tiny(session, base, ollama)
+        latency: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(requests):
+            for ollama in ((False, True) if i % 2 == 0 else (True, False)):
+                latency[ollama].append(await tiny(session, base, ollama))
+        rate: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(streams):
+            for ollama in ((False, True) if i % 2 == 0 else (True, False)):
+                rate[ollama].append(await stream(session, base, ollama, tokens))
+    openai_p50, ollama_p50 = (statistics.median(latency[k]) * 1000 for k in (False, True))
+    openai_rate, ollama_rate = (statistics.median(rate[k]) for k in (False, True))
+    return {"requests": requests, "streams": streams, "tokens": tokens,
+            "openai_p50_ms": openai_p50, "ollama_p50_ms": ollama_p50, "added_p50_ms": ollama_p50 - openai_p50,
+            "openai_tok_s": openai_rate, "ollama_tok_s": ollama_rate, "stream_ratio": ollama_rate / openai_rate}
+
+
+def report(r: dict) -> str:
+    added_ok = "pass" if r["added_p50_ms"] <= 0.3 else "**FAIL**"
+    ratio_ok = "pass" if r["stream_ratio"] >= 0.99 else "**FAIL**"
+    return "\n".join([
+        f"# Ollama's API against the OpenAI route, one agent ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        f"{r['requests']} tiny chats per route (taking turns), {r['streams']} streams of {r['tokens']} tokens "
+        "per route (taking turns); medians.",
+        "",
+        "| target | limit | `/v1/chat/completions` | `/api/chat` | measured | result |",
+        "|---|---|---|---|---|---|",
+        f"| tiny chat p50, added by `/api/chat` | ≤ 0.3 ms | {r['openai_p50_ms']:.2f} ms | {r['ollama_p50_ms']:.2f} ms "
+        f"| {r['added_p50_ms']:+.2f} ms | {added_ok} |",
+        f"| stream decode tokens/s, `/api/chat` vs OpenAI | ≥ 99 % | {r['openai_tok_s']:.1f} | {r['ollama_tok_s']:.1f} "
+        f"| {r['stream_ratio'] * 100:.1f} % | {ratio_ok} |",
+        "",
+    ])
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.ollama", description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=200, help="tiny chats per route (default 200)")
+    p.add_argument("--streams", type=int, default=6, help="streams per route (default 6)")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per stream (default 128)")
+    p.add_argument("--out", type=Path, default=RESULTS / "ollama.md")
+    a = p.parse_args(argv)
+    home = Path(tempfile.mkdtemp(prefix="slp-bench-ollama-"))
+    port = free_port()
+    env = agent_env(home, port, default_models_dir())
+    agent = subprocess.Popen([sys.executable, "-m", "slp", "agent", "start", "--foreground"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([sys.executable, "-m", "slp", "agent", "status"], env=env,
+                             capture_output=True).returncode != 0:
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the agent did not start; see " + str(home / "logs" / "agent.log"))
+            time.sleep(0.2)
+        result = asyncio.run(measure(f"http://127.0.0.1:{port}", a.requests, a.streams, a.tokens))
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+        shutil.rmtree(home, ignore_errors=True)
+    text = report(result)
+    a.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
