@@ -27,7 +27,6 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.load import make_session
 from bench.runner import default_models_dir, log, percentile
 from bench.targets import Agent, DirectEngine, agent_env, engine_alias, free_port
 from slp.engine.binary import find_engine

@@ -131,6 +131,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--tokens", type=int, default=128, help="tokens per stream (default 128)")
     p.add_argument("--out", type=Path, default=RESULTS / "ollama.md")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` stops the run: still stop its agent
     home = Path(tempfile.mkdtemp(prefix="slp-bench-ollama-"))
     port = free_port()
     env = agent_env(home, port, default_models_dir())

@@ -168,6 +168,7 @@ def main(argv: list[str]) -> None:
                    "bare engine, measured the same way after the agent")
     p.add_argument("--top", type=int, default=40, help="functions of the profile to print (by own time)")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` stops the run: still stop its agent
 
     home = Path(tempfile.mkdtemp(prefix="slp-reqpath-"))
     port = free_port()
