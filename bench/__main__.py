@@ -21,7 +21,7 @@ def parse_args(argv: list[str]) -> Options:
         "interleaved in one run. Workloads: a = tiny requests at c=1/8/32, b = streaming at c=1/8, "
         "c = the agent's CPU and memory cost (measured during a and b), d = cold start."))
     p.add_argument("--quick", action="store_true", help="tiny counts (for the smoke test; well under a minute)")
-    p.add_argument("--repeats", type=int, help="repeats of every workload (default 3; quick 2)")
+    p.add_argument("--repeats", type=int, help="repeats of every workload (default 3; quick 1)")
     p.add_argument("--requests", type=int, help="tiny requests per concurrency level, target and repeat "
                                                 "(at least 2x the concurrency; default 60; quick 8)")
     p.add_argument("--c1-requests", type=int, help="tiny requests per target and repeat at concurrency 1, "
