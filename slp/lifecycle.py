@@ -17,7 +17,7 @@ import time
 from typing import Callable, Optional
 
 from slp.paths import Paths, ensure_private_dir
-from slp.runstate import agent_health, clear_state, live_state, read_state
+from slp.runstate import agent_health, clear_state, live_state, read_state, wait_exited
 
 
 def port_free(host: str, port: int) -> bool:
@@ -35,26 +35,6 @@ def port_free(host: str, port: int) -> bool:
 # needs neither unless a dead agent left engines behind or the start fails.
 
 SHUTDOWN_GRACE = 10.0  # seconds in-flight responses get to finish on stop
-
-
-def wait_exited(proc, timeout: float) -> None:
-    """psutil's `Process.wait` for a process that is not our child, which also counts a zombie as gone:
-    it has exited, and its reaping is its parent's business (in a container, PID 1 may take its time).
-    Raises psutil.TimeoutExpired when it still runs after `timeout` seconds."""
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        if time.monotonic() >= deadline:
-            raise psutil.TimeoutExpired(timeout, proc.pid)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
 
 
 class AgentError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -63,6 +64,26 @@ def process_matches(pid: Optional[int], create_time: Optional[float]) -> bool:
         return create_time is None or abs(proc.create_time() - create_time) < 0.01
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def wait_exited(proc, timeout: float) -> None:
+    """psutil's `Process.wait` for a process that is not our child, which also counts a zombie as gone:
+    it has exited, and its reaping is its parent's business (in a container, PID 1 may take its time).
+    Raises psutil.TimeoutExpired when it still runs after `timeout` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        if time.monotonic() >= deadline:
+            raise psutil.TimeoutExpired(timeout, proc.pid)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
 
 
 def read_state(paths: Paths) -> Optional[dict]:

@@ -16,7 +16,7 @@ from tabulate import tabulate
 
 from slp.cli.client import CliError, load_settings, run_cli
 from slp.engine.process import tail_lines
-from slp.lifecycle import wait_exited
+from slp.runstate import wait_exited
 from slp.settings import Settings, ensure_private_dir
 from slp.worker import (
     TRUST_WARNING,

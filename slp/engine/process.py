@@ -17,8 +17,7 @@ from typing import Optional
 import psutil
 
 from slp.engine.launch import EngineCommand, die_with_parent, free_port, open_log, popen_engine, rotate_log
-from slp.lifecycle import wait_exited
-from slp.runstate import process_matches  # one definition of "is it still that process" (no psutil on Linux)
+from slp.runstate import process_matches, wait_exited  # "is it still that process", "has it exited": one home
 
 # Spawning lives in slp.engine.launch (stdlib only, for the agent's head start); these names stay here too.
 __all__ = ["EngineCommand", "StartedProcess", "free_port", "rotate_log", "spawn", "spawn_now", "terminate"]
