@@ -281,26 +281,34 @@ class Proxy:
         engine's answer instead of relaying its bytes: the same admission, loading, lease and refusals
         as `_forward`. Yields (engine, the engine's response); the lease lasts until the block ends."""
         record.proxied = True
+        async with self._leased(record, body, project, keep_alive) as engine:
+            supervisor = engine.supervisor
+            port = supervisor.port
+            if supervisor.state is not EngineState.READY or port is None:
+                raise await supervisor.unavailable("the engine stopped serving before the request was sent")
+            record.engine = EngineRef(engine.name, supervisor.pid)
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            try:
+                upstream = await engine.extra["http"].post("127.0.0.1", port, path, payload, self._engine_headers)
+            except EngineConnectionError as exc:
+                raise await supervisor.unavailable(str(exc))
+            supervisor.progress()
+            async with upstream:
+                yield engine, upstream
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, record: RequestRecord, body: dict, project: Project,
+                      keep_alive: object) -> AsyncIterator[Engine]:
+        """The engine of the model the body names (or the project's), leased for the block: admitted,
+        loaded if needed, kept alive as the request or its project says; the pool's refusals as the
+        client's errors. Relayed (`_forward`) and translated (`exchange`) requests both lease through here."""
         record.project, record.model = project.name, body.get("model") or project.model
         model_path, name = self._model_path(record.model)
         if keep_alive is UNSET:
             keep_alive = plan_of(project).keep_alive
         with lease_refusals():
             async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
-                supervisor = engine.supervisor
-                port = supervisor.port
-                if supervisor.state is not EngineState.READY or port is None:
-                    raise await supervisor.unavailable("the engine stopped serving before the request was sent")
-                record.engine = EngineRef(engine.name, supervisor.pid)
-                payload = json.dumps(body, separators=(",", ":")).encode()
-                try:
-                    upstream = await engine.extra["http"].post("127.0.0.1", port, path, payload,
-                                                               self._engine_headers)
-                except EngineConnectionError as exc:
-                    raise await supervisor.unavailable(str(exc))
-                supervisor.progress()
-                async with upstream:
-                    yield engine, upstream
+                yield engine
 
     # ------------------------------------------------------------------ steps
 
@@ -351,14 +359,9 @@ class Proxy:
                        payload: Optional[bytes] = None) -> web.StreamResponse:
         """Lease the model's engine (admitted, loading it if needed) and send the request there; `payload`
         is the body's bytes when they can go as the client sent them."""
-        record.project, record.model = project.name, body.get("model") or project.model
-        model_path, name = self._model_path(record.model)
-        if keep_alive is UNSET:
-            keep_alive = plan_of(project).keep_alive
-        with lease_refusals():
-            async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
-                return await self._send(request, record, engine, path, body, payload, project, session, end_marker,
-                                        account)
+        async with self._leased(record, body, project, keep_alive) as engine:
+            return await self._send(request, record, engine, path, body, payload, project, session, end_marker,
+                                    account)
 
     async def _send(self, request: web.Request, record: RequestRecord, engine: Engine, path: str, body: dict,
                     payload: Optional[bytes], project: Project, session: Optional[Session], end_marker: bytes,
