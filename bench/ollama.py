@@ -12,20 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
 from bench.runner import default_models_dir
-from bench.targets import agent_env, free_port
+from bench.targets import foreground_agent
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "slp-orchestra-mini"
@@ -132,27 +128,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "ollama.md")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` stops the run: still stop its agent
-    home = Path(tempfile.mkdtemp(prefix="slp-bench-ollama-"))
-    port = free_port()
-    env = agent_env(home, port, default_models_dir())
-    agent = subprocess.Popen([sys.executable, "-m", "slp", "agent", "start", "--foreground"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while subprocess.run([sys.executable, "-m", "slp", "agent", "status"], env=env,
-                             capture_output=True).returncode != 0:
-            if agent.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the agent did not start; see " + str(home / "logs" / "agent.log"))
-            time.sleep(0.2)
+    with foreground_agent("slp-bench-ollama-", default_models_dir()) as (port, _):
         result = asyncio.run(measure(f"http://127.0.0.1:{port}", a.requests, a.streams, a.tokens))
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(agent.pid, signal.SIGKILL)
-            agent.wait()
-        shutil.rmtree(home, ignore_errors=True)
     text = report(result)
     a.out.write_text(text)
     print(text)

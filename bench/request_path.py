@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import pstats
 import shutil
 import signal
@@ -29,7 +28,7 @@ import aiohttp
 import psutil
 
 from bench.runner import default_models_dir
-from bench.targets import DirectEngine, agent_env, engine_alias, free_port
+from bench.targets import DirectEngine, engine_alias, foreground_agent, free_port
 
 # The agent under cProfile with a per-thread CPU clock, its stats written when it exits (SIGTERM is a
 # graceful stop, so the `finally` runs).
@@ -170,30 +169,11 @@ def main(argv: list[str]) -> None:
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` stops the run: still stop its agent
 
-    home = Path(tempfile.mkdtemp(prefix="slp-reqpath-"))
-    port = free_port()
-    env = agent_env(home, port, default_models_dir())
     cmd = [sys.executable, "-m", "slp", "agent", "start", "--foreground"]
     if a.profile:  # CPU time of the event loop's thread: a wall clock would count waits the kernel imposes
         cmd[1:3] = ["-c", PROFILED, str(a.profile)]
-    agent = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while subprocess.run([sys.executable, "-m", "slp", "agent", "status"], env=env,
-                             capture_output=True).returncode != 0:
-            if agent.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the agent did not start; see " + str(home / "logs" / "agent.log"))
-            time.sleep(0.2)
+    with foreground_agent("slp-reqpath-", default_models_dir(), cmd) as (port, agent):
         result = asyncio.run(measure(port, agent.pid, a.requests, a.streams, a.tokens, a.repeats, a.spy))
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(agent.pid, signal.SIGKILL)
-            agent.wait()
-        shutil.rmtree(home, ignore_errors=True)
     if not a.no_relay:
         relay = asyncio.run(measure_relay(a))
         print(f"relay CPU per tiny chat: {relay['tiny_us']:.0f} µs, {relay['tiny_sys_us']:.0f} of it in the kernel "

@@ -9,16 +9,20 @@ log file differ. The agent is a separate process started and stopped through the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import aiohttp
 import psutil
@@ -210,3 +214,32 @@ def agent_env(home: Path, port: int, models_dir: Path) -> dict:
            "SLP_MODELS_DIR": str(models_dir)}
     env.pop("SLP_API_KEY", None)  # the agent listens on loopback; no client key, like the direct engine's own
     return env
+
+
+@contextlib.contextmanager
+def foreground_agent(prefix: str, models_dir: Path,
+                     argv: Optional[list[str]] = None) -> Iterator[tuple[int, subprocess.Popen]]:
+    """An agent of its own (throwaway home, free port, the models in `models_dir`) run in the foreground by `argv`
+    (default `python -m slp agent start --foreground`), yielded as (port, process) once `slp agent status`
+    says it serves; stopped (SIGTERM, then SIGKILL to its group) and its home removed afterwards."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    env = agent_env(home, port, models_dir)
+    agent = subprocess.Popen(argv or [sys.executable, "-m", "slp", "agent", "start", "--foreground"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([sys.executable, "-m", "slp", "agent", "status"], env=env,
+                             capture_output=True).returncode != 0:
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the agent did not start; see " + str(home / "logs" / "agent.log"))
+            time.sleep(0.2)
+        yield port, agent
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+        shutil.rmtree(home, ignore_errors=True)
