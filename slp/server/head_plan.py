@@ -39,11 +39,14 @@ class Planned:
     port: int
     key: str
     command: EngineCommand
+    taken: bool = False  # the head start serves it
 
     def kill(self) -> None:
-        """Not the engine the agent wants: kill its group and reap it."""
+        """Not the engine the agent wants: kill its group and reap it (once; later calls do nothing)."""
         import signal
 
+        if self.popen.poll() is not None:
+            return
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -69,10 +69,9 @@ def head_start(settings: Settings, planned: Optional[Planned] = None) -> Optiona
     engine worked out here, else killed. The command used is recorded as the plan for the next start."""
     try:
         head = _head_start(settings, planned)
-    except BaseException:
-        if planned is not None:
+    finally:
+        if planned is not None and not planned.taken:
             planned.kill()
-        raise
     if head is None:
         head_plan.forget(settings.paths)
     return head
@@ -81,8 +80,6 @@ def head_start(settings: Settings, planned: Optional[Planned] = None) -> Optiona
 def _head_start(settings: Settings, planned: Optional[Planned]) -> Optional[HeadStart]:
     paths = settings.paths
     if settings.workers or live_state(paths) or not port_free(settings.host, settings.port):
-        if planned is not None:
-            planned.kill()
         return None
     try:
         check_security(settings)
@@ -92,8 +89,6 @@ def _head_start(settings: Settings, planned: Optional[Planned]) -> Optional[Head
     except Exception:  # noqa: BLE001 - only a head start: the agent says what is wrong in its own words
         model_path = None
     if model_path is None:
-        if planned is not None:
-            planned.kill()
         return None
     found = models.for_path(model_path)
     name = engine_name(models, model_path)
@@ -103,8 +98,9 @@ def _head_start(settings: Settings, planned: Optional[Planned]) -> Optional[Head
         command = engine_command(settings, binary, model_path, planned.port, planned.key, name, mmproj=mmproj)
         if command == planned.command:
             port, key, process = planned.port, planned.key, StartedProcess(planned.popen)
+            planned.taken = True
         else:
-            planned.kill()
+            planned.kill()  # now, so its memory is free before the right one loads
     if process is None:
         clean_up_after_dead_agent(paths)  # a dead agent's engines free their memory before this one loads
         port, key = free_port(), secrets.token_urlsafe(32)
