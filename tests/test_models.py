@@ -130,6 +130,66 @@ def test_metadata_of_real_default_model(real_gguf):
     assert cached_metadata(real_gguf) is meta  # parsed once, then served from the cache
 
 
+def _made_gguf(path: Path, big_endian: bool) -> None:
+    """A GGUF written by gguf's own writer: every value type, string and numeric arrays, and tensors of
+    a float, a half and a block-quantized type."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, "llama", endianess=gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE)
+    writer.add_uint8("t.u8", 200)
+    writer.add_int8("t.i8", -5)
+    writer.add_uint16("t.u16", 60_000)
+    writer.add_int16("t.i16", -30_000)
+    writer.add_uint32("t.u32", 4_000_000_000)
+    writer.add_int32("t.i32", -2_000_000_000)
+    writer.add_float32("t.f32", 0.1)
+    writer.add_uint64("t.u64", 2**60)
+    writer.add_int64("t.i64", -(2**60))
+    writer.add_float64("t.f64", 0.1)
+    writer.add_bool("t.bool", True)
+    writer.add_string("t.str", "héllo ✓")
+    writer.add_array("t.ints", [1, 2, 3])
+    writer.add_array("t.floats", [0.5, 1.25])
+    writer.add_array("t.strings", ["a", "bé", ""])
+    writer.add_array("t.bools", [True, False])
+    writer.add_tensor("f32", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.add_tensor("f16", np.ones(8, dtype=np.float16))
+    writer.add_tensor("q4", np.zeros((2, 18), dtype=np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("big_endian", [False, True], ids=["little-endian", "big-endian"])
+def test_header_reader_agrees_with_ggufs_reader_field_by_field(tmp_path, big_endian):
+    """slp reads headers itself (gguf's reader takes seconds over a vocabulary); what it reads must be
+    what gguf's reader reads, value by value and tensor by tensor."""
+    import gguf
+
+    from slp.models.gguf_header import Skipped, read_header
+
+    path = tmp_path / "made.gguf"
+    _made_gguf(path, big_endian)
+    reference = gguf.GGUFReader(path)
+    expected = {f.name: f.contents() for f in reference.fields.values() if not f.name.startswith("GGUF.")}
+    header = read_header(path, decode=lambda key: True)
+    assert header.fields == expected and len(expected) == 17
+    assert [(t.name, t.dims, t.type, t.n_elements) for t in header.tensors] == \
+        [(t.name, tuple(int(d) for d in t.field.parts[3]), t.tensor_type, int(t.n_elements)) for t in reference.tensors]
+    assert header.data_offset == reference.data_offset
+    assert read_header(path).fields["t.strings"] == Skipped(3)  # not asked for: stepped over
+    table_end = max(f.offset + sum(int(p.nbytes) for p in f.parts)
+                    for f in [*reference.fields.values(), *(t.field for t in reference.tensors)])
+    data_end = max(t.data_offset + int(t.n_bytes) for t in reference.tensors)
+    for cut in (10, 40, table_end - 4, data_end - 1):  # in the counts, a key, the tensor table, the data
+        with open(path, "rb") as src, open(tmp_path / "cut.gguf", "wb") as out:
+            out.write(src.read(cut))
+        with pytest.raises(ValueError, match="cut short|too short|damaged"):
+            read_header(tmp_path / "cut.gguf")
+
+
 def test_truncated_gguf_is_refused(tmp_path, real_gguf):
     truncated = tmp_path / "truncated.gguf"
     with open(real_gguf, "rb") as src, open(truncated, "wb") as out:

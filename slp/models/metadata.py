@@ -1,8 +1,8 @@
-"""What a GGUF file says about itself, read with gguf's own reader rather than a hand-rolled parser.
+"""What a GGUF file says about itself: the facts slp shows and sizes engines by, from its header
+(`gguf_header`, which steps over the vocabulary that gguf's own reader spends seconds on).
 
-Reading a GGUF parses its whole key/value table (tokenizer vocabularies included), which takes
-seconds on a slow CPU, so `cached_metadata` remembers results per (path, mtime, size): the agent's
-status and model-list calls then cost a `stat()`. The agent parses in a child process
+`cached_metadata` remembers results per (path, mtime, size), in memory and in a sidecar file, so the
+agent's status and model-list calls cost a `stat()`. The agent parses in a child process
 (`isolate_parsing`), so gguf and numpy (about 20 MB) never stay resident in it.
 """
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from slp.models.errors import ModelError
 
 if TYPE_CHECKING:
-    import gguf
+    from slp.models.gguf_header import Header
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,11 @@ class ModelMetadata:
         return asdict(self)
 
 
-def _field(reader: "gguf.GGUFReader", key: str) -> Any:
-    field = reader.get_field(key)
-    return field.contents() if field is not None else None
-
-
-def _quantization(reader: "gguf.GGUFReader") -> str:
+def _quantization(header: "Header") -> str:
     """llama.cpp's name for general.file_type (3 -> Q4_1), else the most common tensor type."""
     import gguf
 
-    file_type = _field(reader, "general.file_type")
+    file_type = header.fields.get("general.file_type")
     if isinstance(file_type, int):
         try:
             member = gguf.LlamaFileType(file_type)
@@ -64,52 +59,52 @@ def _quantization(reader: "gguf.GGUFReader") -> str:
             member = None
         if member is not None and member is not gguf.LlamaFileType.GUESSED:
             return member.name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    counts = Counter(t.tensor_type.name for t in reader.tensors)
+    counts = Counter(t.type.name for t in header.tensors)
     return counts.most_common(1)[0][0] if counts else "unknown"
 
 
 def read_metadata(path: Union[os.PathLike, str]) -> ModelMetadata:
     """Parse `path` as GGUF; anything that is not a complete GGUF file raises ModelError."""
-    import gguf
+    from slp.models.gguf_header import read_header
 
     path = Path(path)
     try:
         size = path.stat().st_size
-        reader = gguf.GGUFReader(path)
+        header = read_header(path)
     except OSError as exc:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # gguf reports damage as ValueError/IndexError/... from numpy
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ModelError(f"{path} is not a valid GGUF model: {reason}") from None
-    architecture = _field(reader, "general.architecture")
+    except ValueError as exc:
+        raise ModelError(f"{path} is not a valid GGUF model: {exc}") from None
+    field = header.fields.get
+    architecture = field("general.architecture")
     if not isinstance(architecture, str):
         raise ModelError(f"{path} is not a valid GGUF model: it has no general.architecture")
-    context = _field(reader, f"{architecture}.context_length")
-    heads = _field(reader, f"{architecture}.attention.head_count")
-    heads_kv = _field(reader, f"{architecture}.attention.head_count_kv")
+    context = field(f"{architecture}.context_length")
+    heads = field(f"{architecture}.attention.head_count")
+    heads_kv = field(f"{architecture}.attention.head_count_kv")
     if isinstance(heads_kv, list):  # per-layer counts in some architectures
         heads_kv = max(heads_kv) if heads_kv else None
     if isinstance(heads, list):
         heads = max(heads) if heads else None
-    embedding = _field(reader, f"{architecture}.embedding_length")
+    embedding = field(f"{architecture}.embedding_length")
     head_dim = int(embedding) // int(heads) if embedding and heads else None
-    key_length = _field(reader, f"{architecture}.attention.key_length") or head_dim
-    value_length = _field(reader, f"{architecture}.attention.value_length") or head_dim
-    blocks = _field(reader, f"{architecture}.block_count")
+    key_length = field(f"{architecture}.attention.key_length") or head_dim
+    value_length = field(f"{architecture}.attention.value_length") or head_dim
+    blocks = field(f"{architecture}.block_count")
     return ModelMetadata(
         architecture=architecture,
-        name=_field(reader, "general.name"),
-        quantization=_quantization(reader),
+        name=field("general.name"),
+        quantization=_quantization(header),
         context_length=int(context) if context is not None else None,
-        parameters=int(sum(int(t.n_elements) for t in reader.tensors)),
+        parameters=sum(t.n_elements for t in header.tensors),
         size_bytes=size,
-        size_label=_field(reader, "general.size_label"),
+        size_label=field("general.size_label"),
         block_count=int(blocks) if blocks is not None else None,
         head_count_kv=int(heads_kv if heads_kv is not None else heads) if (heads_kv or heads) else None,
         key_length=int(key_length) if key_length else None,
         value_length=int(value_length) if value_length else None,
-        chat_template=reader.get_field("tokenizer.chat_template") is not None,
-        license=_field(reader, "general.license"),
+        chat_template="tokenizer.chat_template" in header.fields,
+        license=field("general.license"),
     )
 
 
@@ -172,8 +167,8 @@ def cached_metadata(path: Union[os.PathLike, str], sidecar: Optional[Path] = Non
     `sidecar` is where the result is kept on disk (default: a dot file beside the model; the store
     passes its own folder for files it does not own, so slp writes nothing into the user's folders).
 
-    gguf's reader parses the whole vocabulary (seconds of GIL-holding Python for a 49k-token model),
-    so a result is also kept on disk beside the model: each file version is parsed once per machine.
+    A result is also kept on disk beside the model, so each file version is parsed once per machine
+    (the agent parses in a child process, which costs more than the parse).
     Concurrent callers for one file wait for one parse instead of each doing their own; other files'
     lookups do not wait on it.
     """
