@@ -48,8 +48,7 @@ async def stream(session: aiohttp.ClientSession, base: str, ollama: bool, tokens
     """Decode tokens/s of one stream (first content to last), counting the tokens the route reports."""
     if ollama:
         url, body = base + "/api/chat", {"model": MODEL, "messages": MESSAGES, "stream": True,
-                                         "options": {"num_predict": tokens, "temperature": 0},
-                                         "ignore_eos": True}
+                                         "options": {"num_predict": tokens, "temperature": 0, "ignore_eos": True}}
     else:
         url, body = base + "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "stream": True,
                                                     "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
@@ -78,6 +77,8 @@ async def stream(session: aiohttp.ClientSession, base: str, ollama: bool, tokens
                     last = time.perf_counter()
     if first is None or last is None or last <= first or count < 2:
         raise SystemExit(f"{url}: no stream to time")
+    if count != tokens:  # both routes must decode the same work (an early end of text is not a faster stream)
+        raise SystemExit(f"{url}: {count} tokens, not the {tokens} asked for")
     return (count - 1) / (last - first)
 
 

@@ -82,32 +82,36 @@ async def test_an_error_reply_is_read_like_any_other(engine, client):
 
 async def test_a_connection_the_engine_closed_while_idle_is_retried(engine, client, monkeypatch):
     """llama-server drops keep-alive connections idle for 5 s. The client normally lets them go first;
-    with that disabled here, the engine really closes them, and requests must still succeed."""
+    with that disabled here, the engine really closes them, and requests must still succeed. Two clients
+    each hold one such connection, so one wait for the engine's timeout serves both cases."""
     _, port = engine
     monkeypatch.setattr(engine_client, "KEEPALIVE_S", 60.0)
-    async with await chat(client, port, body(1)) as reply:
-        await reply.read()
-    await closed_by_the_engine(client, port)
-    taken = []
-    connection = client._connection
-
-    async def recording(host, port):
-        conn, reused = await connection(host, port)
-        taken.append(reused)
-        return conn, reused
-
-    client._connection = recording
-    async with await chat(client, port, body(1)) as reply:
-        assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
-    assert taken == [False]  # the engine's close had arrived: the pooled one was dropped unused
-    # Now the race: the close arrives only as the connection is reused. Skipping the check makes the
-    # client really send into the closed connection; it must notice and send again on a new one.
-    await closed_by_the_engine(client, port)
-    monkeypatch.setattr(engine_client._Connection, "usable", lambda self: True)
-    taken.clear()
-    async with await chat(client, port, body(1)) as reply:
-        assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
-    assert taken == [True, False]
+    racing = EngineClient(max_connections=4)
+    try:
+        for each in (client, racing):
+            async with await chat(each, port, body(1)) as reply:
+                await reply.read()
+        await asyncio.gather(closed_by_the_engine(client, port), closed_by_the_engine(racing, port))
+        taken: dict[EngineClient, list[bool]] = {client: [], racing: []}
+        for each in (client, racing):
+            def recording(host, port, each=each, connection=each._connection):
+                async def take():
+                    conn, reused = await connection(host, port)
+                    taken[each].append(reused)
+                    return conn, reused
+                return take()
+            each._connection = recording
+        async with await chat(client, port, body(1)) as reply:
+            assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
+        assert taken[client] == [False]  # the engine's close had arrived: the pooled one was dropped unused
+        # Now the race: the close arrives only as the connection is reused. Skipping the check makes the
+        # client really send into the closed connection; it must notice and send again on a new one.
+        monkeypatch.setattr(engine_client._Connection, "usable", lambda self: True)
+        async with await chat(racing, port, body(1)) as reply:
+            assert reply.status == 200 and json.loads(await reply.read())["usage"]["completion_tokens"] == 1
+        assert taken[racing] == [True, False]
+    finally:
+        await racing.close()
 
 
 async def test_engine_death_mid_stream_is_an_error_not_an_end(engine, client):
