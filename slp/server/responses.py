@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 import slp
-from slp.projects.schema import Project, SessionSummary
+from slp.projects.schema import Document, Project, SearchHit, SessionSummary
 from slp.settings import DEFAULT_MODEL_ALIAS
 
 EXAMPLE_PROJECT = "general_chat"
@@ -451,6 +451,22 @@ class ProjectDeleted(BaseModel):
 class SessionList(BaseModel):
     object: Literal["list"]
     data: list[SessionSummary]
+
+
+class DocumentList(BaseModel):
+    object: Literal["list"]
+    data: list[Document]
+
+
+class DocumentDeleted(BaseModel):
+    id: str
+    object: Literal["project.document.deleted"]
+    deleted: bool
+
+
+class SearchResults(BaseModel):
+    object: Literal["list"]
+    data: list[SearchHit] = Field(..., description="The best chunks, best first (none when nothing matches).")
 
 
 class ResponsesUsage(_Open):
