@@ -429,8 +429,11 @@ def test_bad_input_gets_one_clear_error_and_leaves_the_index_as_it_was(standin_a
             (add_path(standin_agent, project, tmp_path), 400, "path_unreadable"),
             (add_path(standin_agent, project, "relative/notes.md"), 400, "path_unreadable"),
             (add_path(standin_agent, project, hidden), 400, "path_not_allowed"),
+            (add_path(standin_agent, project, "/tmp/nul\x00.md"), 400, "path_unreadable"),
             (requests.post(f"{standin_agent.url}/v1/projects/{project['id']}/documents", files={"other": b"x"},
                            timeout=10), 400, "invalid_multipart"),
+            (requests.post(f"{standin_agent.url}/v1/projects/{project['id']}/documents", files={"file": b"notes"},
+                           data={"source": "s" * 5000}, timeout=10), 400, "invalid_value"),  # found by fuzzing
             (requests.post(f"{standin_agent.url}/v1/projects/no-such-project/documents", json={"path": str(hidden)},
                            timeout=10), 404, "project_not_found"),
         ]

@@ -17,14 +17,13 @@ from typing import Optional
 
 from aiohttp import BodyPartReader, web
 
-from slp.projects.documents import DEFAULT_MAX_BYTES, DocumentIndex
+from slp.projects.documents import DEFAULT_MAX_BYTES, DocumentIndex, index_of
 from slp.projects.extract import DocumentRefused
 from slp.projects.schema import Document, DocumentAdded, DocumentPath, SearchQuery
 from slp.server import keys
 from slp.server.errors import APIError
 from slp.server.jsonbody import read_json_object
 from slp.server.middleware import origin_allowed
-from slp.server.errors import project_error
 from slp.server.projects_routes import call, store_of, validated
 from slp.server.responses import DocumentDeleted, DocumentList, SearchResults
 
@@ -32,7 +31,7 @@ SOURCE_MAX = 4096
 
 
 def _index(request: web.Request) -> DocumentIndex:
-    return DocumentIndex(store_of(request))
+    return index_of(store_of(request))
 
 
 def _max_bytes(request: web.Request) -> int:
@@ -80,14 +79,18 @@ async def _upload(request: web.Request, max_bytes: int) -> tuple[bytes, str, Opt
                 raise ValueError("nested multipart bodies are not read")
             if part.name == "file":
                 name = part.filename or name
-                data = await _read_part(part, max_bytes, name)
+                data = await _read_part(part, max_bytes)
+                if len(data) > max_bytes:
+                    raise APIError(413, f"{name} is over the {max_bytes:,}-byte limit for a document "
+                                   "(SLP_MAX_DOCUMENT_BYTES)", code="document_too_large", param="file")
             elif part.name == "source":
-                raw = await _read_part(part, SOURCE_MAX, "source")
+                raw = await _read_part(part, SOURCE_MAX)
+                if len(raw) > SOURCE_MAX:
+                    raise APIError(400, f"source is longer than {SOURCE_MAX} bytes", code="invalid_value",
+                                   param="source")
                 source = raw.decode("utf-8", "replace").strip() or None
             else:
                 await part.release()
-    except DocumentRefused as exc:
-        raise project_error(exc, param="file") from None
     except (ValueError, KeyError, AssertionError, UnicodeDecodeError) as exc:  # a malformed body (aiohttp's reader)
         raise APIError(400, f"not a readable multipart/form-data body: {exc}", code="invalid_multipart") from None
     if data is None:
@@ -96,15 +99,11 @@ async def _upload(request: web.Request, max_bytes: int) -> tuple[bytes, str, Opt
     return data, name, source
 
 
-async def _read_part(part: BodyPartReader, limit: int, name: str) -> bytes:
+async def _read_part(part: BodyPartReader, limit: int) -> bytes:
+    """A part's bytes, read until they pass `limit` (then more than `limit` of them: the caller refuses)."""
     buf = bytearray()
-    while chunk := await part.read_chunk(1 << 16):
+    while len(buf) <= limit and (chunk := await part.read_chunk(1 << 16)):
         buf += chunk
-        if len(buf) > limit:
-            what = "the source" if name == "source" else name
-            raise DocumentRefused(f"{what} is over the {limit:,}-byte limit" + (
-                " for a document (SLP_MAX_DOCUMENT_BYTES)" if name != "source" else ""),
-                code="document_too_large", status=413)
     return bytes(buf)
 
 
@@ -113,6 +112,8 @@ def read_local(path: str, max_bytes: int) -> tuple[bytes, str, str]:
     path, one with a hidden component (before or after links are followed), a folder, a missing or
     unreadable file, one over `max_bytes`."""
     given = Path(path)
+    if "\x00" in path:
+        raise DocumentRefused("path holds a NUL character", code="path_unreadable", param="path")
     if not given.is_absolute():
         raise DocumentRefused(f"{path} is not an absolute path", code="path_unreadable", param="path")
     resolved = Path(os.path.realpath(given))
