@@ -171,7 +171,10 @@ CHAT_DESCRIPTION = (
     "(schema below), applies the project (model, system prompt, generation defaults), starts or switches "
     "the engine when needed, then forwards it; unknown fields go to llama-server untouched.\n\n"
     "slp fields: `project_id` (or header `X-SLP-Project`) picks the project; `session_id` stores the "
-    "exchange under the project as a conversation (GET /v1/projects/{project}/sessions/{session_id}).\n\n"
+    "exchange under the project as a conversation (GET /v1/projects/{project}/sessions/{session_id}); in a "
+    "project with documents the best chunks for the last user message join the system prompt and the reply "
+    "names them in `choices[0].message.annotations` (a stream: in its last chunk); `\"retrieval\": false` "
+    "leaves them out.\n\n"
     "With `\"stream\": true` the reply is `text/event-stream`: `data: <ChatCompletionChunk>` events, "
     "then `data: [DONE]`." + STREAM_NOTE)
 

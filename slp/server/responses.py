@@ -56,9 +56,15 @@ class Usage(_Open):
     total_tokens: int = Field(..., ge=0)
 
 
+ANNOTATIONS = ("slp: in a project with documents, the chunks the prompt was given, as OpenAI's "
+               "`file_citation` annotations: `{\"type\": \"file_citation\", \"file_citation\": {\"document\", "
+               "\"name\", \"start\", \"end\"}}`.")
+
+
 class ChatCompletionMessage(_Open):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = Field(None, examples=["The capital of France is Paris."])
+    annotations: Optional[list[dict[str, Any]]] = Field(None, description=ANNOTATIONS)
 
 
 class ChatCompletionChoice(_Open):
@@ -83,6 +89,8 @@ class ChatCompletion(_Open):
 class ChatCompletionDelta(_Open):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    annotations: Optional[list[dict[str, Any]]] = Field(None, description=ANNOTATIONS + " Sent in the stream's "
+                                                        "last chunk, before `[DONE]`.")
 
 
 class ChatCompletionChunkChoice(_Open):
