@@ -9,6 +9,13 @@ cascade, and the delete trigger runs for each chunk).
 
 Adding is one write transaction per document: extraction and chunking run first, outside it, and any
 refusal leaves the index as it was. The API is synchronous; the agent calls it through `asyncio.to_thread`.
+
+Search cost: BM25 in FTS5 costs about a microsecond and a half per matching chunk, so a question whose
+words are all common would rank most of a 50,000-chunk project (70 ms). The query therefore takes the
+question's words rarest first (document frequencies, counted once per word and kept until the index
+changes) while the chunks they match add up to CANDIDATE_ROWS at most (always the rarest word): ranking
+is exact BM25 whenever the question's words match that few chunks in all (any small project, and any
+question with a distinctive word), and otherwise ranks the chunks holding its rarest words, by them.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from slp.projects.schema import Document, DocumentAdded, SearchHit
 from slp.projects.store import ProjectNotFound, ProjectStore
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+CANDIDATE_ROWS = 1500  # chunks a search ranks at most, unless its rarest word alone matches more
 
 
 class DocumentNotFound(ProjectNotFound):
@@ -98,11 +106,21 @@ _SEARCH = """
     ORDER BY hits.rank, c.id"""
 
 
+def index_of(store: ProjectStore) -> "DocumentIndex":
+    """The one DocumentIndex of a store (its word frequencies are shared by every caller)."""
+    index = getattr(store, "_document_index", None)
+    if index is None:
+        index = store._document_index = DocumentIndex(store)
+    return index
+
+
 class DocumentIndex:
     """Documents of the projects in one ProjectStore (its connection, lock and transactions)."""
 
     def __init__(self, store: ProjectStore):
         self.store = store
+        self._frequency: dict[str, int] = {}  # word -> chunks (of every project) holding it
+        self._frequency_revision = -1  # the store's revision they were counted at
 
     # -- adding
 
@@ -188,8 +206,11 @@ class DocumentIndex:
         terms = query_terms(query)
         if not terms:
             return []
-        match = f'scope:"{scope_of(project_id)}" AND ({fts_query(terms)})'
         with self.store.transaction() as conn:
+            terms = self._rarest(conn, terms)
+            if not terms:
+                return []
+            match = f'scope:"{scope_of(project_id)}" AND ({fts_query(terms)})'
             rows = conn.execute(_SEARCH, (match, top_k)).fetchall()
         return [SearchHit(document=r["document_id"], name=r["name"], text=r["text"], score=-r["rank"],
                           start=r["start_offset"], end=r["end_offset"], page=r["page"], chunk=r["id"],
@@ -197,6 +218,30 @@ class DocumentIndex:
                 for r in rows]
 
     # -- helpers (inside a transaction)
+
+    def _rarest(self, conn: sqlite3.Connection, terms: list[str]) -> list[str]:
+        """The words to search for: those in the index, rarest first, while the chunks they match add up to
+        CANDIDATE_ROWS (the rarest always). Frequencies are counted once per word until the index changes."""
+        if self.store.revision != self._frequency_revision:
+            self._frequency.clear()
+            self._frequency_revision = self.store.revision
+        counted = []
+        for term in terms:
+            found = self._frequency.get(term)
+            if found is None:
+                if len(self._frequency) > 100_000:
+                    self._frequency.clear()
+                found = self._frequency[term] = conn.execute(
+                    "SELECT COUNT(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (f'text:"{term}"',)).fetchone()[0]
+            if found:
+                counted.append((found, term))
+        chosen, total = [], 0
+        for found, term in sorted(counted):
+            if chosen and total + found > CANDIDATE_ROWS:
+                break
+            chosen.append(term)
+            total += found
+        return chosen
 
     @staticmethod
     def _project_id(conn: sqlite3.Connection, project: str) -> str:

@@ -24,7 +24,7 @@ from slp.engine.pool import Engine, EnginePool, parse_keep_alive
 from slp.engine.process import memory_of
 from slp.engine.supervisor import EngineState, Supervisor
 from slp.models.store import ModelError, ModelStore
-from slp.projects.documents import DocumentIndex
+from slp.projects.documents import index_of
 from slp.projects.store import ProjectStore
 from slp.server import keys
 from slp.server.api import PUBLIC_PATHS, add_api_routes
@@ -90,7 +90,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
     proxy = Proxy(settings=lambda: app[keys.SETTINGS], models=models, projects=project_cache, engines=engines,
                   recorder=recorder, workers=workers, engine_auth=app[keys.ENGINE_AUTH],
-                  documents=DocumentIndex(projects))
+                  documents=index_of(projects))
     add_api_routes(app, proxy, ProjectRoutes(projects, lambda name: models.resolve(name) is not None))
     return app
 
