@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from slp.projects.documents import DEFAULT_MAX_BYTES, DocumentIndex, index_of
 from slp.projects.extract import DocumentRefused
@@ -91,7 +92,8 @@ async def _upload(request: web.Request, max_bytes: int) -> tuple[bytes, str, Opt
                 source = raw.decode("utf-8", "replace").strip() or None
             else:
                 await part.release()
-    except (ValueError, KeyError, AssertionError, UnicodeDecodeError) as exc:  # a malformed body (aiohttp's reader)
+    except (ValueError, KeyError, AssertionError, RuntimeError, HttpProcessingError) as exc:
+        # a malformed body: aiohttp's reader raises these (a bad boundary or header, an unknown encoding)
         raise APIError(400, f"not a readable multipart/form-data body: {exc}", code="invalid_multipart") from None
     if data is None:
         raise APIError(400, "a multipart upload needs a `file` part holding the document", code="invalid_multipart",
