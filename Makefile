@@ -48,6 +48,7 @@ engine: setup
 bench: setup engine
 	$(PY) -m bench
 	$(PY) -m bench.models
+	$(PY) -m bench.documents
 
 # Mixed load on one agent for SOAK_MINUTES (default 30); not part of `make test`.
 SOAK_MINUTES ?= 30

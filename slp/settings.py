@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     restart_window: float = Field(120.0, gt=0, description="Window (s) in which crashes are counted.")
     max_queue: int = Field(64, ge=0, description="Requests allowed to wait for a slot beyond the engine's slots.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_document_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest document a project accepts "
+                                    "(a file added or uploaded), in bytes.")
+    retrieval_share: float = Field(0.25, gt=0, le=0.9, description="Share of the context window (ctx_size) a chat "
+                                   "in a project with documents may fill with their chunks.")
     api_key: Optional[SecretStr] = Field(None, description="Bearer key clients must send (required off loopback).")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Extra Host header names accepted besides loopback (comma-separated).")

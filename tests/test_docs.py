@@ -233,7 +233,7 @@ def test_openapi_document_is_valid_31(spec):
 
 def test_request_schemas_are_the_validating_models(spec):
     """The documented request bodies are the pydantic models the handlers validate with."""
-    from slp.projects.schema import ProjectCreate, ProjectUpdate
+    from slp.projects.schema import DocumentPath, ProjectCreate, ProjectUpdate, SearchQuery
     from slp.server import ollama_schemas, schemas
     from slp.server.api import ROUTES
     from slp.server.openapi import UNKNOWN_FIELDS_NOTE, request_models
@@ -242,7 +242,7 @@ def test_request_schemas_are_the_validating_models(spec):
     REQUEST_MODELS = request_models(ROUTES)
 
     components = spec["components"]["schemas"]
-    handlers_validate_with = {ProjectCreate, ProjectUpdate, *(
+    handlers_validate_with = {ProjectCreate, ProjectUpdate, DocumentPath, SearchQuery, *(
         value for module in (schemas, ollama_schemas) for value in vars(module).values()
         if isinstance(value, type) and value.__name__.endswith("Request") and value.__module__ == module.__name__)}
     assert set(REQUEST_MODELS) == handlers_validate_with  # every request model of slp.server.schemas is documented
@@ -291,6 +291,8 @@ ROUTE_BODIES = {
     ("POST", "/v1/models/{model}/load"): "LoadModelRequest",
     ("POST", "/v1/projects"): "ProjectCreate",
     ("PATCH", "/v1/projects/{project}"): "ProjectUpdate",
+    ("POST", "/v1/projects/{project}/documents"): "DocumentPath",  # or a multipart upload
+    ("POST", "/v1/projects/{project}/search"): "SearchQuery",
     ("POST", "/api/show"): "OllamaModelRequest",
     ("POST", "/api/chat"): "OllamaChatRequest",
     ("POST", "/api/generate"): "OllamaGenerateRequest",

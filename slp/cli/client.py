@@ -128,8 +128,8 @@ class AgentClient:
             raise CliError(f"invalid agent URL '{self.base_url}'")
         self._parts = parts
 
-    def _send(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None
-              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _send(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None,
+              raw: Optional[tuple[bytes, str]] = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         import http.client
 
         cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
@@ -139,6 +139,8 @@ class AgentClient:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            data, headers["Content-Type"] = raw
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         try:
@@ -154,9 +156,24 @@ class AgentClient:
             conn.close()
             raise CliError(f"cannot reach the agent at {self.base_url}: {exc}") from exc
 
-    def request(self, method: str, path: str, json: Any = None) -> dict:
-        """Send one request; return the JSON object answered, or raise CliError with the agent's message."""
-        conn, resp = self._send(method, path, json)
+    def upload(self, path: str, file_name: str, data: bytes, fields: dict[str, str], timeout: float = 600) -> dict:
+        """POST `data` as the `file` part of a multipart/form-data body (with text `fields`); the JSON answered."""
+        import secrets
+
+        boundary = "slp-" + secrets.token_hex(16)
+        quoted = file_name.replace("\\", "_").replace('"', "_").replace("\r", "_").replace("\n", "_")
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+                 for key, value in fields.items()]
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+                     "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        return self.request("POST", path, raw=(body, f"multipart/form-data; boundary={boundary}"), timeout=timeout)
+
+    def request(self, method: str, path: str, json: Any = None, raw: Optional[tuple[bytes, str]] = None,
+                timeout: Optional[float] = None) -> dict:
+        """Send one request (a JSON body, or `raw` bytes and their content type); return the JSON object
+        answered, or raise CliError with the agent's message."""
+        conn, resp = self._send(method, path, json, timeout=timeout, raw=raw)
         try:
             raw = resp.read()
         except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, List, Optional
 from urllib.parse import quote
 
@@ -41,6 +42,33 @@ def _params_text(params: dict) -> str:
     return " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in params.items()) or "-"
 
 
+def size_text(n: int) -> str:
+    """Bytes for people: 812 B, 9.1 KB, 3.4 MB (powers of 1000, as `slp model` shows sizes)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _documents_text(stats: dict) -> str:
+    if not stats.get("count"):
+        return "none"
+    return (f"{stats['count']} ({stats['chunks']} chunks, ~{stats['tokens']:,} tokens; index "
+            f"{size_text(stats['index_bytes'])})")
+
+
+def _switch(value: Optional[str], option: str) -> Optional[bool]:
+    """An on/off option's value (None when not given)."""
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("on", "true", "yes", "1"):
+        return True
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    raise CliError(f"{option} takes on or off, got '{value}'")
+
+
 def _print_project(p: dict) -> None:
     rows = [
         ("name", p["name"] + ("  (active)" if p.get("active") else "")
@@ -49,6 +77,8 @@ def _print_project(p: dict) -> None:
         ("model", p["model"]),
         ("description", p.get("description") or "-"),
         ("params", _params_text(p.get("params") or {})),
+        ("documents", _documents_text(p.get("documents") or {})),
+        ("retrieval", "on" if p.get("retrieval", True) else "off"),
         ("created", p["created_at"]),
         ("updated", p["updated_at"]),
     ]
@@ -89,12 +119,16 @@ def create(
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     description: Optional[str] = typer.Option(None, "--description", "-d", help="What the project is for."),
     param: List[str] = typer.Option([], "--param", "-p", help="Generation default KEY=VALUE (repeatable)."),
+    retrieval: Optional[str] = typer.Option(None, "--retrieval", help="on (default) or off: give chats the "
+                                            "project's documents."),
 ) -> None:
     """Create a project.
 
     Example: slp project create notes --model slp-orchestra-mini --system "Be brief." --param temperature=0.2
     """
     body: dict[str, Any] = {"name": name}
+    if retrieval is not None:
+        body["retrieval"] = _switch(retrieval, "--retrieval")
     for key, value in (("model", model), ("system_prompt", system), ("description", description)):
         if value is not None:
             body[key] = value
@@ -131,6 +165,8 @@ def update(
     description: Optional[str] = typer.Option(None, "--description", "-d", help="Description ('' clears it)."),
     param: List[str] = typer.Option([], "--param", "-p", help="Set a generation default KEY=VALUE (repeatable)."),
     unset_param: List[str] = typer.Option([], "--unset-param", help="Remove a generation default (repeatable)."),
+    retrieval: Optional[str] = typer.Option(None, "--retrieval", help="on or off: give chats the project's "
+                                            "documents."),
 ) -> None:
     """Change a project; only the options given change, other params are kept.
 
@@ -145,6 +181,8 @@ def update(
     params.update(parse_params(param))
     if params:
         body["params"] = params
+    if retrieval is not None:
+        body["retrieval"] = _switch(retrieval, "--retrieval")
     if not body:
         raise CliError("nothing to update; give at least one option (see: slp project update --help)")
     project = AgentClient().request("PATCH", _path(name), body)
@@ -200,3 +238,169 @@ def usage(
     rows = [(u["project"], u["requests"], u["prompt_tokens"], u["completion_tokens"], u["total_tokens"])
             for u in totals]
     typer.echo(tabulate(rows, headers=["PROJECT", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL"], tablefmt="simple"))
+
+
+# ----------------------------------------------------------------------------- documents
+
+PROJECT_OPTION = typer.Option(None, "--project", "-P", help="Project name or id (default: the active project).")
+
+
+def _target(client: AgentClient, project: Optional[str]) -> dict:
+    """The project a documents command works on: the one named, else the active one."""
+    if project:
+        return client.request("GET", _path(project))
+    return next(p for p in client.request("GET", "/v1/projects")["data"] if p.get("active"))
+
+
+@app.command("add-doc")
+@run_cli
+def add_doc(
+    paths: List[Path] = typer.Argument(..., help="Files or folders (a folder is walked: hidden, .gitignore'd and "
+                                                "binary files are skipped)."),
+    project: Optional[str] = PROJECT_OPTION,
+) -> None:
+    """Add documents to a project: text, Markdown, HTML, PDF, source code. Its chats then answer from them.
+
+    A file added again replaces its old chunks when it changed; the same content is stored once.
+    Example: slp project add-doc --project notes manual.pdf ~/notes/
+    """
+    from slp.projects.files import walk
+
+    client = AgentClient()
+    target = _target(client, project)
+    try:
+        found = walk(paths)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    if not found.files:
+        raise CliError("no documents to add" + (f" ({len(found.skipped)} files skipped: hidden, ignored or binary)"
+                                                if found.skipped else ""))
+    counts = {"added": 0, "replaced": 0, "unchanged": 0}
+    failures: list[str] = []
+    with _Progress(found.files) as advance:
+        for path in found.files:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                failures.append(f"cannot read {path}: {exc.strerror or exc}")
+                advance(path)
+                continue
+            try:
+                added = client.upload(_path(target["id"], "/documents"), path.name, data,
+                                      {"source": str(path.resolve())})
+                counts[added["status"]] += 1
+            except CliError as exc:
+                failures.append(str(exc))
+            advance(path)
+    done = sum(counts.values())
+    if done or len(found.files) > 1:
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "nothing added"
+        skipped = f"; skipped {len(found.skipped)} (hidden, ignored or binary)" if found.skipped else ""
+        typer.echo(f"Project {target['name']}: {summary}{skipped}.")
+    for failure in failures:
+        typer.secho(f"Error: {failure}", fg=typer.colors.RED, err=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+class _Progress:
+    """A rich progress bar over the files of a long add (several files, or over a megabyte), on a terminal;
+    calling it with (path, bytes) advances it. Rich is imported only when a bar is drawn."""
+
+    def __init__(self, files: list[Path]):
+        self.sizes = {path: _size_of(path) for path in files}
+        self.bar: Any = None
+
+    def __enter__(self):
+        import sys
+
+        total = sum(self.sizes.values())
+        if sys.stderr.isatty() and (len(self.sizes) > 1 or total > 1_000_000):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                                TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("adding", total=len(self.sizes))
+        return self.advance
+
+    def advance(self, path: Path) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=_short(path.name, 30))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+@app.command("docs")
+@run_cli
+def docs(
+    project: Optional[str] = PROJECT_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the API's JSON."),
+) -> None:
+    """List a project's documents.
+
+    Example: slp project docs --project notes
+    """
+    client = AgentClient()
+    target = _target(client, project)
+    documents = client.request("GET", _path(target["id"], "/documents"))["data"]
+    if as_json:
+        _print_json(documents)
+        return
+    rows = [(d["name"], d["format"], d.get("pages") or "-", d["chunks"], d["tokens"], size_text(d["bytes"]),
+             d["id"][:12]) for d in documents]
+    typer.echo(tabulate(rows, headers=["NAME", "FORMAT", "PAGES", "CHUNKS", "TOKENS", "SIZE", "ID"],
+                        tablefmt="simple"))
+
+
+@app.command("rm-doc")
+@run_cli
+def rm_doc(
+    documents: List[str] = typer.Argument(..., help="Document ids, names or sources."),
+    project: Optional[str] = PROJECT_OPTION,
+) -> None:
+    """Remove documents (and their chunks) from a project.
+
+    Example: slp project rm-doc --project notes manual.pdf
+    """
+    client = AgentClient()
+    target = _target(client, project)
+    for document in documents:
+        found = client.request("GET", _path(target["id"], "/documents/" + quote(document, safe="")))
+        client.request("DELETE", _path(target["id"], "/documents/" + found["id"]))
+        typer.echo(f"Removed {found['name']} from project {target['name']}.")
+
+
+@app.command("search")
+@run_cli
+def search(
+    query: str = typer.Argument(..., help="What to look for."),
+    project: Optional[str] = PROJECT_OPTION,
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, max=50, help="How many chunks to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's JSON."),
+) -> None:
+    """Search a project's documents: the chunks a chat would be given, best first.
+
+    Example: slp project search "bilge pump service interval" --project boat
+    """
+    client = AgentClient()
+    target = _target(client, project)
+    hits = client.request("POST", _path(target["id"], "/search"), {"query": query, "top_k": top_k})["data"]
+    if as_json:
+        _print_json(hits)
+        return
+    if not hits:
+        typer.echo("No matches.")
+    for number, hit in enumerate(hits, start=1):
+        where = f"page {hit['page']}, " if hit.get("page") is not None else ""
+        typer.echo(f"{number}. {hit['name']} ({where}chars {hit['start']}-{hit['end']}, score {hit['score']:.2f})")
+        typer.echo(f"   {_short(hit['text'], 200)}")

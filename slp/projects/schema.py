@@ -9,13 +9,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic.json_schema import SkipJsonSchema
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_serializer, field_validator
 
 from slp.settings import DEFAULT_MODEL_ALIAS
 
 SYSTEM_PROJECT = "general_chat"
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+StrictBool = Annotated[bool, Strict()]
+RETRIEVAL_DESCRIPTION = ("Whether chats in the project are given the best chunks of its documents for the last "
+                         "user message (a request can turn it off with `\"retrieval\": false`).")
 
 class GenerationParams(BaseModel):
     """Generation defaults a project applies to requests that don't set them.
@@ -66,6 +69,7 @@ class ProjectCreate(BaseModel):
                        description="Installed model name or alias used when a request names none.")
     system_prompt: str = Field("", max_length=100_000)
     params: GenerationParams = Field(default_factory=GenerationParams)
+    retrieval: StrictBool = Field(True, description=RETRIEVAL_DESCRIPTION)
 
 
 def _no_default(schema: dict) -> None:
@@ -89,6 +93,17 @@ class ProjectUpdate(BaseModel):
         None, json_schema_extra=_no_default)
     system_prompt: Optional[str] = Field(None, max_length=100_000)
     params: Optional[GenerationParams] = None
+    retrieval: Union[StrictBool, SkipJsonSchema[None]] = Field(None, json_schema_extra=_no_default,
+                                                               description=RETRIEVAL_DESCRIPTION)
+
+
+class DocumentStats(BaseModel):
+    """What a project's document index holds."""
+
+    count: int = 0
+    chunks: int = 0
+    tokens: int = Field(0, description="Estimated tokens of the chunks.")
+    index_bytes: int = Field(0, description="Bytes of chunk text the index holds.")
 
 
 class Project(BaseModel):
@@ -105,6 +120,8 @@ class Project(BaseModel):
     updated_at: datetime
     is_system: bool = False
     active: bool = False
+    retrieval: bool = True
+    documents: DocumentStats = Field(default_factory=DocumentStats)
 
     @field_serializer("params")
     def _params(self, params: GenerationParams) -> dict[str, Any]:
@@ -129,6 +146,8 @@ class Exchange(BaseModel):
     messages: list[dict[str, Any]]
     assistant: dict[str, Any]
     usage: Optional[dict[str, Any]] = None
+    sources: Optional[list[dict[str, Any]]] = Field(
+        None, description="The document chunks retrieval put into the prompt (absent: none).")
     created_at: datetime
 
 
@@ -153,3 +172,70 @@ class SessionDetail(SessionSummary):
 
     messages: list[dict[str, Any]]
     exchanges: list[Exchange]
+
+
+# ----------------------------------------------------------------------------- documents
+
+DocumentFormat = Literal["text", "markdown", "html", "pdf", "code"]
+
+
+class Document(BaseModel):
+    """A document of a project, as indexed."""
+
+    object: Literal["project.document"] = "project.document"
+    id: str
+    project_id: str
+    name: str = Field(..., description="The file's name.")
+    source: str = Field(..., description="What identifies it: the file's path, or the upload's name or `source`. "
+                                         "Adding the same source again replaces the document.")
+    format: DocumentFormat
+    sha256: str = Field(..., description="Of the file's bytes: the same content is stored once per project.")
+    bytes: int = Field(..., description="The file's size.")
+    pages: Optional[int] = Field(None, description="A PDF's page count.")
+    chunks: int
+    tokens: int = Field(..., description="Estimated tokens of its chunks (about 4 characters each).")
+    index_bytes: int = Field(..., description="Bytes of chunk text in the index.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentAdded(BaseModel):
+    """The outcome of adding a document: `added`, `replaced` (the source had other content: its chunks were
+    replaced) or `unchanged` (this content is already in the project, under `document.source`)."""
+
+    object: Literal["project.document.added"] = "project.document.added"
+    status: Literal["added", "replaced", "unchanged"]
+    document: Document
+
+
+class DocumentPath(BaseModel):
+    """Body of POST /v1/projects/{project}/documents as JSON: a file on the agent's machine (only from a
+    loopback client). Uploads use multipart/form-data instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(..., min_length=1, max_length=4096, description="An absolute path to a readable file; "
+                      "no hidden component (dot files and folders, where credentials live, are refused).")
+
+
+class SearchQuery(BaseModel):
+    """Body of POST /v1/projects/{project}/search."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(..., min_length=1, max_length=4000, description="The question or words to look for.")
+    top_k: Annotated[int, Strict()] = Field(5, ge=1, le=50, description="How many chunks to return at most.")
+
+
+class SearchHit(BaseModel):
+    """A chunk that matches, best first."""
+
+    document: str = Field(..., description="The document's id.")
+    name: str
+    text: str
+    score: float = Field(..., description="BM25 relevance (higher is better).")
+    start: int = Field(..., description="Offset of the chunk's first character in the document's text.")
+    end: int = Field(..., description="Offset just past its last character.")
+    page: Optional[int] = Field(None, description="The PDF page the chunk is on.")
+    chunk: int = Field(..., description="The chunk's id (sessions record the chunks a reply was given).")
+    tokens: int = Field(..., description="The chunk's estimated tokens.")

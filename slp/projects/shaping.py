@@ -15,23 +15,26 @@ from typing import Any
 
 from slp.projects.schema import Project
 
-AGENT_FIELDS = ("project_id", "session_id")
+AGENT_FIELDS = ("project_id", "session_id", "retrieval")  # the agent's own: never sent to the engine
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A project's part in every request: its params (keep_alive apart) and its keep-alive in seconds."""
+    """A project's part in every request: its params (keep_alive apart), its keep-alive in seconds, and
+    whether its chats are given its documents (retrieval on and documents there: a project without them
+    pays nothing per request, not even a query)."""
 
     params: dict[str, Any]  # set params, keep_alive left out (it is the agent's, never the engine's)
     keep_alive: object  # seconds (None: never unload), or UNSET when the project sets none
+    documents: bool = False
 
 
 _plans: dict[int, tuple[Project, Plan]] = {}  # id(project) -> (that project, its plan); holds it, so ids stay unique
 
 
 def plan_of(project: Project) -> Plan:
-    """The project's Plan, made once per project object (projects are never edited in place: a change
-    makes a new object, which gets its own plan)."""
+    """The project's Plan, made once per project object (projects are never edited in place: a change,
+    adding or removing a document included, makes a new object, which gets its own plan)."""
     known = _plans.get(id(project))
     if known is not None and known[0] is project:
         return known[1]
@@ -39,7 +42,8 @@ def plan_of(project: Project) -> Plan:
 
     values = project.params.values()
     keep_alive = values.pop("keep_alive", None)
-    plan = Plan(params=values, keep_alive=UNSET if keep_alive is None else parse_keep_alive(keep_alive))
+    plan = Plan(params=values, keep_alive=UNSET if keep_alive is None else parse_keep_alive(keep_alive),
+                documents=project.retrieval and project.documents.count > 0)
     if len(_plans) >= 1024:  # projects replaced by changes are let go of now and then
         _plans.clear()
     _plans[id(project)] = (project, plan)
@@ -51,7 +55,7 @@ def _copy(value: Any) -> Any:
     return list(value) if type(value) is list else value
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
     """Text of a message content: a string, or OpenAI content parts ([{"type": "text", "text": ...}])."""
     if isinstance(content, str):
         return content
@@ -108,7 +112,7 @@ def merge_system(messages: list, system_prompt: str) -> list:
         return messages
     caller = [m for m in messages if isinstance(m, dict) and m.get("role") == "system"]
     rest = [m for m in messages if not (isinstance(m, dict) and m.get("role") == "system")]
-    caller_text = "\n\n".join(text for text in (_text_of(m.get("content")) for m in caller) if text)
+    caller_text = "\n\n".join(text for text in (text_of(m.get("content")) for m in caller) if text)
     content = f"{system_prompt}\n\n{caller_text}" if caller_text else system_prompt
     return [{"role": "system", "content": content}, *rest]
 

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import contextlib
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ from slp.settings import DEFAULT_MODEL_ALIAS, ensure_private_dir
 from slp.projects.schema import (
     SESSION_ID_PATTERN,
     SYSTEM_PROJECT,
+    DocumentStats,
     Exchange,
     GenerationParams,
     Project,
@@ -48,12 +50,16 @@ class ProjectError(Exception):
     """Base of every error the store raises for a caller's mistake; `code` is the API error code."""
 
     code = "project_error"
+    status: Optional[int] = None  # the HTTP status, where the kind of error does not say it (errors.project_error)
 
-    def __init__(self, message: str, *, code: Optional[str] = None, param: Optional[str] = None):
+    def __init__(self, message: str, *, code: Optional[str] = None, param: Optional[str] = None,
+                 status: Optional[int] = None):
         super().__init__(message)
         self.message = message
         self.code = code or self.code
         self.param = param
+        if status is not None:
+            self.status = status
 
 
 class ProjectNotFound(ProjectError):
@@ -174,12 +180,30 @@ def _m3_exchanges(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX exchanges_session ON exchanges (project_id, session_id, id)")
 
 
+def _m4_documents(conn: sqlite3.Connection) -> None:
+    """Documents and their chunks (tables owned by slp.projects.documents), the project's retrieval switch,
+    and the chunks a session's exchange was given."""
+    from slp.projects.documents import create_document_tables
+
+    conn.execute("ALTER TABLE projects ADD COLUMN retrieval INTEGER NOT NULL DEFAULT 1")
+    conn.execute("ALTER TABLE exchanges ADD COLUMN sources TEXT")
+    create_document_tables(conn)
+
+
 # Append only: a released migration is never edited or renumbered.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "create_projects_and_meta", _m1_projects),
     (2, "create_usage", _m2_usage),
     (3, "create_exchanges", _m3_exchanges),
+    (4, "create_documents", _m4_documents),
 ]
+
+# A project row with what its documents add up to (index lookups on documents(project_id, ...)).
+_PROJECTS = "SELECT p.*, " + ", ".join(
+    f"(SELECT {total} FROM documents d WHERE d.project_id = p.id) AS {name}"
+    for name, total in (("doc_count", "COUNT(*)"), ("doc_chunks", "COALESCE(SUM(chunks), 0)"),
+                        ("doc_tokens", "COALESCE(SUM(tokens), 0)"), ("doc_bytes", "COALESCE(SUM(index_bytes), 0)"))
+) + " FROM projects p"
 
 
 # ----------------------------------------------------------------------------- store
@@ -249,6 +273,12 @@ class ProjectStore:
                 if projects_changed:
                     self.revision += 1
 
+    def transaction(self, write: bool = False, projects_changed: bool = False
+                    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """`_tx` for the modules that keep their own tables in this file (slp.projects.documents): a change
+        that shows in a project (its document count) passes `projects_changed`, so caches refresh."""
+        return self._tx(write=write, projects_changed=projects_changed)
+
     def _migrate(self) -> None:
         with self._tx(write=True) as conn:
             conn.execute("""
@@ -299,12 +329,14 @@ class ProjectStore:
             id=row["id"], name=row["name"], description=row["description"], model=row["model"],
             system_prompt=row["system_prompt"], params=GenerationParams.model_validate(json.loads(row["params"])),
             created_at=row["created_at"], updated_at=row["updated_at"], is_system=bool(row["is_system"]),
-            active=row["id"] == active_id)
+            active=row["id"] == active_id, retrieval=bool(row["retrieval"]),
+            documents=DocumentStats(count=row["doc_count"], chunks=row["doc_chunks"], tokens=row["doc_tokens"],
+                                    index_bytes=row["doc_bytes"]))
 
     @staticmethod
     def _row(conn: sqlite3.Connection, id_or_name: str) -> sqlite3.Row:
         # An exact id wins over a project that happens to be named like an id.
-        row = conn.execute("SELECT * FROM projects WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1",
+        row = conn.execute(_PROJECTS + " WHERE p.id = ? OR p.name = ? ORDER BY p.id = ? DESC LIMIT 1",
                            (id_or_name, id_or_name, id_or_name)).fetchone()
         if row is None:
             raise ProjectNotFound(f"no project named or with id '{id_or_name}'")
@@ -312,7 +344,7 @@ class ProjectStore:
 
     @staticmethod
     def _system_row(conn: sqlite3.Connection) -> sqlite3.Row:
-        return conn.execute("SELECT * FROM projects WHERE is_system = 1 ORDER BY created_at LIMIT 1").fetchone()
+        return conn.execute(_PROJECTS + " WHERE p.is_system = 1 ORDER BY p.created_at LIMIT 1").fetchone()
 
     def _get(self, conn: sqlite3.Connection, id_or_name: str) -> Project:
         return self._to_project(self._row(conn, id_or_name), self._active_id(conn))
@@ -323,7 +355,7 @@ class ProjectStore:
         """Every project, the system project first, then oldest first."""
         with self._tx() as conn:
             active_id = self._active_id(conn)
-            rows = conn.execute("SELECT * FROM projects ORDER BY is_system DESC, created_at, name").fetchall()
+            rows = conn.execute(_PROJECTS + " ORDER BY p.is_system DESC, p.created_at, p.name").fetchall()
             return [self._to_project(row, active_id) for row in rows]
 
     def get(self, id_or_name: str) -> Project:
@@ -337,9 +369,9 @@ class ProjectStore:
             try:
                 conn.execute(
                     "INSERT INTO projects (id, name, description, model, system_prompt, params, is_system,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                    " created_at, updated_at, retrieval) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                     (project_id, spec.name, spec.description, spec.model, spec.system_prompt,
-                     json.dumps(spec.params.values()), now, now))
+                     json.dumps(spec.params.values()), now, now, int(spec.retrieval)))
             except sqlite3.IntegrityError:
                 raise ProjectConflict(f"a project named '{spec.name}' already exists",
                                       code="project_exists", param="name") from None
@@ -350,7 +382,7 @@ class ProjectStore:
         given = patch.model_fields_set
         with self._tx(write=True, projects_changed=True) as conn:
             row = self._row(conn, id_or_name)
-            values = {key: row[key] for key in ("name", "description", "model", "system_prompt")}
+            values = {key: row[key] for key in ("name", "description", "model", "system_prompt", "retrieval")}
             params = json.loads(row["params"])
             if "name" in given:
                 if patch.name is None:
@@ -366,6 +398,10 @@ class ProjectStore:
             for key in ("description", "system_prompt"):
                 if key in given:
                     values[key] = getattr(patch, key) or ""
+            if "retrieval" in given:
+                if patch.retrieval is None:
+                    raise ProjectInvalid("retrieval cannot be null", param="retrieval")
+                values["retrieval"] = int(patch.retrieval)
             if "params" in given:
                 if patch.params is None:
                     params = {}
@@ -379,16 +415,16 @@ class ProjectStore:
             try:
                 conn.execute(
                     "UPDATE projects SET name = ?, description = ?, model = ?, system_prompt = ?, params = ?,"
-                    " updated_at = ? WHERE id = ?",
+                    " retrieval = ?, updated_at = ? WHERE id = ?",
                     (values["name"], values["description"], values["model"], values["system_prompt"],
-                     json.dumps(params), _now(), row["id"]))
+                     json.dumps(params), values["retrieval"], _now(), row["id"]))
             except sqlite3.IntegrityError:
                 raise ProjectConflict(f"a project named '{values['name']}' already exists",
                                       code="project_exists", param="name") from None
             return self._get(conn, row["id"])
 
     def delete(self, id_or_name: str) -> Project:
-        """Delete a project with its usage and sessions; the system project becomes active if it was."""
+        """Delete a project with its usage, sessions and documents; the system project becomes active if it was."""
         with self._tx(write=True, projects_changed=True) as conn:
             row = self._row(conn, id_or_name)
             if row["is_system"]:
@@ -411,7 +447,7 @@ class ProjectStore:
         """The project requests use when they name none (the system project if unset)."""
         with self._tx() as conn:
             active_id = self._active_id(conn)
-            row = conn.execute("SELECT * FROM projects WHERE id = ?", (active_id,)).fetchone() if active_id else None
+            row = conn.execute(_PROJECTS + " WHERE p.id = ?", (active_id,)).fetchone() if active_id else None
             if row is None:
                 row = self._system_row(conn)
             return self._to_project(row, row["id"])
@@ -433,18 +469,20 @@ class ProjectStore:
             return cur.rowcount > 0
 
     def record_exchange(self, project_id: str, session_id: str, messages: list[dict], assistant: dict,
-                        usage: Optional[dict] = None) -> bool:
-        """Store one turn of a session: the caller's messages as sent and the assistant's reply.
+                        usage: Optional[dict] = None, sources: Optional[list[dict]] = None) -> bool:
+        """Store one turn of a session: the caller's messages as sent, the assistant's reply and the document
+        chunks retrieval gave the prompt (`sources`).
 
         Does not count usage (call `record_usage` for every request). False if the project is gone.
         """
         check_session_id(session_id)
         with self._tx(write=True) as conn:
             cur = conn.execute(
-                "INSERT INTO exchanges (project_id, session_id, messages, assistant, usage, created_at)"
-                " SELECT id, ?, ?, ?, ?, ? FROM projects WHERE id = ?",
+                "INSERT INTO exchanges (project_id, session_id, messages, assistant, usage, created_at, sources)"
+                " SELECT id, ?, ?, ?, ?, ?, ? FROM projects WHERE id = ?",
                 (session_id, json.dumps(messages, ensure_ascii=False), json.dumps(assistant, ensure_ascii=False),
-                 json.dumps(usage) if usage is not None else None, _now(), project_id))
+                 json.dumps(usage) if usage is not None else None, _now(),
+                 json.dumps(sources, ensure_ascii=False) if sources else None, project_id))
             return cur.rowcount > 0
 
     def usage(self, id_or_name: str) -> ProjectUsage:
@@ -481,7 +519,8 @@ class ProjectStore:
         if not rows:
             raise SessionNotFound(f"project '{project['name']}' has no session '{session_id}'")
         exchanges = [Exchange(messages=json.loads(r["messages"]), assistant=json.loads(r["assistant"]),
-                              usage=json.loads(r["usage"]) if r["usage"] else None, created_at=r["created_at"])
+                              usage=json.loads(r["usage"]) if r["usage"] else None, created_at=r["created_at"],
+                              sources=json.loads(r["sources"]) if r["sources"] else None)
                      for r in rows]
         last = exchanges[-1]
         messages = [*last.messages, last.assistant]

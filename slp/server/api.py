@@ -14,9 +14,20 @@ from typing import Any
 
 from aiohttp import web
 
-from slp.projects.schema import SESSION_ID_PATTERN, Project, ProjectCreate, ProjectUpdate, ProjectUsage, SessionDetail
+from slp.projects.schema import (
+    SESSION_ID_PATTERN,
+    Document,
+    DocumentAdded,
+    DocumentPath,
+    Project,
+    ProjectCreate,
+    ProjectUpdate,
+    ProjectUsage,
+    SearchQuery,
+    SessionDetail,
+)
 from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
-from slp.server import docs, engines_routes, keys, projects_routes, routes
+from slp.server import docs, documents_routes, engines_routes, keys, projects_routes, routes
 from slp.server.docs_files import STATIC_FILES
 from slp.server.ollama_schemas import (
     NDJSON,
@@ -48,6 +59,8 @@ from slp.server.responses import (
     ChatCompletionChunk,
     Completion,
     DetokenizedText,
+    DocumentDeleted,
+    DocumentList,
     EmbeddingList,
     EngineList,
     EngineRow,
@@ -58,6 +71,7 @@ from slp.server.responses import (
     ProjectList,
     RerankList,
     ResponseObject,
+    SearchResults,
     ResponseStreamEvent,
     SessionList,
     Status,
@@ -105,6 +119,8 @@ PROJECT_PARAM = path_param("project", "Project id or name.", EXAMPLE_PROJECT)
 SESSION_PARAM = path_param("session_id", "Session id as sent in a chat request's `session_id`.", "my-session",
                            SESSION_ID_PATTERN)
 MODEL_PARAM = path_param("model", "A model name or alias.", DEFAULT_MODEL_ALIAS)
+DOCUMENT_PARAM = path_param("document", "A document's id, or its name or source when no other document has it.",
+                            "manual.pdf")
 FILENAME_PARAM = path_param("filename", "One of the files the page loads.", "swagger-ui.css", enum=STATIC_FILES)
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -155,7 +171,10 @@ CHAT_DESCRIPTION = (
     "(schema below), applies the project (model, system prompt, generation defaults), starts or switches "
     "the engine when needed, then forwards it; unknown fields go to llama-server untouched.\n\n"
     "slp fields: `project_id` (or header `X-SLP-Project`) picks the project; `session_id` stores the "
-    "exchange under the project as a conversation (GET /v1/projects/{project}/sessions/{session_id}).\n\n"
+    "exchange under the project as a conversation (GET /v1/projects/{project}/sessions/{session_id}); in a "
+    "project with documents the best chunks for the last user message join the system prompt and the reply "
+    "names them in `choices[0].message.annotations` (a stream: in its last chunk); `\"retrieval\": false` "
+    "leaves them out.\n\n"
     "With `\"stream\": true` the reply is `text/event-stream`: `data: <ChatCompletionChunk>` events, "
     "then `data: [DONE]`." + STREAM_NOTE)
 
@@ -180,6 +199,31 @@ PROXIED = {
 PROJECT_BODY = {400: "The body is not a JSON object.", 415: None, 422: None}
 NO_PROJECT = {404: "No project has that id or name."}
 NO_MODEL = {404: "No installed model has that name."}
+NO_DOCUMENT = {404: "No such project, or the project has no such document."}
+UPLOAD = {"multipart/form-data": {
+    "schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "contentMediaType": "application/octet-stream",
+                 "description": "The document: text, Markdown, HTML, PDF or source code (its file name picks the "
+                                "format, a PDF is also known by its content)."},
+        "source": {"type": "string", "maxLength": 4096,
+                   "description": "What identifies the document (default: the file name), e.g. the path it came "
+                                  "from: adding the same source again replaces its chunks."}}},
+    "encoding": {"file": {"contentType": "application/octet-stream"}}}}
+DOCUMENT_ERRORS = {
+    **PROJECT_BODY, 404: "No project has that id or name.",
+    400: "The body is not a JSON object or a multipart upload with a `file`, or the document cannot be indexed: "
+         "empty, no text, an encrypted or unreadable PDF, a path that is relative, missing, unreadable, a folder "
+         "or hidden (`code` says which).",
+    403: "A document given by path from a client that is not on loopback, or an upload from a browser origin "
+         "that SLP_CORS_ORIGINS does not allow.",
+    413: "The document is over SLP_MAX_DOCUMENT_BYTES (32 MiB by default), or the JSON body over "
+         "SLP_MAX_BODY_BYTES.",
+    415: "A binary file, or text that is not UTF-8 (`code: document_binary`); or a body that is neither JSON nor "
+         "multipart.",
+}
+DOCUMENTS_NOTE = (" A chat in a project with documents (and `retrieval` on) is given the chunks that best match "
+                  "its last user message, within a share of the context window (SLP_RETRIEVAL_SHARE), and names "
+                  "them in `choices[0].message.annotations` (`file_citation`; a stream: in its last chunk).")
 
 
 # ----------------------------------------------------------------------------- the document
@@ -316,9 +360,10 @@ ROUTES: tuple[Route, ...] = (
           request_example={"model": DEFAULT_MODEL_ALIAS, "tokens": [1780, 314, 260, 3575]},
           answers={200: Answer("The text.", DetokenizedText)}, errors=PROXIED),
     Route("POST", "/apply-template", "applyTemplate", "The prompt for a conversation", "Engine",
-          forward=Forward(shape=shape_chat, account=False),
-          description="Applies the model's chat template to `messages`, the project's system prompt included, "
-                      "without generating (llama-server)." + PICKS_MODEL,
+          forward=Forward(shape=shape_chat, account=False, documents=True),
+          description="Applies the model's chat template to `messages`, the project's system prompt and the "
+                      "chunks of its documents a chat would be given included, without generating (llama-server)."
+                      + PICKS_MODEL,
           params=(PROJECT_HEADER,), request=ApplyTemplateRequest, request_description=ApplyTemplateRequest.__doc__,
           request_example={"model": DEFAULT_MODEL_ALIAS, "messages": QUESTION},
           answers={200: Answer("The prompt.", TemplatedPrompt)}, errors=PROXIED),
@@ -407,6 +452,42 @@ ROUTES: tuple[Route, ...] = (
           "Projects", handler=projects_routes.get_session, params=(PROJECT_PARAM, SESSION_PARAM),
           answers={200: Answer("The session.", SessionDetail)},
           errors={404: "No such project, or the project has no such session."}),
+
+    # --- a project's documents
+    Route("POST", "/v1/projects/{project}/documents", "addDocument", "Add a document to a project", "Documents",
+          handler=documents_routes.add_document,
+          description="Indexes a document for the project's chats and search: an upload (multipart/form-data, "
+                      "`file`), or JSON `{\"path\": ...}` for a file on the agent's machine (only from loopback; "
+                      "no hidden paths). The text is cut into overlapping chunks of about 192 tokens, with their "
+                      "offsets, indexed with SQLite FTS5. The same source added again replaces its chunks; content "
+                      "already in the project is stored once (`unchanged`, 200). A document that cannot be "
+                      "indexed leaves the index as it was." + DOCUMENTS_NOTE,
+          params=(PROJECT_PARAM,), request=DocumentPath, request_media=UPLOAD,
+          request_example={"path": "/home/me/manuals/boat.pdf"},
+          request_description="A multipart upload (`file`, optional `source`), or a path on this machine as JSON.",
+          answers={201: Answer("Added, or replaced (the source had other content).", DocumentAdded),
+                   200: Answer("Unchanged: this content is already in the project.", DocumentAdded)},
+          errors=DOCUMENT_ERRORS),
+    Route("GET", "/v1/projects/{project}/documents", "listDocuments", "Documents of a project", "Documents",
+          handler=documents_routes.list_documents, params=(PROJECT_PARAM,),
+          answers={200: Answer("The documents, oldest first.", DocumentList)}, errors=NO_PROJECT),
+    Route("GET", "/v1/projects/{project}/documents/{document}", "getDocument", "One document", "Documents",
+          handler=documents_routes.get_document, params=(PROJECT_PARAM, DOCUMENT_PARAM),
+          answers={200: Answer("The document.", Document)},
+          errors={**NO_DOCUMENT, 400: "Several documents have that name: use the id."}),
+    Route("DELETE", "/v1/projects/{project}/documents/{document}", "deleteDocument", "Remove a document",
+          "Documents", handler=documents_routes.delete_document,
+          description="Removes the document with its chunks: chats and searches no longer find them.",
+          params=(PROJECT_PARAM, DOCUMENT_PARAM), answers={200: Answer("Removed.", DocumentDeleted)},
+          errors={**NO_DOCUMENT, 400: "Several documents have that name: use the id."}),
+    Route("POST", "/v1/projects/{project}/search", "searchDocuments", "Search a project's documents", "Documents",
+          handler=documents_routes.search,
+          description="The chunks that best match `query` (SQLite FTS5, BM25 over the query's words; stop words "
+                      "left out), best first, with their document, offsets and PDF page.",
+          params=(PROJECT_PARAM,), request=SearchQuery,
+          request_example={"query": "How often should the bilge pump be serviced?", "top_k": 5},
+          request_description="The question and how many chunks to return.",
+          answers={200: Answer("The best chunks.", SearchResults)}, errors={**NO_PROJECT, **PROJECT_BODY}),
 
     # --- Ollama's API, translated to the same engines (slp.server.ollama)
     Route("GET", "/", "ollamaRoot", "Ollama's liveness probe", "Ollama", handler=ollama("root"),

@@ -24,6 +24,7 @@ from slp.engine.pool import Engine, EnginePool, parse_keep_alive
 from slp.engine.process import memory_of
 from slp.engine.supervisor import EngineState, Supervisor
 from slp.models.store import ModelError, ModelStore
+from slp.projects.documents import index_of
 from slp.projects.store import ProjectStore
 from slp.server import keys
 from slp.server.api import PUBLIC_PATHS, add_api_routes
@@ -88,7 +89,8 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     ])
 
     proxy = Proxy(settings=lambda: app[keys.SETTINGS], models=models, projects=project_cache, engines=engines,
-                  recorder=recorder, workers=workers, engine_auth=app[keys.ENGINE_AUTH])
+                  recorder=recorder, workers=workers, engine_auth=app[keys.ENGINE_AUTH],
+                  documents=index_of(projects))
     add_api_routes(app, proxy, ProjectRoutes(projects, lambda name: models.resolve(name) is not None))
     return app
 
@@ -210,7 +212,7 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
 # Settings a reload can apply: the engine's own (it is restarted when they change) and the agent's timing.
 LIVE_SETTINGS = ("start_timeout", "request_wait_timeout", "health_interval", "health_timeout", "stop_grace",
                  "max_restarts", "restart_window", "max_queue", "model", "memory_budget", "keep_alive",
-                 "stall_timeout", "strict", "workers")
+                 "stall_timeout", "strict", "workers", "max_document_bytes", "retrieval_share")
 
 
 def apply_settings(app: web.Application, new: Settings) -> dict:

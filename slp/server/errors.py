@@ -97,7 +97,9 @@ def project_error(exc: ProjectError, *, param: Optional[str] = None) -> APIError
     """The project store's refusal: no such project 404, a conflict 409, an invalid project field 422 (as
     the project routes document it, wherever the store raises it), any other 400. `param` names the
     request's field when the store names none (the proxy's `project_id`)."""
-    if isinstance(exc, ProjectNotFound):
+    if exc.status is not None:
+        status = exc.status
+    elif isinstance(exc, ProjectNotFound):
         status = 404
     elif isinstance(exc, ProjectConflict):
         status = 409

@@ -168,7 +168,8 @@ def operation(route: Route) -> dict:
     if route.request is not None:
         op["requestBody"] = {"required": route.request_required, "description": route.request_description,
                              "content": {"application/json": {"schema": ref(route.request.__name__),
-                                                              "example": copy.deepcopy(route.request_example)}}}
+                                                              "example": copy.deepcopy(route.request_example)},
+                                         **copy.deepcopy(route.request_media or {})}}
     errors: dict[int, Optional[str]] = {403: None}
     if not route.public:
         errors[401] = None
@@ -215,6 +216,8 @@ def build_openapi(routes: Iterable[Route], api_key_required: bool = False) -> di
             {"name": "Engine", "description": "llama-server's other APIs (Anthropic, rerank, tokenizer), proxied."},
             {"name": "Agent", "description": "Health and status of the agent and its engine."},
             {"name": "Projects", "description": "Projects, their usage and conversations."},
+            {"name": "Documents", "description": "A project's documents: its chats are given the best chunks for "
+                                                 "each question and name them in `annotations`."},
             {"name": "Ollama", "description": "Ollama's REST API, translated to the same engines and projects."},
             {"name": "Docs", "description": "This documentation."},
         ],

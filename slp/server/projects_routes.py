@@ -34,7 +34,7 @@ class ProjectRoutes:
 PROJECT_ROUTES = web.AppKey("project_routes", ProjectRoutes)
 
 
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+async def call(fn: Callable[..., Any], *args: Any) -> Any:
     """Run a blocking store call in a thread, answering store errors in the API's envelope."""
     try:
         return await asyncio.to_thread(fn, *args)
@@ -42,7 +42,7 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
         raise project_error(exc) from None
 
 
-def _validate(model: type, body: dict) -> Any:
+def validated(model: type, body: dict) -> Any:
     try:
         return parse(model, body)
     except ProjectInvalid as exc:
@@ -56,7 +56,7 @@ async def _settled(request: web.Request) -> None:
         await recorder.flush()
 
 
-def _store(request: web.Request) -> ProjectStore:
+def store_of(request: web.Request) -> ProjectStore:
     return request.app[PROJECT_ROUTES].store
 
 
@@ -66,47 +66,47 @@ async def _check_model(request: web.Request, model: str) -> None:
 
 
 async def list_projects(request: web.Request) -> ProjectList:
-    return ProjectList(object="list", data=await _call(_store(request).list))
+    return ProjectList(object="list", data=await call(store_of(request).list))
 
 
 async def create_project(request: web.Request) -> Project:
-    spec = _validate(ProjectCreate, await read_json_object(request))
+    spec = validated(ProjectCreate, await read_json_object(request))
     if "model" in spec.model_fields_set:  # the default alias may be pulled later
         await _check_model(request, spec.model)
-    return await _call(_store(request).create, spec)
+    return await call(store_of(request).create, spec)
 
 
 async def get_project(request: web.Request) -> Project:
-    return await _call(_store(request).get, request.match_info["project"])
+    return await call(store_of(request).get, request.match_info["project"])
 
 
 async def update_project(request: web.Request) -> Project:
-    patch = _validate(ProjectUpdate, await read_json_object(request))
+    patch = validated(ProjectUpdate, await read_json_object(request))
     if patch.model is not None:
         await _check_model(request, patch.model)
-    return await _call(_store(request).update, request.match_info["project"], patch)
+    return await call(store_of(request).update, request.match_info["project"], patch)
 
 
 async def delete_project(request: web.Request) -> ProjectDeleted:
     await _settled(request)
-    project = await _call(_store(request).delete, request.match_info["project"])
+    project = await call(store_of(request).delete, request.match_info["project"])
     return ProjectDeleted(id=project.id, object="project.deleted", deleted=True)
 
 
 async def activate_project(request: web.Request) -> Project:
-    return await _call(_store(request).activate, request.match_info["project"])
+    return await call(store_of(request).activate, request.match_info["project"])
 
 
 async def project_usage(request: web.Request) -> ProjectUsage:
     await _settled(request)
-    return await _call(_store(request).usage, request.match_info["project"])
+    return await call(store_of(request).usage, request.match_info["project"])
 
 
 async def list_sessions(request: web.Request) -> SessionList:
     await _settled(request)
-    return SessionList(object="list", data=await _call(_store(request).sessions, request.match_info["project"]))
+    return SessionList(object="list", data=await call(store_of(request).sessions, request.match_info["project"]))
 
 
 async def get_session(request: web.Request) -> SessionDetail:
     await _settled(request)
-    return await _call(_store(request).session, request.match_info["project"], request.match_info["session_id"])
+    return await call(store_of(request).session, request.match_info["project"], request.match_info["session_id"])

@@ -8,6 +8,7 @@ after they were sent, and stored by a background writer, off the request path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -22,6 +23,17 @@ from aiohttp import web
 from slp.engine.pool import UNSET, Engine, EnginePool, ModelTooLarge, Overloaded
 from slp.engine.supervisor import EngineState, EngineUnavailable
 from slp.models.store import ModelStore, engine_name
+from slp.projects.documents import DocumentIndex
+from slp.projects.retrieval import (
+    CANDIDATES,
+    CitationsAtEnd,
+    annotate_reply,
+    citations,
+    last_user_text,
+    pick,
+    sources,
+    with_documents,
+)
 from slp.projects.schema import Project
 from slp.projects.shaping import added_usage, plan_of, shape_chat, shape_plain
 from slp.projects.store import ProjectError
@@ -206,10 +218,12 @@ class Proxy:
     """Request handlers for the proxied routes; one instance per app, given the services it uses."""
 
     def __init__(self, *, settings: Callable[[], Settings], models: ModelStore, projects: ProjectCache,
-                 engines: EnginePool, recorder: UsageRecorder, workers: WorkerPool, engine_auth: str):
+                 engines: EnginePool, recorder: UsageRecorder, workers: WorkerPool, engine_auth: str,
+                 documents: DocumentIndex):
         self._settings = settings  # read per request: a config reload replaces the settings
         self._models = models
         self._projects = projects
+        self._documents = documents
         self._engines = engines
         self._recorder = recorder
         self._workers = workers
@@ -232,15 +246,18 @@ class Proxy:
         project = await self._project_for(request, body)
         session = (body["session_id"], body["messages"]) if body.get("session_id") else None
         shaped = shape_chat(body, project)
+        if plan_of(project).documents and body.get("retrieval") is not False:
+            shaped = await self._given_documents(record, project, body, shaped, cite=True)
         record.hide_usage = added_usage(body, shaped)
         payload = await _unchanged(request, body, shaped, keep_alive)
         return await self._forward(request, record, "/v1/chat/completions", shaped, project, session,
                                    keep_alive=keep_alive, payload=payload)
 
     def route(self, path: str, schema: type, shape: Callable[[dict, Project], dict] = shape_plain,
-              end_marker: bytes = _DONE, account: bool = True) -> Callable:
+              end_marker: bytes = _DONE, account: bool = True, documents: bool = False) -> Callable:
         """A handler for one of the engine's routes: read and validate the body, apply the project with
-        `shape`, forward. `end_marker` is how the route's streams end; `account`: count its usage."""
+        `shape`, forward. `end_marker` is how the route's streams end; `account`: count its usage;
+        `documents`: give its messages the project's documents as a chat gets them (`/apply-template`)."""
 
         async def handler(request: web.Request) -> web.StreamResponse:
             record = request[RECORD]
@@ -250,6 +267,8 @@ class Proxy:
             self._validate(record, schema, body)
             project = await self._project_for(request, body)
             shaped = shape(body, project)
+            if documents and plan_of(project).documents and body.get("retrieval") is not False:
+                shaped = await self._given_documents(record, project, body, shaped, cite=False)
             record.hide_usage = added_usage(body, shaped)
             return await self._forward(request, record, path, shaped, project, None, end_marker=end_marker,
                                        account=account, keep_alive=keep_alive,
@@ -311,6 +330,26 @@ class Proxy:
                 yield engine
 
     # ------------------------------------------------------------------ steps
+
+    async def _given_documents(self, record: RequestRecord, project: Project, body: dict, shaped: dict,
+                               cite: bool) -> dict:
+        """`shaped` with the project's best chunks for the last user message in its system message, within
+        the retrieval budget (a share of the context window); as it was when nothing matches. With `cite`
+        the reply names them (`record.citations`). The search runs in a thread, as the store's calls do."""
+        query = last_user_text(body.get("messages"))
+        if not query:
+            return shaped
+        settings = self._settings()
+        try:
+            hits = await asyncio.to_thread(self._documents.search_id, project.id, query, CANDIDATES)
+        except ProjectError as exc:
+            raise project_error(exc) from None
+        chosen = pick(hits, int(settings.ctx_size * settings.retrieval_share))
+        if not chosen:
+            return shaped
+        if cite:
+            record.citations = chosen
+        return with_documents(shaped, chosen)
 
     def _validate(self, record: RequestRecord, schema: type, body: dict) -> None:
         """Validate the body (refusing unknown fields under SLP_STRICT). The unknown field names, passed
@@ -390,8 +429,10 @@ class Proxy:
             if upstream.status != 200:
                 raise engine_refusal(upstream.status, data)
             supervisor.served()  # a whole answer: the engine is past its first decode
+            if record.citations:
+                data = annotate_reply(data, citations(record.citations))
             if account:
-                record.account_after(lambda: self._account_json(data, project, session))
+                record.account_after(lambda: self._account_json(data, project, session, record.citations))
             return web.Response(body=data, status=200, content_type=upstream.content_type or "application/json")
 
     async def _stream(self, request: web.Request, record: RequestRecord, engine: Engine, upstream: EngineResponse,
@@ -404,6 +445,7 @@ class Proxy:
         seen = StreamTail(None if session is not None else _TAIL_BYTES)
         failure: Optional[str] = None
         hidden = HiddenUsage() if record.hide_usage else None
+        cite = CitationsAtEnd(citations(record.citations)) if record.citations else None
         progress = engine.supervisor.progress
         try:
             async for chunk in upstream.iter_chunks():
@@ -412,10 +454,12 @@ class Proxy:
                     record.ttft = time.perf_counter() - record.started
                     engine.supervisor.served()  # a first event: the engine is past its first decode
                 try:
-                    if hidden is None:
+                    if hidden is None and cite is None:
                         await response.write(chunk)
                     else:
-                        out = hidden.feed(chunk)
+                        out = hidden.feed(chunk) if hidden is not None else chunk
+                        if cite is not None:
+                            out = cite.feed(out)
                         if out:
                             await response.write(out)
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
@@ -425,9 +469,12 @@ class Proxy:
                 seen.add(chunk)  # the final event (usage, the end marker) stays whole however long it is
         except EngineStreamError as exc:
             failure = f"engine stream broke: {exc.__class__.__name__}"
-        if hidden is not None and hidden.held:
+        held = hidden.flush() if hidden is not None else b""
+        if cite is not None:
+            held = cite.feed(held) + cite.flush()
+        if held:
             try:
-                await response.write(hidden.flush())
+                await response.write(held)
             except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
                 record.disconnected = True
                 return response
@@ -437,7 +484,7 @@ class Proxy:
         if failure is not None:
             await self._fail_stream(response, record, engine, failure)
         else:
-            record.account_after(lambda: self._account_stream(tail, project, session))
+            record.account_after(lambda: self._account_stream(tail, project, session, record.citations))
         try:
             await response.write_eof()
         except (ConnectionResetError, RuntimeError):
@@ -459,8 +506,10 @@ class Proxy:
 
     # ------------------------------------------------------------------ accounting (after the bytes left)
 
-    def _account_json(self, data: bytes, project: Project, session: Optional[Session]) -> Optional[dict]:
-        """Queue the usage (and the exchange, for a session) for storage; returns the usage."""
+    def _account_json(self, data: bytes, project: Project, session: Optional[Session],
+                      cited: Optional[list] = None) -> Optional[dict]:
+        """Queue the usage (and the exchange, with the chunks `cited`, for a session) for storage; returns
+        the usage."""
         try:
             reply = json.loads(data)
         except ValueError:
@@ -471,10 +520,11 @@ class Proxy:
         if session and reply.get("choices"):
             assistant = reply["choices"][0].get("message")
         usage = merge_usage(None, reply)
-        self._recorder.record(project.id, usage, session, assistant)
+        self._recorder.record(project.id, usage, session, assistant, sources(cited) if session and cited else None)
         return usage
 
-    def _account_stream(self, data: bytes, project: Project, session: Optional[Session]) -> Optional[dict]:
+    def _account_stream(self, data: bytes, project: Project, session: Optional[Session],
+                        cited: Optional[list] = None) -> Optional[dict]:
         """Usage from the events that carry it, read from the end (the last one or two: Anthropic's are
         split); for a session, every event, for the reply's text."""
         usage, parts = None, []
@@ -495,7 +545,9 @@ class Proxy:
                     if delta.get("content"):
                         parts.append(delta["content"])
         assistant = {"role": "assistant", "content": "".join(parts)} if session else None
-        self._recorder.record(project.id, usage, session, assistant)
+        if assistant is not None and cited:
+            assistant["annotations"] = citations(cited)
+        self._recorder.record(project.id, usage, session, assistant, sources(cited) if session and cited else None)
         return usage
 
 

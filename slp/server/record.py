@@ -41,6 +41,7 @@ class RequestRecord:
     unknown_fields: tuple[str, ...] = ()  # request fields slp does not know (passed to the engine)
     hide_usage: bool = False  # slp asked for a stream's usage event; the client did not
     error_code: Optional[str] = None  # the `code` of the error that answered it (slp's refusal or the engine's)
+    citations: Optional[list] = None  # the document chunks (SearchHit) a chat's prompt was given: the reply names them
     _account: Optional[Callable[[], Optional[dict]]] = None
 
     def account_after(self, account: Callable[[], Optional[dict]]) -> None:

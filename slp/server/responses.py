@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 import slp
-from slp.projects.schema import Project, SessionSummary
+from slp.projects.schema import Document, Project, SearchHit, SessionSummary
 from slp.settings import DEFAULT_MODEL_ALIAS
 
 EXAMPLE_PROJECT = "general_chat"
@@ -56,9 +56,15 @@ class Usage(_Open):
     total_tokens: int = Field(..., ge=0)
 
 
+ANNOTATIONS = ("slp: in a project with documents, the chunks the prompt was given, as OpenAI's "
+               "`file_citation` annotations: `{\"type\": \"file_citation\", \"file_citation\": {\"document\", "
+               "\"name\", \"start\", \"end\"}}`.")
+
+
 class ChatCompletionMessage(_Open):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = Field(None, examples=["The capital of France is Paris."])
+    annotations: Optional[list[dict[str, Any]]] = Field(None, description=ANNOTATIONS)
 
 
 class ChatCompletionChoice(_Open):
@@ -83,6 +89,8 @@ class ChatCompletion(_Open):
 class ChatCompletionDelta(_Open):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    annotations: Optional[list[dict[str, Any]]] = Field(None, description=ANNOTATIONS + " Sent in the stream's "
+                                                        "last chunk, before `[DONE]`.")
 
 
 class ChatCompletionChunkChoice(_Open):
@@ -451,6 +459,22 @@ class ProjectDeleted(BaseModel):
 class SessionList(BaseModel):
     object: Literal["list"]
     data: list[SessionSummary]
+
+
+class DocumentList(BaseModel):
+    object: Literal["list"]
+    data: list[Document]
+
+
+class DocumentDeleted(BaseModel):
+    id: str
+    object: Literal["project.document.deleted"]
+    deleted: bool
+
+
+class SearchResults(BaseModel):
+    object: Literal["list"]
+    data: list[SearchHit] = Field(..., description="The best chunks, best first (none when nothing matches).")
 
 
 class ResponsesUsage(_Open):

@@ -57,6 +57,7 @@ class Forward:
     end_marker: Optional[bytes] = None
     account: bool = True
     handler: Optional[str] = None
+    documents: bool = False  # give the messages the project's documents, as a chat gets them
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Route:
     request_example: Any = None
     request_description: str = ""
     request_required: bool = True
+    request_media: Optional[dict] = None  # the body's other media types (OpenAPI `content`), beside the JSON model
     errors: dict[int, Optional[str]] = field(default_factory=dict)
     public: bool = False
     error_model: Optional[type[BaseModel]] = None  # the body of its own errors, when not OpenAI's envelope
@@ -169,7 +171,7 @@ def register(app: web.Application, routes: Iterable[Route], proxy: Any = None) -
             if spec.handler is not None:
                 handler = getattr(proxy, spec.handler)
             else:
-                options: dict[str, Any] = {"account": spec.account}
+                options: dict[str, Any] = {"account": spec.account, "documents": spec.documents}
                 if spec.shape is not None:
                     options["shape"] = spec.shape
                 if spec.end_marker is not None:

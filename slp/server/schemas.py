@@ -19,6 +19,8 @@ from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 SLUG_OR_UUID = r"^[A-Za-z0-9_-]{1,64}$"
+RETRIEVAL_FIELD = ("slp: `false` leaves the project's documents out of this request (default: the project's "
+                   "`retrieval` setting; not sent to the engine).")
 INT32_MAX = (1 << 31) - 1  # the engine reads counts into int32: larger values would wrap
 FLOAT32_MAX = 3.4028234663852886e38  # and sampling numbers into float32: larger ones become inf
 
@@ -153,6 +155,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Optional[int] = Field(None, ge=-1, le=INT32_MAX)
     session_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$",
                                       description="slp: store this exchange under the project as a conversation.")
+    retrieval: Optional[bool] = Field(None, description=RETRIEVAL_FIELD)
 
     model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [{
         "model": "slp-orchestra-mini",
@@ -243,6 +246,7 @@ class ApplyTemplateRequest(_EngineAPI):
 
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=4096,
                                         examples=[[{"role": "user", "content": "What is the capital of France?"}]])
+    retrieval: Optional[bool] = Field(None, description=RETRIEVAL_FIELD)
 
 
 class LoadModelRequest(BaseModel):

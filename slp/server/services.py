@@ -64,9 +64,9 @@ class UsageRecorder:
         self._now = asyncio.Event()
 
     def record(self, project_id: str, usage: Optional[dict], session: Optional[Session],
-               assistant: Optional[dict]) -> None:
+               assistant: Optional[dict], sources: Optional[list[dict]] = None) -> None:
         try:
-            self._queue.put_nowait((project_id, usage, session, assistant))
+            self._queue.put_nowait((project_id, usage, session, assistant, sources))
         except asyncio.QueueFull:
             log.warning("usage recorder is behind; dropping one record for project %s", project_id)
 
@@ -118,10 +118,10 @@ class UsageRecorder:
                 log.exception("could not record usage for project %s", item[0])
 
     def _write(self, project_id: str, usage: Optional[dict], session: Optional[Session],
-               assistant: Optional[dict]) -> None:
+               assistant: Optional[dict], sources: Optional[list[dict]]) -> None:
         usage = usage or {}
         self._store.record_usage(project_id, usage.get("prompt_tokens", usage.get("input_tokens")),
                                  usage.get("completion_tokens", usage.get("output_tokens")))
         if session and assistant is not None:
             session_id, messages = session
-            self._store.record_exchange(project_id, session_id, messages, assistant, usage or None)
+            self._store.record_exchange(project_id, session_id, messages, assistant, usage or None, sources)
