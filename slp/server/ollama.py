@@ -170,11 +170,18 @@ async def _target(request: web.Request, body: dict) -> tuple[Project, Optional[s
     by `project_id` / `X-SLP-Project`, else the active one), else a project of that name (its model)."""
     proxy = request.app[keys.PROXY]
     name = body["model"]
-    store = request.app[keys.MODELS]
-    model = await asyncio.to_thread(installed, store, name) if name.startswith(_HF_HOSTS) else installed(store, name)
-    if model is not None:
+    if name.startswith(_HF_HOSTS):
+        model = await asyncio.to_thread(installed, request.app[keys.MODELS], name)
+        found = model.name if model is not None else None
+    else:  # the proxy's lookup, remembered until the models folder changes (as the OpenAI routes use it)
+        found = _without_latest(name)
+        try:
+            proxy.model_file(found)
+        except APIError:
+            found = None
+    if found is not None:
         project = await proxy.project_for(request, {"project_id": body.get("project_id")})
-        return project, model.name
+        return project, found
     try:
         return await proxy.project_for(request, {"project_id": name}), None
     except APIError as exc:
