@@ -36,6 +36,10 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the agent listens on.")
     port: int = Field(38540, ge=0, le=65535, description="Port the agent listens on (0 = any free port).")
+    ollama_port: Optional[int] = Field(
+        None, ge=0, le=65535,
+        description="A second port serving the same API on `host` (Ollama's is 11434), for tools with Ollama's port "
+                    "hard-coded; off when unset.")
     home: Optional[Path] = Field(None, description="Root for every slp file instead of the user dirs.")
     models_dir: Optional[Path] = Field(None, description="Where GGUF models are stored.")
     engine_bin: Optional[Path] = Field(None, description="llama-server binary to run instead of the built one.")

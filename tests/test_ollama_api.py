@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -25,7 +26,7 @@ from typing import Any, Literal, Optional
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from conftest import REPO, kill_all_under, make_agent, wait_for
+from conftest import REPO, free_port, kill_all_under, make_agent, processes_under, wait_for
 from hub_standin import HubFile, HubRepo, HubStandIn
 
 MODEL = "slp-orchestra-mini"
@@ -561,3 +562,29 @@ def test_the_npm_ollama_client(own_agent):
     assert not failed, failed
     assert set(results) == {"version", "list", "show", "ps", "chat", "chat_stream", "generate", "generate_stream",
                             "embed", "format", "tools", "pull", "copy_delete", "keep_alive_0"}
+
+
+def test_a_second_listener_on_ollamas_port(fresh_standin_agent):
+    """SLP_OLLAMA_PORT: the same API on a second port, for tools with Ollama's port hard-coded; a port that
+    is taken is one clear line, and no agent or engine is left behind."""
+    port = free_port()
+    agent = fresh_standin_agent(ollama_port=str(port))
+    agent.start()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as resp:
+        assert resp.read() == b"Ollama is running"
+    status, _, raw = call(f"http://127.0.0.1:{port}/api/chat", "POST", {
+        "model": "slp-orchestra-mini", "stream": False, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and json.loads(raw)["done"] is True and json.loads(raw)["message"]["content"], raw
+    assert agent.state()["ollama_url"] == f"http://127.0.0.1:{port}"
+    assert f"ollama: also at http://127.0.0.1:{port}" in agent.cli("agent", "status", check=True).stdout
+    agent.stop()
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        second = fresh_standin_agent(ollama_port=str(busy))
+        proc = second.cli("agent", "start", timeout=120)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"port {busy} on 127.0.0.1 (SLP_OLLAMA_PORT) is already in use" in proc.stderr, proc.stderr
+        wait_for(lambda: not processes_under(second.home), 30, "the refused agent and its engine to be gone")

@@ -181,6 +181,8 @@ def status() -> None:
     info = AgentClient(state["url"], settings=load_settings()).request("GET", "/v1/status")
     engine = info["engine"]
     typer.echo(f"agent:  running at {state['url']} (pid {state['agent_pid']}, up {info['agent']['uptime_s']:.0f}s)")
+    if state.get("ollama_url"):
+        typer.echo(f"ollama: also at {state['ollama_url']} (SLP_OLLAMA_PORT)")
     typer.echo(f"engine: {engine['state']} (pid {engine['pid']}) - {engine['reason']}; "
                f"restarts: {engine['restarts']} (crashes: {engine.get('crashes', 0)})")
 

@@ -101,6 +101,16 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+async def listen(runner: web.AppRunner, host: str, port: int, setting: str, advice: str) -> None:
+    """Serve `runner`'s app on host:port too; a port taken or refused is the user's to fix (AgentError)."""
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AgentError(f"port {port} on {host} ({setting}) is already in use by another program; {advice}")
+        raise AgentError(f"cannot listen on {host}:{port} ({setting}): {exc.strerror or exc}")
+
+
 async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head: Optional[HeadStart] = None,
                 fetch: bool = True) -> None:
     """Run until SIGTERM/SIGINT. Raises AgentError for anything the user must fix."""
@@ -130,9 +140,9 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head:
 
     def on_engine_change(engine: Engine, engine_state: EngineState, reason: str) -> None:
         if engine_state is EngineState.READY and engine.path not in warmed:
-            # Reading GGUF metadata takes seconds of GIL-holding Python (gguf parses the whole vocabulary).
-            # Done while the engine loads, it starved the readiness probe; done once it is ready, it
-            # only delays the first `slp status`.
+            # Reading GGUF metadata spawns a child process (the agent keeps gguf and numpy out of itself).
+            # Done while the engine loads, it competed with the readiness probe; done once it is ready,
+            # it only delays the first `slp status`.
             warmed.add(engine.path)
             asyncio.get_running_loop().run_in_executor(None, warm_metadata, app[keys.MODELS], engine.path)
         if engine.path == model_path:
@@ -165,17 +175,15 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise AgentError(f"port {settings.port} on {settings.host} is already in use by another program; "
-                                 "stop it or choose another port with SLP_PORT")
-            raise AgentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+        await listen(runner, settings.host, settings.port, "SLP_PORT", "stop it or choose another port")
         host, port = runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
         state.update(host=host, port=port, url=f"http://{shown}:{port}")
+        if settings.ollama_port is not None:  # the same app on Ollama's port, for tools that cannot be told another
+            await listen(runner, settings.host, settings.ollama_port, "SLP_OLLAMA_PORT",
+                         "stop it (Ollama itself?) or unset SLP_OLLAMA_PORT")
+            state["ollama_url"] = f"http://{shown}:{runner.addresses[1][1]}"
+            log.info("serving Ollama's API on %s too", state["ollama_url"])
         app[keys.PUBLIC_URL].append(state["url"])
         write_state(paths, state)
         log.info("slp agent %s listening on %s", slp.__version__, state["url"])
