@@ -112,8 +112,9 @@ def bench_add(folder: Path, pages: int, pdf_pages: int) -> dict:
             "pdf_pages_s": pdf_pages / pdf_s, "pdf_chars": len(extracted.text)}
 
 
-def make_pdf(pages: list[str]) -> bytes:
-    """A text PDF (Helvetica, wrapped lines), one page per text, made with pypdf's writer."""
+def make_pdf(pages: list[str], password: str | None = None) -> bytes:
+    """A real PDF, one page per text (Helvetica, wrapped lines), made with pypdf's writer; encrypted (RC4,
+    which pypdf writes and reads without extra packages) when given a password."""
     import io
     import textwrap
 
@@ -127,11 +128,13 @@ def make_pdf(pages: list[str]) -> bytes:
         page = writer.add_blank_page(612, 792)
         page[NameObject("/Resources")] = DictionaryObject(
             {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})})
-        lines = textwrap.wrap(text, 95)
+        lines = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in textwrap.wrap(text, 90)]
+        ops = ["BT", "/F1 11 Tf", "14 TL", "72 720 Td", *(f"({line}) Tj T*" for line in lines), "ET"]
         stream = DecodedStreamObject()
-        stream.set_data("\n".join(["BT", "/F1 10 Tf", "12 TL", "54 740 Td", *(f"({line}) Tj T*" for line in lines),
-                                   "ET"]).encode("latin-1"))
+        stream.set_data("\n".join(ops).encode("latin-1"))
         page.replace_contents(stream)
+    if password:
+        writer.encrypt(user_password=password, owner_password=password + "-owner", algorithm="RC4-128")
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()

@@ -13,17 +13,17 @@ whose page 3 holds a fact found nowhere else), indexed in a real SQLite file, se
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import sqlite3
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
+from bench.documents import make_pdf
+from conftest import REPO
 from slp.projects import ProjectStore
 from slp.projects.chunking import CHARS_PER_TOKEN, CHUNK_TOKENS, chunk_text, query_terms
 from slp.projects.documents import DocumentIndex
@@ -51,31 +51,6 @@ HTML = ("<!doctype html><html><head><title>Club page</title><style>p {color: red
 
 
 # ----------------------------------------------------------------------------- files the tests make
-
-def make_pdf(pages: list[str], password: str | None = None) -> bytes:
-    """A real PDF, one page per text (Helvetica, wrapped lines), made with pypdf's writer; encrypted (RC4,
-    which pypdf writes and reads without extra packages) when given a password."""
-    from pypdf import PdfWriter
-    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-    writer = PdfWriter()
-    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                             NameObject("/BaseFont"): NameObject("/Helvetica")})
-    for text in pages:
-        page = writer.add_blank_page(612, 792)
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})})
-        lines = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in textwrap.wrap(text, 90)]
-        ops = ["BT", "/F1 11 Tf", "14 TL", "72 720 Td", *(f"({line}) Tj T*" for line in lines), "ET"]
-        stream = DecodedStreamObject()
-        stream.set_data("\n".join(ops).encode("latin-1"))
-        page.replace_contents(stream)
-    if password:
-        writer.encrypt(user_password=password, owner_password=password + "-owner", algorithm="RC4-128")
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
@@ -364,7 +339,7 @@ def test_retrieval_can_be_turned_off_by_the_request_and_by_the_project(standin_a
     assert "retrieval" not in sent and FACT not in json.dumps(sent)
     assert "annotations" not in reply["choices"][0]["message"]
     off = new_project(standin_agent, retrieval=False)
-    assert upload(standin_agent, off, Path(__file__)).status_code == 201  # this file: a document, retrieval off
+    assert upload(standin_agent, off, REPO / "bench" / "documents.py").status_code == 201  # retrieval off
     asked = [{"role": "user", "content": "What does make_pdf do?"}]
     chat(standin_agent, off, messages=asked)
     assert engine_requests(standin_agent)[-1]["messages"] == asked
