@@ -213,3 +213,17 @@ def test_ctrl_c_stops_the_reply_and_history_comes_back_with_up(chat_agent):
         assert term.proc.wait(timeout=10) == 0
     finally:
         term.close()
+
+
+def test_the_gemma_base_model_chats_in_its_own_turn_format(agent, second_model):
+    """On the real engine: gemma-3-270m has no chat template, so slp starts its engine with llama.cpp's
+    built-in `gemma` one; the prompt a chat builds is Gemma's turns, not the generic ChatML fallback."""
+    details = requests.get(f"{agent.url}/v1/models/gemma-3-270m", timeout=60).json()["details"]
+    assert details["kind"] == "base" and "not chat" in details["purpose"]
+    body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Name a colour."}]}
+    shaped = requests.post(f"{agent.url}/apply-template", json=body, timeout=120)
+    assert shaped.status_code == 200, shaped.text
+    prompt = shaped.json()["prompt"]
+    assert "<start_of_turn>user\nName a colour.<end_of_turn>" in prompt and "<|im_start|>" not in prompt, prompt
+    reply = requests.post(f"{agent.url}/v1/chat/completions", json={**body, "max_tokens": 8}, timeout=120)
+    assert reply.status_code == 200 and "<|im_start|>" not in reply.json()["choices"][0]["message"]["content"]

@@ -365,7 +365,11 @@ def test_the_gemma_base_model_is_marked_and_gets_its_builtin_template(monkeypatc
 
     def template_of(path: Path):
         argv = engine_command(Settings(), Path("llama-server"), path, 1, "k", "a").argv
-        return argv[argv.index("--chat-template") + 1] if "--chat-template" in argv else None
+        if "--chat-template" not in argv:
+            return None
+        at = argv.index("--chat-template")
+        assert argv[at - 1] == "--no-jinja", "with Jinja on, llama-server takes the name as the template text"
+        return argv[at + 1]
 
     assert template_of(second_model) == "gemma"
     assert template_of(real_gguf) is None
