@@ -239,7 +239,8 @@ def _usage(state: ChatState) -> None:
 
 
 def run_command(client: AgentClient, state: ChatState, line: str) -> Optional[str]:
-    """Carry out a /command. Returns a message to send (/retry), else None; CliError for a mistake."""
+    """Carry out a /command. Returns a message to send again in place of the last exchange (/retry), else
+    None; CliError for a mistake."""
     name, _, args = line.strip().partition(" ")
     args = args.strip()
     if name == "/help" or name == "/?":
@@ -274,9 +275,7 @@ def run_command(client: AgentClient, state: ChatState, line: str) -> Optional[st
     elif name == "/retry":
         if len(state.history) < 2:
             raise CliError("nothing to retry yet")
-        message = state.history[-2]["content"]
-        state.history = state.history[:-2]
-        return message
+        return state.history[-2]["content"]
     else:
         raise CliError(f"unknown command '{name}'; /help lists the commands (nothing was sent)")
     return None
@@ -285,10 +284,11 @@ def run_command(client: AgentClient, state: ChatState, line: str) -> Optional[st
 # ---------------------------------------------------------------------------------------------- replies
 
 
-def send(client: AgentClient, state: ChatState, message: str) -> None:
-    """Stream the reply to `message`; on success it joins the history. Ctrl-C closes the stream, so the
-    engine stops, and drops the turn; an error is printed and the turn dropped."""
-    turn = [*state.history, {"role": "user", "content": message}]
+def send(client: AgentClient, state: ChatState, message: str, retry: bool = False) -> None:
+    """Stream the reply to `message` (with `retry`, in place of the last exchange); on success it joins
+    the history. Ctrl-C closes the stream, so the engine stops, and drops the turn, as an error does: the
+    history stays as it was, so a failed /retry can be tried again."""
+    turn = [*(state.history[:-2] if retry else state.history), {"role": "user", "content": message}]
     reply: list[str] = []
     usage: dict = {}
     started = time.monotonic()
@@ -349,6 +349,7 @@ def chat(
                 break
             if not message.strip():
                 continue
+            retry = False
             if message.lstrip().startswith("/"):
                 try:
                     message = run_command(client, state, message)
@@ -357,8 +358,9 @@ def chat(
                     failed, message = True, None
                 if message is None:
                     continue
+                retry = True
             try:
-                send(client, state, message)
+                send(client, state, message, retry=retry)
             except CliError as exc:
                 _error(exc)
                 failed = True
