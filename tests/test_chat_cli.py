@@ -180,7 +180,8 @@ class Terminal:
 
 def test_ctrl_c_stops_the_reply_and_history_comes_back_with_up(chat_agent):
     """At a terminal: Ctrl-C mid-reply closes the stream (the engine stops sending) and the prompt
-    comes back; the next message works; the up arrow recalls the last line; Ctrl-D leaves."""
+    comes back; the next message works; the up arrow recalls the last line; Ctrl-C at the prompt says how
+    to leave; Ctrl-D leaves."""
     term = Terminal(chat_agent)
     try:
         term.expect(r"/help for commands")
@@ -208,6 +209,9 @@ def test_ctrl_c_stops_the_reply_and_history_comes_back_with_up(chat_agent):
         term.expect(r"> ")
         last = engine_requests(chat_agent)[-1]
         assert user_texts(last) == ["next one", "next one"], "the stopped turn was dropped; up recalled"
+        term.proc.send_signal(signal.SIGINT)  # at the prompt: a hint, not an exit
+        term.expect(r"\(Ctrl-D or /exit to leave\)")
+        assert term.proc.poll() is None
         term.send("\x04")  # Ctrl-D
         term.expect(r"slp chat --resume \w+")
         assert term.proc.wait(timeout=10) == 0
