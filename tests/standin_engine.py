@@ -21,7 +21,8 @@ What the real engine cannot be made to do on demand, this one does when told:
   SIGTERM, so a stop must escalate to SIGKILL), STANDIN_CRASH_AT_LOAD (`1`: die by SIGSEGV while
   "Loading model", after STANDIN_LOAD_S or 0.1 s, unless the command line has `--no-repack`, as
   llama-server does on Xeons with AMX, llama.cpp #20824; `always`: with `--no-repack` too),
-  STANDIN_RECORD (a folder: each request's body and the exact bytes of each reply are written there,
+  STANDIN_TOKEN_DELAY (seconds between streamed tokens, for every request: a client that cannot add the
+  per-request `standin` object, such as `slp chat`, gets a slow reply to interrupt), STANDIN_RECORD (a folder: each request's body and the exact bytes of each reply are written there,
   `<pid>-<n>.request.json` and `<pid>-<n>.reply`, so a test can compare what the client got with what
   the engine sent).
 
@@ -199,8 +200,9 @@ class StandIn:
         await send(event({"choices": [{"finish_reason": None, "index": 0,
                                        "delta": {"role": "assistant", "content": None}}], **base}))
         for i in range(1, limit + 1):
-            if told.get("token_delay"):
-                await asyncio.sleep(float(told["token_delay"]))
+            delay = told.get("token_delay") or os.environ.get("STANDIN_TOKEN_DELAY")
+            if delay:
+                await asyncio.sleep(float(delay))
             self.predicted_total += 1
             await send(event({"choices": [{"finish_reason": None, "index": 0, "delta": {"content": f" w{i}"}}],
                               **base}))

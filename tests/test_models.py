@@ -314,8 +314,8 @@ def test_cli_pull_list_rm(store, tmp_path, real_gguf):
     result = runner.invoke(model_cli.app, ["list"])
     assert result.exit_code == 0, result.output
     header, row = result.stdout.strip().splitlines()
-    assert header.split() == ["NAME", "ALIASES", "QUANT", "PARAMS", "CONTEXT", "SIZE", "SOURCE"]
-    assert row.split() == ["tiny", "-", "Q4_1", "135M", "8192", "98.4", "MB", "store"]
+    assert header.split() == ["NAME", "ALIASES", "KIND", "QUANT", "PARAMS", "CONTEXT", "SIZE", "SOURCE"]
+    assert row.split() == ["tiny", "-", "chat", "Q4_1", "135M", "8192", "98.4", "MB", "store"]
 
     result = runner.invoke(model_cli.app, ["list", "--json"])
     [entry] = json.loads(result.stdout)
@@ -343,3 +343,33 @@ def test_cli_user_errors_are_one_line(tmp_path, monkeypatch):
     assert_one_line_error(runner.invoke(model_cli.app, ["pull", str(junk)]), "is not a valid GGUF model")
     monkeypatch.setenv("SLP_PORT", "not-a-port")
     assert_one_line_error(runner.invoke(model_cli.app, ["list"]), "invalid settings: port")
+
+
+def test_the_gemma_base_model_is_marked_and_gets_its_builtin_template(monkeypatch, second_model, real_gguf):
+    """gemma-3-270m (the catalog's base model, no chat template) is listed and shown as `base`, with what
+    it is for; its engine gets llama.cpp's built-in `gemma` template, while a model with its own gets none."""
+    from conftest import MODELS_CACHE
+
+    from slp.engine.command import engine_command
+
+    monkeypatch.setenv("SLP_MODELS_DIR", str(MODELS_CACHE))
+    listed = runner.invoke(model_cli.app, ["list"])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows["gemma-3-270m-Q4_K_M"][2] == "base" and rows[DEFAULT_NAME][2] == "chat"
+    shown = runner.invoke(model_cli.app, ["show", "gemma-3-270m"])
+    assert shown.exit_code == 0, shown.output
+    assert "base (pretrained, no chat template" in shown.stdout and "not chat" in shown.stdout
+    facts = json.loads(runner.invoke(model_cli.app, ["show", "gemma-3-270m", "--json"]).stdout)
+    assert (facts["kind"], facts["chat_template"]) == ("base", False) and facts["purpose"].startswith("base model")
+
+    def template_of(path: Path):
+        argv = engine_command(Settings(), Path("llama-server"), path, 1, "k", "a").argv
+        if "--chat-template" not in argv:
+            return None
+        at = argv.index("--chat-template")
+        assert argv[at - 1] == "--no-jinja", "with Jinja on, llama-server takes the name as the template text"
+        return argv[at + 1]
+
+    assert template_of(second_model) == "gemma"
+    assert template_of(real_gguf) is None

@@ -187,8 +187,9 @@ class AgentClient:
         except ValueError:
             raise CliError(f"the agent answered something that is not JSON (HTTP {resp.status})") from None
 
-    def stream_chat(self, body: dict) -> Iterator[str]:
-        """Stream a chat completion (forces stream=true); yield content deltas until [DONE]."""
+    def stream_chat(self, body: dict, usage: Optional[dict] = None) -> Iterator[str]:
+        """Stream a chat completion (forces stream=true); yield content deltas until [DONE]. The stream's
+        `usage` (asked for with stream_options.include_usage) is copied into `usage` when given."""
         import http.client
 
         conn, resp = self._send("POST", "/v1/chat/completions", {**body, "stream": True}, timeout=600)
@@ -210,6 +211,8 @@ class AgentClient:
                     continue
                 if "error" in event:
                     raise CliError(_error_message(500, data.encode()))
+                if usage is not None and isinstance(event.get("usage"), dict):
+                    usage.update(event["usage"])
                 for choice in event.get("choices") or []:
                     content = (choice.get("delta") or {}).get("content")
                     if content:

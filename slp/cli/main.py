@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("slp.cli.status:status",
                "Show the agent's server URL, model, memory, GPU and active project as a table."),
     "version": ("slp.cli.status:version", "Show slp's version and the engine build it runs."),
-    "chat": ("slp.cli.chat:chat", "Chat with the agent; /exit, /quit or end of input stops."),
+    "chat": ("slp.cli.chat:chat", "Chat with the agent; /help lists the commands, /exit or end of input stops."),
     "doctor": ("slp.cli.doctor:doctor",
                "Check this machine's slp setup, one line per check, with the fix for what is wrong."),
     "agent": ("slp.cli.agent:app", "Start, stop and inspect the slp agent."),

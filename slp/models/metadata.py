@@ -46,6 +46,27 @@ class ModelMetadata:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def kind(self) -> str:
+        """`chat` when the file carries a chat template, else `base`: a pretrained model for text
+        completion, which in a chat would get llama.cpp's generic template and answer in its tokens."""
+        return "chat" if self.chat_template else "base"
+
+
+# llama.cpp's built-in named templates (`--chat-template NAME`) for architectures whose every model uses
+# one format: a base model of these gets its family's turn markers instead of the generic (ChatML) fallback.
+BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma"}
+
+
+def builtin_template(path: Union[os.PathLike, str]) -> Optional[str]:
+    """The built-in template to pass the engine for a model without its own (None: it has one, its
+    architecture has no single known format, or the file cannot be read; the engine then decides)."""
+    try:
+        meta = read_metadata(path)
+    except ModelError:
+        return None
+    return None if meta.chat_template else BUILTIN_TEMPLATES.get(meta.architecture)
+
 
 def _quantization(header: "Header") -> str:
     """llama.cpp's name for general.file_type (3 -> Q4_1), else the most common tensor type."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from slp.models.catalog import CATALOG, DEFAULT_ALIAS, CatalogEntry, aliases_for, find_entry
+from slp.models.catalog import CATALOG, DEFAULT_ALIAS, CatalogEntry, aliases_for, find_entry, purpose_of
 from slp.models.errors import ModelError
 from slp.models.fetch import ProgressArg, fetch_entry, file_sha256, import_local
 from slp.models.metadata import ModelMetadata, cached_metadata, metadata_sidecar, read_metadata
@@ -112,7 +112,7 @@ class InstalledModel:
         sha256). A missing or damaged file gives None for the former and an `error`."""
         data = self.to_dict(with_metadata=False)
         keys = ("architecture", "parameters", "quantization", "context_length", "chat_template", "license",
-                "size_label")
+                "size_label", "kind")
         try:
             meta = self.metadata
             data.update({k: getattr(meta, k) for k in keys})
@@ -120,6 +120,7 @@ class InstalledModel:
         except ModelError as exc:
             data.update({k: None for k in keys})
             data["error"] = str(exc)
+        data["purpose"] = purpose_of(self.name)
         return data
 
 

@@ -178,6 +178,10 @@ class ModelDetails(_Open):
     quantization: Optional[str]
     context_length: Optional[int]
     chat_template: Optional[bool]
+    kind: Optional[Literal["chat", "base"]] = Field(None, description="`base`: a pretrained model without a chat "
+                                                   "template, for text completion (`/v1/completions`), not chat.")
+    purpose: Optional[str] = Field(None, description="What the catalog says the model is for (null: not from "
+                                                     "the catalog).")
     license: Optional[str]
     size_label: Optional[str]
     error: Optional[str] = Field(None, description="Why the file's facts are unknown (missing or damaged).")
