@@ -180,6 +180,7 @@ def test_header_reader_agrees_with_ggufs_reader_field_by_field(tmp_path, big_end
         [(t.name, tuple(int(d) for d in t.field.parts[3]), t.tensor_type, int(t.n_elements)) for t in reference.tensors]
     assert header.data_offset == reference.data_offset
     assert read_header(path).fields["t.strings"] == Skipped(3)  # not asked for: stepped over
+    assert read_header(path, tensors=False).fields == read_header(path).fields
     table_end = max(f.offset + sum(int(p.nbytes) for p in f.parts)
                     for f in [*reference.fields.values(), *(t.field for t in reference.tensors)])
     data_end = max(t.data_offset + int(t.n_bytes) for t in reference.tensors)

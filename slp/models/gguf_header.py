@@ -4,7 +4,7 @@ gguf's `GGUFReader` builds a numpy view for every element of every array, the to
 included: measured here, 3.9 s for SmolLM2's 49k tokens and 19 s for Gemma 3's 262k, paid by `slp model
 add`, `pull` and the first look at any new file. This reads the same headers in 14 and 91 ms: numbers and
 numeric arrays are unpacked whole, and string arrays nobody asked for are stepped over, not decoded.
-gguf still names what the numbers mean (its value, file and tensor types, the tensor sizes), and
+gguf still names the tensor types and gives their sizes (imported only when the tensors are read), and
 tests/test_models.py checks this reader against `GGUFReader` field by field on files gguf's own writer makes.
 
 A file that is not a complete GGUF (bad magic, an unknown version or value type, a header or tensor data
@@ -17,34 +17,35 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
-import gguf
+if TYPE_CHECKING:
+    import gguf
 
+# GGUF's value types (the file format's own numbers, as gguf.GGUFValueType has them) -> struct format.
+# Kept here so that reading the key/values alone imports neither gguf nor numpy (the engine command reads
+# a model's architecture and template this way, in the agent).
+_UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _FLOAT32, _BOOL, _STRING, _ARRAY, _UINT64, _INT64, _FLOAT64 = range(13)
+_SCALARS = {_UINT8: "B", _INT8: "b", _UINT16: "H", _INT16: "h", _UINT32: "I", _INT32: "i", _FLOAT32: "f",
+            _BOOL: "?", _UINT64: "Q", _INT64: "q", _FLOAT64: "d"}
 _MAGIC = b"GGUF"
 _VERSIONS = (2, 3)
-_SCALARS = {  # GGUF value type -> struct format
-    gguf.GGUFValueType.UINT8: "B", gguf.GGUFValueType.INT8: "b", gguf.GGUFValueType.UINT16: "H",
-    gguf.GGUFValueType.INT16: "h", gguf.GGUFValueType.UINT32: "I", gguf.GGUFValueType.INT32: "i",
-    gguf.GGUFValueType.FLOAT32: "f", gguf.GGUFValueType.BOOL: "?", gguf.GGUFValueType.UINT64: "Q",
-    gguf.GGUFValueType.INT64: "q", gguf.GGUFValueType.FLOAT64: "d",
-}
-_STRING, _ARRAY = gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY
+_DEFAULT_ALIGNMENT = 32  # gguf.GGUF_DEFAULT_ALIGNMENT
 
 
 @dataclass(frozen=True)
 class Tensor:
     name: str
     dims: tuple[int, ...]  # as stored (innermost first)
-    type: gguf.GGMLQuantizationType
+    type: "gguf.GGMLQuantizationType"
     n_elements: int
 
 
 @dataclass(frozen=True)
 class Header:
     fields: dict[str, Any]  # key -> value; a string array not decoded is `Skipped`
-    tensors: list[Tensor]
-    data_offset: int
+    tensors: list[Tensor]  # empty when read without them
+    data_offset: int  # -1 when read without the tensors
 
 
 @dataclass(frozen=True)
@@ -113,21 +114,23 @@ class _Cursor:
         return [self.value(item, decode) for _ in range(count)]
 
 
-def read_header(path: Union[os.PathLike, str], decode: Callable[[str], bool] = lambda key: False) -> Header:
+def read_header(path: Union[os.PathLike, str], decode: Callable[[str], bool] = lambda key: False,
+                tensors: bool = True) -> Header:
     """The header of the GGUF file at `path`. String arrays are decoded only for keys `decode` accepts
-    (the vocabulary is the bulk of a header and nobody here reads it). Raises OSError, ValueError."""
+    (the vocabulary is the bulk of a header and nobody here reads it). Without `tensors`, only the
+    key/values are read (and neither gguf nor numpy is imported). Raises OSError, ValueError."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 24:
             raise ValueError("the file is too short for a GGUF header")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             try:
-                return _parse(data, size, decode)
+                return _parse(data, size, decode, tensors)
             except (struct.error, UnicodeDecodeError, OverflowError, MemoryError) as exc:
                 raise ValueError(f"the header is damaged ({exc.__class__.__name__}: {exc})") from None
 
 
-def _parse(data: mmap.mmap, size: int, decode: Callable[[str], bool]) -> Header:
+def _parse(data: mmap.mmap, size: int, decode: Callable[[str], bool], with_tensors: bool) -> Header:
     if data[:4] != _MAGIC:
         raise ValueError("it does not start with GGUF's magic bytes")
     version = struct.unpack_from("<I", data, 4)[0]
@@ -145,6 +148,10 @@ def _parse(data: mmap.mmap, size: int, decode: Callable[[str], bool]) -> Header:
         if key in fields:
             raise ValueError(f"the key {key} appears twice")
         fields[key] = cursor.value(cursor.u32(), decode(key))
+    if not with_tensors:
+        return Header(fields, [], -1)
+    import gguf  # the names of tensor types and their sizes
+
     tensors, names = [], set()
     for _ in range(tensor_count):
         name = cursor.string()
@@ -157,7 +164,7 @@ def _parse(data: mmap.mmap, size: int, decode: Callable[[str], bool]) -> Header:
         for dim in dims:
             n_elements *= dim
         tensors.append((Tensor(name, dims, kind, n_elements), offset))
-    alignment = fields.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    alignment = fields.get("general.alignment", _DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise ValueError("general.alignment is not a power of two")
     data_offset = -(-cursor.at // alignment) * alignment

@@ -61,11 +61,14 @@ BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "ge
 def builtin_template(path: Union[os.PathLike, str]) -> Optional[str]:
     """The built-in template to pass the engine for a model without its own (None: it has one, its
     architecture has no single known format, or the file cannot be read; the engine then decides)."""
-    try:
-        meta = read_metadata(path)
-    except ModelError:
+    from slp.models.gguf_header import read_header
+
+    try:  # the key/values alone: milliseconds, and no gguf or numpy in the agent that spawns the engine
+        fields = read_header(path, tensors=False).fields
+    except (OSError, ValueError):
         return None
-    return None if meta.chat_template else BUILTIN_TEMPLATES.get(meta.architecture)
+    architecture = fields.get("general.architecture")
+    return None if "tokenizer.chat_template" in fields else BUILTIN_TEMPLATES.get(architecture)
 
 
 def _quantization(header: "Header") -> str:
