@@ -27,7 +27,7 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--c1-requests", type=int, help="tiny requests per target and repeat at concurrency 1, "
                    "the targets taking turns (default 200; quick 8)")
     p.add_argument("--stream-requests", type=int, help="streamed requests per target and repeat at c=1 "
-                                                       "(c=8 sends at least 8; default 3; quick 1)")
+                                                       "(c=8 sends at least 8; default 3; quick 2)")
     p.add_argument("--ttft-requests", type=int, help="short streams per target and repeat for time to first "
                    "token, taking turns with the other targets (default 16; quick 4)")
     p.add_argument("--max-tokens", type=int, help="tokens per streamed request (default 128; quick 16)")

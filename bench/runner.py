@@ -52,7 +52,7 @@ class Options:
 
     @classmethod
     def quick_mode(cls, **kw) -> "Options":
-        return cls(repeats=1, requests=8, c1_requests=8, stream_requests=1, ttft_requests=4, max_tokens=16,
+        return cls(repeats=1, requests=8, c1_requests=8, stream_requests=2, ttft_requests=4, max_tokens=16,
                    cold_repeats=1, quick=True, **kw)
 
 

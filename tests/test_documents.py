@@ -491,3 +491,21 @@ def test_real_engine_prompt_holds_the_page_3_chunk_and_replies_name_the_pdf(agen
         events = events_of(resp)
     assert events[-1] == "[DONE]"
     assert events[-2]["choices"][0]["delta"]["annotations"][0]["file_citation"] == citation
+
+
+def test_ollamas_chat_and_generate_are_given_the_documents_too(standin_agent, boat):
+    """An Ollama-only tool naming the project as its model gets the same excerpts in the prompt (its answer
+    has no field to name them in); `"retrieval": false` turns it off there too."""
+    for path, body in (("/api/chat", {"messages": [{"role": "user", "content": QUESTION}]}),
+                       ("/api/generate", {"prompt": QUESTION})):
+        resp = requests.post(f"{standin_agent.url}{path}", json={"model": boat["name"], "stream": False, **body},
+                             timeout=30)
+        assert resp.status_code == 200 and resp.json()["done"] is True, resp.text
+        system = engine_requests(standin_agent)[-1]["messages"][0]
+        assert system["role"] == "system" and FACT in system["content"], system
+        assert "X-SLP-Unknown-Fields" not in resp.headers
+    off = requests.post(f"{standin_agent.url}/api/chat", json={"model": boat["name"], "stream": False,
+                        "retrieval": False, "messages": [{"role": "user", "content": QUESTION}]}, timeout=30)
+    assert off.status_code == 200 and "X-SLP-Unknown-Fields" not in off.headers
+    sent = engine_requests(standin_agent)[-1]
+    assert FACT not in json.dumps(sent) and "retrieval" not in sent

@@ -190,11 +190,14 @@ async def _target(request: web.Request, body: dict) -> tuple[Project, Optional[s
         raise
 
 
+_AGENT_FIELDS = ("project_id", "retrieval")  # slp's own fields beside Ollama's: known, never sent to the engine
+
+
 def _validated(record: RequestRecord, model: type[BaseModel], body: dict) -> BaseModel:
     """The body as `model` (a 400 naming the field otherwise); undeclared fields are named in the record
     (the answer's `X-SLP-Unknown-Fields`)."""
     parsed = validate(model, body)
-    unknown = [key for key in body if key not in model.model_fields and key != "project_id"]
+    unknown = [key for key in body if key not in model.model_fields and key not in _AGENT_FIELDS]
     options = body.get("options")
     if isinstance(options, dict):
         unknown += [f"options.{key}" for key in options if key not in _OPTIONS and key not in _PASSED_ON]
@@ -595,7 +598,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         oa["model"] = model
     if body.get("tools"):
         oa["tools"] = body["tools"]
-    shaped = shape_chat(oa, project)
+    shaped = await proxy_of(request).with_documents(record, project, body, shape_chat(oa, project))
     return await _run(request, "/v1/chat/completions", shaped, project, keep_alive, reply,
                       stream=body.get("stream") is not False)
 
@@ -634,8 +637,12 @@ async def generate(request: web.Request) -> web.StreamResponse:
         if body.get("think") and not await _template_thinks(request, project, model):
             raise OllamaError(400, f"\"{body['model']}\" does not support thinking", code="not_supported")
         path, payload = "/v1/chat/completions", {"messages": messages, **fields, **_thinking_fields(body.get("think"))}
-        shaped = shape_chat(payload, project)
+        shaped = await proxy_of(request).with_documents(record, project, body, shape_chat(payload, project))
     return await _run(request, path, shaped, project, keep_alive, reply, stream=body.get("stream") is not False)
+
+
+def proxy_of(request: web.Request) -> Any:
+    return request.app[keys.PROXY]
 
 
 def _model_of(request: web.Request, project: Project, model: Optional[str]) -> Optional[InstalledModel]:

@@ -279,6 +279,14 @@ class Proxy:
 
     # ------------------------------------------------------------------ for routes that translate (slp.server.ollama)
 
+    async def with_documents(self, record: RequestRecord, project: Project, body: dict, shaped: dict) -> dict:
+        """`shaped` given the project's documents as a chat gets them (for a route that translates its
+        answer, Ollama's: its replies have no place to name them), unless the project or `body` turns
+        retrieval off; unchanged, and free, for a project without documents."""
+        if not plan_of(project).documents or body.get("retrieval") is False:
+            return shaped
+        return await self._given_documents(record, project, shaped, shaped, cite=False)
+
     async def project_for(self, request: web.Request, body: dict) -> Project:
         return await self._project_for(request, body)
 
