@@ -30,7 +30,8 @@ from typing import Optional
 from slp.projects.chunking import chunk_text, fts_query, query_terms
 from slp.projects.extract import DocumentRefused, extract
 from slp.projects.schema import Document, DocumentAdded, SearchHit
-from slp.projects.store import ProjectNotFound, ProjectStore
+from slp.projects.errors import ProjectNotFound
+from slp.projects.store import ProjectStore
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 CANDIDATE_ROWS = 1500  # chunks a search ranks at most, unless its rarest word alone matches more
@@ -38,48 +39,6 @@ CANDIDATE_ROWS = 1500  # chunks a search ranks at most, unless its rarest word a
 
 class DocumentNotFound(ProjectNotFound):
     code = "document_not_found"
-
-
-def create_document_tables(conn: sqlite3.Connection) -> None:
-    """The tables, index and triggers (run once, by the store's migration 4)."""
-    conn.execute("""
-        CREATE TABLE documents (
-            id          TEXT PRIMARY KEY,
-            project_id  TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-            name        TEXT NOT NULL,
-            source      TEXT NOT NULL,
-            format      TEXT NOT NULL,
-            sha256      TEXT NOT NULL,
-            bytes       INTEGER NOT NULL,
-            pages       INTEGER,
-            chunks      INTEGER NOT NULL,
-            tokens      INTEGER NOT NULL,
-            index_bytes INTEGER NOT NULL,
-            created_at  TEXT NOT NULL,
-            updated_at  TEXT NOT NULL,
-            UNIQUE (project_id, source),
-            UNIQUE (project_id, sha256)
-        )""")
-    conn.execute("""
-        CREATE TABLE chunks (
-            id           INTEGER PRIMARY KEY,
-            document_id  TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-            scope        TEXT NOT NULL,
-            seq          INTEGER NOT NULL,
-            start_offset INTEGER NOT NULL,
-            end_offset   INTEGER NOT NULL,
-            page         INTEGER,
-            tokens       INTEGER NOT NULL,
-            text         TEXT NOT NULL
-        )""")
-    conn.execute("CREATE INDEX chunks_document ON chunks (document_id, seq)")
-    conn.execute("CREATE VIRTUAL TABLE chunks_fts USING fts5(scope, text, content='chunks', content_rowid='id',"
-                 " tokenize='porter unicode61 remove_diacritics 2')")
-    conn.execute("CREATE TRIGGER chunks_indexed AFTER INSERT ON chunks BEGIN"
-                 " INSERT INTO chunks_fts (rowid, scope, text) VALUES (new.id, new.scope, new.text); END")
-    conn.execute("CREATE TRIGGER chunks_unindexed AFTER DELETE ON chunks BEGIN"
-                 " INSERT INTO chunks_fts (chunks_fts, rowid, scope, text)"
-                 " VALUES ('delete', old.id, old.scope, old.text); END")
 
 
 def scope_of(project_id: str) -> str:

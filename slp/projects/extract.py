@@ -18,7 +18,7 @@ from pathlib import PurePath
 from typing import Optional
 
 from slp.projects.files import BOMS, SNIFF_BYTES, looks_binary
-from slp.projects.store import ProjectError
+from slp.projects.errors import ProjectError
 
 HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdx", ".rst"})

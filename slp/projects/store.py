@@ -25,6 +25,13 @@ from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 from pydantic import BaseModel, ValidationError
 
 from slp.settings import DEFAULT_MODEL_ALIAS, ensure_private_dir
+from slp.projects.errors import (  # the store's callers import them from here too
+    ProjectConflict,
+    ProjectError,
+    ProjectInvalid,
+    ProjectNotFound,
+    SessionNotFound,
+)
 from slp.projects.schema import (
     SESSION_ID_PATTERN,
     SYSTEM_PROJECT,
@@ -42,42 +49,6 @@ from slp.projects.schema import (
 M = TypeVar("M", bound=BaseModel)
 BUSY_TIMEOUT_S = 30.0
 _ACTIVE_KEY = "active_project"
-
-
-# ----------------------------------------------------------------------------- errors
-
-class ProjectError(Exception):
-    """Base of every error the store raises for a caller's mistake; `code` is the API error code."""
-
-    code = "project_error"
-    status: Optional[int] = None  # the HTTP status, where the kind of error does not say it (errors.project_error)
-
-    def __init__(self, message: str, *, code: Optional[str] = None, param: Optional[str] = None,
-                 status: Optional[int] = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.code
-        self.param = param
-        if status is not None:
-            self.status = status
-
-
-class ProjectNotFound(ProjectError):
-    code = "project_not_found"
-
-
-class SessionNotFound(ProjectNotFound):
-    code = "session_not_found"
-
-
-class ProjectConflict(ProjectError):
-    code = "project_conflict"
-
-
-class ProjectInvalid(ProjectError):
-    """A value the models refuse; `param` names the field (e.g. "params.temperature")."""
-
-    code = "invalid_value"
 
 
 def _param_of(loc: tuple) -> Optional[str]:
@@ -181,13 +152,48 @@ def _m3_exchanges(conn: sqlite3.Connection) -> None:
 
 
 def _m4_documents(conn: sqlite3.Connection) -> None:
-    """Documents and their chunks (tables owned by slp.projects.documents), the project's retrieval switch,
-    and the chunks a session's exchange was given."""
-    from slp.projects.documents import create_document_tables
-
+    """Documents and their chunks (read and written by slp.projects.documents) with their FTS5 index kept
+    in step by triggers, the project's retrieval switch, and the chunks a session's exchange was given."""
     conn.execute("ALTER TABLE projects ADD COLUMN retrieval INTEGER NOT NULL DEFAULT 1")
     conn.execute("ALTER TABLE exchanges ADD COLUMN sources TEXT")
-    create_document_tables(conn)
+    conn.execute("""
+        CREATE TABLE documents (
+            id          TEXT PRIMARY KEY,
+            project_id  TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name        TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            format      TEXT NOT NULL,
+            sha256      TEXT NOT NULL,
+            bytes       INTEGER NOT NULL,
+            pages       INTEGER,
+            chunks      INTEGER NOT NULL,
+            tokens      INTEGER NOT NULL,
+            index_bytes INTEGER NOT NULL,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            UNIQUE (project_id, source),
+            UNIQUE (project_id, sha256)
+        )""")
+    conn.execute("""
+        CREATE TABLE chunks (
+            id           INTEGER PRIMARY KEY,
+            document_id  TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            scope        TEXT NOT NULL,
+            seq          INTEGER NOT NULL,
+            start_offset INTEGER NOT NULL,
+            end_offset   INTEGER NOT NULL,
+            page         INTEGER,
+            tokens       INTEGER NOT NULL,
+            text         TEXT NOT NULL
+        )""")
+    conn.execute("CREATE INDEX chunks_document ON chunks (document_id, seq)")
+    conn.execute("CREATE VIRTUAL TABLE chunks_fts USING fts5(scope, text, content='chunks', content_rowid='id',"
+                 " tokenize='porter unicode61 remove_diacritics 2')")
+    conn.execute("CREATE TRIGGER chunks_indexed AFTER INSERT ON chunks BEGIN"
+                 " INSERT INTO chunks_fts (rowid, scope, text) VALUES (new.id, new.scope, new.text); END")
+    conn.execute("CREATE TRIGGER chunks_unindexed AFTER DELETE ON chunks BEGIN"
+                 " INSERT INTO chunks_fts (chunks_fts, rowid, scope, text)"
+                 " VALUES ('delete', old.id, old.scope, old.text); END")
 
 
 # Append only: a released migration is never edited or renumbered.

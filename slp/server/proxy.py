@@ -309,18 +309,7 @@ class Proxy:
         as `_forward`. Yields (engine, the engine's response); the lease lasts until the block ends."""
         record.proxied = True
         async with self._leased(record, body, project, keep_alive) as engine:
-            supervisor = engine.supervisor
-            port = supervisor.port
-            if supervisor.state is not EngineState.READY or port is None:
-                raise await supervisor.unavailable("the engine stopped serving before the request was sent")
-            record.engine = EngineRef(engine.name, supervisor.pid)
-            payload = json.dumps(body, separators=(",", ":")).encode()
-            try:
-                upstream = await engine.extra["http"].post("127.0.0.1", port, path, payload, self._engine_headers)
-            except EngineConnectionError as exc:
-                raise await supervisor.unavailable(str(exc))
-            supervisor.progress()
-            async with upstream:
+            async with await self._post(record, engine, path, body, None) as upstream:
                 yield engine, upstream
 
     @contextlib.asynccontextmanager
@@ -410,11 +399,10 @@ class Proxy:
             return await self._send(request, record, engine, path, body, payload, project, session, end_marker,
                                     account)
 
-    async def _send(self, request: web.Request, record: RequestRecord, engine: Engine, path: str, body: dict,
-                    payload: Optional[bytes], project: Project, session: Optional[Session], end_marker: bytes,
-                    account: bool) -> web.StreamResponse:
-        """Forward to a leased, ready engine (the lease counts the work in flight); its supervisor sees
-        every byte (progress)."""
+    async def _post(self, record: RequestRecord, engine: Engine, path: str, body: dict,
+                    payload: Optional[bytes]) -> EngineResponse:
+        """POST to a leased engine (`payload`: the body's bytes when they can go as the client sent them);
+        returns once the engine's status and headers are in. A failure to send is the engine unavailable."""
         supervisor = engine.supervisor
         port = supervisor.port
         if supervisor.state is not EngineState.READY or port is None:  # it failed since the lease saw it ready
@@ -427,7 +415,15 @@ class Proxy:
         except EngineConnectionError as exc:
             raise await supervisor.unavailable(str(exc))
         supervisor.progress()
-        async with upstream:
+        return upstream
+
+    async def _send(self, request: web.Request, record: RequestRecord, engine: Engine, path: str, body: dict,
+                    payload: Optional[bytes], project: Project, session: Optional[Session], end_marker: bytes,
+                    account: bool) -> web.StreamResponse:
+        """Forward to a leased, ready engine (the lease counts the work in flight); its supervisor sees
+        every byte (progress)."""
+        supervisor = engine.supervisor
+        async with await self._post(record, engine, path, body, payload) as upstream:
             if body.get("stream") and upstream.status == 200:
                 return await self._stream(request, record, engine, upstream, project, session, end_marker)
             try:
