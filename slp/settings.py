@@ -69,6 +69,11 @@ class Settings(BaseSettings):
 
     cache_ram: int = Field(256, ge=0, description="MiB of host memory each engine may keep as its prompt cache "
                            "(llama.cpp --cache-ram; 0 disables it). Counted in the memory budget.")
+    prompt_cache: bool = Field(True, description="Keep each project's prompt prefix (its KV cache) on disk when "
+                               "an engine stops, and restore it for the project's next request.")
+    prompt_cache_size: str = Field("4GiB", description="Disk the saved prompts may use together: bytes, a size "
+                                   "such as '4GiB', or a share of the disk such as '5%'; least recently used go first.")
+    prompt_cache_min_tokens: int = Field(512, ge=1, description="Shortest project prefix (tokens) worth saving.")
     start_timeout: float = Field(60.0, gt=0, description="Seconds the engine may take to become healthy.")
     request_wait_timeout: float = Field(30.0, ge=0, description="Seconds a request waits for a (re)starting engine.")
     health_interval: float = Field(5.0, gt=0, description="Seconds between watchdog health probes.")
@@ -93,6 +98,14 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("prompt_cache_size")
+    @classmethod
+    def _cache_size(cls, value: str) -> str:
+        from slp.engine.budget import parse_budget
+
+        parse_budget(value, 1 << 40, "prompt cache size")  # BudgetError is a ValueError: one readable line
         return value
 
     @field_validator("home", "models_dir", "engine_bin", mode="after")

@@ -171,7 +171,7 @@ def test_every_setting_the_engine_command_reads_restarts_the_engine_on_reload():
     from slp.settings import Settings
 
     changed = {"ctx_size": 8192, "flash_attn": True, "gpu_layers": 3, "parallel": 2, "threads": 1,
-               "max_tokens": 7, "embeddings": True, "poll": 50, "cache_ram": 0}
+               "max_tokens": 7, "embeddings": True, "poll": 50, "cache_ram": 0, "prompt_cache": False}
     base = engine_command(Settings(), Path("llama-server"), Path("m.gguf"), 1, "k", "a").argv
     readers = {name for name, value in changed.items()
                if engine_command(Settings(**{name: value}), Path("llama-server"), Path("m.gguf"), 1, "k",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, List, Optional
 from urllib.parse import quote
@@ -84,6 +85,12 @@ def _print_project(p: dict) -> None:
     ]
     for label, value in rows:
         typer.echo(f"{label + ':':<13} {value}")
+    entries = p.get("prompt_cache") or []
+    typer.echo("prompt cache:" + ("" if entries else " -"))
+    for e in entries:
+        saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["saved_at"])) if e.get("saved_at") else "?"
+        typer.echo(f"  {e.get('model')}: {e.get('prefix_tokens') or 0:,} prefix tokens ({e.get('tokens') or 0:,} "
+                   f"in all), {size_text(e.get('bytes') or 0)}, saved {saved}")
     prompt = p.get("system_prompt") or ""
     typer.echo("system prompt:" + ("" if prompt else " -"))
     for line in prompt.splitlines():
@@ -198,6 +205,22 @@ def use(name: str = typer.Argument(..., help="Project name or id.")) -> None:
     """
     project = AgentClient().request("POST", _path(name, "/activate"))
     typer.echo(f"Active project: {project['name']}.")
+
+
+cache_app = typer.Typer(help="The project's prompt prefix saved on disk (restored after unloads and restarts).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("clear")
+@run_cli
+def cache_clear(name: str = typer.Argument(..., help="Project name or id.")) -> None:
+    """Delete the project's saved prompt prefixes: its next request after an engine start computes it again.
+
+    Example: slp project cache clear notes
+    """
+    cleared = AgentClient().request("DELETE", _path(name, "/prompt-cache"))
+    typer.echo(f"Deleted {cleared['deleted']} saved prefix(es), {size_text(cleared['bytes'])}.")
 
 
 @app.command()

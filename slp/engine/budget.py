@@ -34,8 +34,9 @@ class BudgetError(ValueError):
     """A memory budget that cannot be read (one line for the user)."""
 
 
-def parse_budget(value: Optional[str], total: int) -> int:
-    """Bytes from '8GiB', '6GB', '500M', '75%' or a plain number of bytes; None means the default share."""
+def parse_budget(value: Optional[str], total: int, what: str = "memory budget") -> int:
+    """Bytes from '8GiB', '6GB', '500M', '75%' (of `total`) or a plain number of bytes; None means the
+    default share. `what` names the setting in the error."""
     if value is None or str(value).strip() == "":
         return int(total * DEFAULT_SHARE)
     text = str(value).strip()
@@ -43,13 +44,13 @@ def parse_budget(value: Optional[str], total: int) -> int:
         try:
             share = float(text[:-1])
         except ValueError:
-            raise BudgetError(f"memory budget {value!r}: expected a share such as '75%'") from None
+            raise BudgetError(f"{what} {value!r}: expected a share such as '75%'") from None
         if not 0 < share <= 100:
-            raise BudgetError(f"memory budget {value!r}: a share must be above 0% and at most 100%")
+            raise BudgetError(f"{what} {value!r}: a share must be above 0% and at most 100%")
         return int(total * share / 100)
     match = _SIZE_RE.match(text)
     if not match:
-        raise BudgetError(f"memory budget {value!r}: expected bytes, a size such as '8GiB', or a share such as '75%'")
+        raise BudgetError(f"{what} {value!r}: expected bytes, a size such as '8GiB', or a share such as '75%'")
     unit = (match.group(2) or "").lower().removesuffix("b")
     return int(float(match.group(1)) * _UNITS[unit])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -12,7 +13,12 @@ from slp.settings import Settings
 
 # Every setting engine_command reads: changing one (config reload) restarts the engine.
 ENGINE_SETTINGS = ("ctx_size", "flash_attn", "gpu_layers", "parallel", "threads", "max_tokens", "embeddings", "poll",
-                   "cache_ram")
+                   "cache_ram", "prompt_cache")
+
+
+def prompt_cache_dir(settings: Settings) -> Path:
+    """The folder of saved project prefixes (the engine writes and reads its slot files there)."""
+    return settings.paths.data_dir / "prompt-cache"
 
 
 def engine_command(settings: Settings, binary: Path, model_path: Path, port: int, api_key: str,
@@ -47,6 +53,8 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
         argv += ["--rpc", ",".join(workers)]
     if mmproj is not None:
         argv += ["--mmproj", str(mmproj)]
+    if settings.prompt_cache and mmproj is None:  # where the prompt cache's saves go (slp.server.prompt_cache)
+        argv += ["--slot-save-path", f"{prompt_cache_dir(settings)}{os.sep}"]
     template = builtin_template(model_path)
     if template is not None:
         argv += ["--no-jinja", "--chat-template", template]  # with Jinja on (the default) a name is a template

@@ -59,8 +59,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def open_log(command: EngineCommand) -> int:
-    """The engine's log, rotated and opened for appending, with a line that says what starts now."""
+    """The engine's log, rotated and opened for appending, with a line that says what starts now. The
+    folders the command names exist first (llama-server refuses a `--slot-save-path` that does not)."""
     command.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if "--slot-save-path" in command.argv[:-1]:
+        Path(command.argv[command.argv.index("--slot-save-path") + 1]).mkdir(parents=True, exist_ok=True, mode=0o700)
     rotate_log(command.log_path)
     fd = os.open(command.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.write(fd, f"--- slp: starting engine at {time.strftime('%Y-%m-%d %H:%M:%S')}: "

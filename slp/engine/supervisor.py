@@ -69,6 +69,7 @@ BUSY_CPU_SHARE = 0.1  # of one core over a watchdog interval: more is work (e.g.
 # and no flash attention (the last `--flash-attn` wins over the command's own).
 SAFE_MODE_ARGS = ("--no-repack", "--flash-attn", "off")
 SAFE_MODE_WORDS = "safe mode (--no-repack, flash attention off)"
+STOPPING_TIMEOUT = 5.0  # seconds a stop waits for on_stopping (the prompt cache's saves) at most
 CRASHES_AT_LOAD = 2  # crashes at load in a row that make the next start a safe-mode one
 # Signals of a fault in the engine itself. SIGKILL and SIGTERM come from outside (the OOM killer, a user):
 # they are crashes, but never "at load" (safe mode would not help).
@@ -174,8 +175,11 @@ class Supervisor:
                  stall_timeout: float = 30.0, name: str = "engine",
                  on_change: Optional[Callable[[EngineState, str], None]] = None,
                  on_restart: Optional[Callable[[str], None]] = None,
-                 on_kill: Optional[Callable[[], None]] = None, safe_mode: Optional[str] = None):
-        """`safe_mode`: why an earlier engine for this model needed safe mode; this one starts in it."""
+                 on_kill: Optional[Callable[[], None]] = None, safe_mode: Optional[str] = None,
+                 on_stopping: Optional[Callable[[], Awaitable[None]]] = None):
+        """`safe_mode`: why an earlier engine for this model needed safe mode; this one starts in it.
+        `on_stopping`: the last step before a ready engine is stopped on purpose (stop, restart), while it
+        still serves (the prompt cache saves there); bounded by STOPPING_TIMEOUT, its errors only logged."""
         self._make_command = make_command
         self._http = http
         self.name = name
@@ -188,6 +192,7 @@ class Supervisor:
         self._on_change = on_change
         self._on_restart = on_restart
         self._on_kill = on_kill  # the engine was killed (stall, hang): end its requests now, not at its exit
+        self._on_stopping = on_stopping
         self._restart_reason = "user"
 
         self.state = EngineState.STOPPED
@@ -480,6 +485,8 @@ class Supervisor:
         ended: Optional[ExitInfo] = None
         try:
             ended = await self._serve(proc, exited)
+            if ended is None and self.state is EngineState.READY and not exited.done():
+                await self._stopping()
             return ended
         finally:
             if proc.returncode is None and ended is not None and ended.reason in KILLED_BY_US:
@@ -491,6 +498,17 @@ class Supervisor:
                 exited.cancel()
             self.pid = None
             self.started_at = None
+
+    async def _stopping(self) -> None:
+        """Run `on_stopping` before a ready engine is stopped on purpose, within STOPPING_TIMEOUT."""
+        if self._on_stopping is None:
+            return
+        try:
+            await asyncio.wait_for(self._on_stopping(), STOPPING_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("%s: the steps before stopping took over %gs; stopping anyway", self.name, STOPPING_TIMEOUT)
+        except Exception:  # noqa: BLE001 - a save that fails must never keep an engine from stopping
+            log.exception("%s: the steps before stopping failed; stopping anyway", self.name)
 
     def _linger(self, proc: "asyncio.subprocess.Process | StartedProcess", exited: asyncio.Future,
                 reason: str) -> None:

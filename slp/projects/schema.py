@@ -106,6 +106,19 @@ class DocumentStats(BaseModel):
     index_bytes: int = Field(0, description="Bytes of chunk text the index holds.")
 
 
+class PromptCacheEntry(BaseModel):
+    """A project's prefix saved on disk for one model (slp.server.prompt_cache): restored, not recomputed,
+    when the model's engine next serves the project."""
+
+    model: Optional[str] = Field(None, description="The engine (model) it was saved from.")
+    prefix_tokens: Optional[int] = Field(None, description="Tokens of the project's prefix it holds.")
+    tokens: Optional[int] = Field(None, description="Tokens it holds in all (the prefix and the conversation "
+                                  "that followed it in the slot).")
+    bytes: Optional[int] = Field(None, description="Size on disk.")
+    saved_at: Optional[float] = Field(None, description="Unix time it was saved.")
+    used_at: Optional[float] = Field(None, description="Unix time it was last saved or restored.")
+
+
 class Project(BaseModel):
     """A project as stored and as the API shows it."""
 
@@ -122,6 +135,8 @@ class Project(BaseModel):
     active: bool = False
     retrieval: bool = True
     documents: DocumentStats = Field(default_factory=DocumentStats)
+    prompt_cache: list[PromptCacheEntry] = Field(
+        default_factory=list, description="Its prefix saved on disk, per model (only in GET /v1/projects/{project}).")
 
     @field_serializer("params")
     def _params(self, params: GenerationParams) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Optional
@@ -17,8 +18,15 @@ from typing import AsyncIterator, Awaitable, Callable, Optional
 import aiohttp
 from aiohttp import web
 
-from slp.engine.budget import ComputeGate, cpu_cores, estimate_bytes, estimate_from_size, memory_budget_bytes
-from slp.engine.command import ENGINE_SETTINGS, engine_command
+from slp.engine.budget import (
+    ComputeGate,
+    cpu_cores,
+    estimate_bytes,
+    estimate_from_size,
+    memory_budget_bytes,
+    parse_budget,
+)
+from slp.engine.command import ENGINE_SETTINGS, engine_command, prompt_cache_dir
 from slp.engine.gpu import gpu_memory_of
 from slp.engine.pool import Engine, EnginePool, parse_keep_alive
 from slp.engine.process import memory_of
@@ -30,6 +38,7 @@ from slp.server import keys
 from slp.server.api import PUBLIC_PATHS, add_api_routes
 from slp.server.engine_client import EngineClient
 from slp.server.head_start import HeadStart
+from slp.server.prompt_cache import PromptCache, PromptStore, build_id
 from slp.server.middleware import error_middleware, make_auth, make_cors, make_host_check
 from slp.server.projects_routes import ProjectRoutes
 from slp.server.proxy import Proxy, name_unknown_fields
@@ -73,6 +82,7 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
     metrics.registry.register(WorkerCollector(workers))
     engine_key = head_start.api_key if head_start is not None else secrets.token_urlsafe(32)
     app[keys.ENGINE_AUTH] = f"Bearer {engine_key}"
+    app[keys.PROMPT_CACHE] = _prompt_cache(app, settings, engine_bin, metrics)
     engines = app[keys.ENGINES] = _engine_pool(app, engine_bin, engine_key, on_engine_change, head_start)
     engines.max_admitted = settings.parallel + settings.max_queue  # requests served or waiting; more get a 429
     metrics.memory_budget.set(engines.budget)
@@ -90,9 +100,39 @@ def create_app(settings: Settings, engine_bin: Path, engine_build: Optional[dict
 
     proxy = Proxy(settings=lambda: app[keys.SETTINGS], models=models, projects=project_cache, engines=engines,
                   recorder=recorder, workers=workers, engine_auth=app[keys.ENGINE_AUTH],
-                  documents=index_of(projects))
+                  documents=index_of(projects), prompts=app[keys.PROMPT_CACHE])
     add_api_routes(app, proxy, ProjectRoutes(projects, lambda name: models.resolve(name) is not None))
     return app
+
+
+def _prompt_cache(app: web.Application, settings: Settings, engine_bin: Path, metrics: Metrics) -> Optional[PromptCache]:
+    """The projects' prompt cache on disk (None when `prompt_cache` is off)."""
+    if not settings.prompt_cache:
+        return None
+    root = prompt_cache_dir(settings)
+    limit = parse_budget(settings.prompt_cache_size, _disk_size(root), "prompt cache size")
+    store = PromptStore(root, limit)
+    store.ready()
+    models = app[keys.MODELS]
+
+    def model_sha(path: Path) -> Optional[str]:
+        found = models.for_path(path)
+        return found.sha256 if found is not None else None
+
+    return PromptCache(store, settings=lambda: app[keys.SETTINGS], http=lambda: app[keys.ENGINE_CONTROL_HTTP],
+                       engine_auth=app[keys.ENGINE_AUTH], build=build_id(app[keys.ENGINE_BUILD], engine_bin),
+                       model_sha=model_sha, metrics=metrics)
+
+
+def _disk_size(folder: Path) -> int:
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return shutil.disk_usage(path).total
+    return 0
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _closing(close: Callable[[], None]) -> Callable:
@@ -127,6 +167,7 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
     """The pool of engines, one per loaded model, with the factories it needs: how to make a supervised
     engine, how to estimate and measure a model's memory, and what to tell metrics when engines come and go."""
     settings, models, metrics, workers = app[keys.SETTINGS], app[keys.MODELS], app[keys.METRICS], app[keys.WORKERS]
+    prompts = app[keys.PROMPT_CACHE]
     cpu_build = app[keys.ENGINE_BUILD].get("preset", "cpu") in ("cpu", "cpu-portable")
 
     safe_modes: dict[Path, str] = {}  # model path -> why its engine needed safe mode (for its next load)
@@ -142,8 +183,10 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
             current = app[keys.SETTINGS]
             rpc = await workers.select_async(current.workers, supervisor) if current.workers else []
             found = models.for_path(model_path)  # a vision model's projector travels with it
-            return engine_command(current, engine_bin, model_path, port, engine_key, name, workers=rpc,
-                                  mmproj=found.mmproj if found is not None else None)
+            command = engine_command(current, engine_bin, model_path, port, engine_key, name, workers=rpc,
+                                     mmproj=found.mmproj if found is not None else None)
+            engine.extra["argv"] = command.argv  # what its KV state depends on (the prompt cache's key)
+            return command
 
         def changed(state: EngineState, reason: str) -> None:
             nonlocal asked
@@ -163,14 +206,17 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
             stall_timeout=current.stall_timeout, name=name, log_path=current.paths.engine_log, on_change=changed,
             on_restart=lambda reason: metrics.engine_restarted(name, reason),
             on_kill=lambda: engine.extra["http"].abort(),  # a killed engine's requests end now, not at its exit
-            safe_mode=safe_modes.get(path))
+            safe_mode=safe_modes.get(path), on_stopping=lambda: prompts.save(engine) if prompts else _nothing())
+        threads = (current.threads or cpu_cores()) if cpu_build else 0
+        engine = Engine(name=name, path=path, supervisor=supervisor, threads=threads, estimate=0,
+                        keep_alive=parse_keep_alive(current.keep_alive))
         head = head_start
         if head is not None and not head.adopted and head.model_path == path and head.name == name:
             supervisor.adopt(head.process, head.port)  # started before the agent's imports: take it over
             head.adopted = True
-        threads = (current.threads or cpu_cores()) if cpu_build else 0
-        engine = Engine(name=name, path=path, supervisor=supervisor, threads=threads, estimate=0,
-                        keep_alive=parse_keep_alive(current.keep_alive))
+            found = models.for_path(path)  # its plan matched these settings: the command it runs is this one
+            engine.extra["argv"] = engine_command(current, engine_bin, path, head.port, engine_key, name,
+                                                  mmproj=found.mmproj if found is not None else None).argv
         # llama-server serves `parallel + 4` connections at once (its HTTP threads); more only wait in
         # its accept queue in no order. Waiting in our client instead is first come, first served.
         engine.extra["http"] = EngineClient(max_connections=current.parallel + 4)

@@ -30,4 +30,5 @@ METRICS = web.AppKey("metrics", Metrics)
 CONFIG = web.AppKey("config", dict)  # the last config (re)load: when, what changed, any error
 PUBLIC_URL = web.AppKey("public_url", list)  # [url]: filled in once the socket is bound
 WORKERS = web.AppKey("workers", WorkerPool)  # the RPC workers (SLP_WORKERS)
+PROMPT_CACHE = web.AppKey("prompt_cache", object)  # projects' prefixes on disk (PromptCache), None when off
 PROXY = web.AppKey("proxy", object)  # the Proxy, for routes that translate through its lease (Ollama's)

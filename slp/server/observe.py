@@ -72,6 +72,20 @@ class Metrics:
                                      "to hold", registry=r)
         self.waiting_for_memory = Gauge("slp_loads_waiting_for_memory", "Loads waiting for memory", registry=r)
         self.agent_rss = Gauge("slp_agent_rss_bytes", "Agent resident memory", registry=r)
+        self.prompt_cache_saves = Counter("slp_prompt_cache_saves", "Project prefixes saved to disk as their engine "
+                                          "stopped, by model", ["model"], registry=r)
+        self.prompt_cache_restores = Counter("slp_prompt_cache_restores", "Project prefixes restored from disk into "
+                                             "an engine, by model", ["model"], registry=r)
+        self.prompt_cache_misses = Counter("slp_prompt_cache_misses", "Project requests first at an engine with no "
+                                           "saved prefix to restore, by model", ["model"], registry=r)
+        self.prompt_cache_discards = Counter("slp_prompt_cache_discards", "Saved prefixes deleted unrestored "
+                                             "(another key, corrupt, refused by the engine), by model", ["model"],
+                                             registry=r)
+        self.prompt_cache_restore_seconds = Histogram("slp_prompt_cache_restore_seconds", "Time to restore a saved "
+                                                      "prefix (check and engine restore)", buckets=LATENCY_BUCKETS,
+                                                      registry=r)
+        self.prompt_cache_save_seconds = Histogram("slp_prompt_cache_save_seconds", "Time an engine's stop spent "
+                                                   "saving prefixes", buckets=LATENCY_BUCKETS, registry=r)
         self._children: dict[tuple, object] = {}
 
     def child(self, metric, *labels: str):

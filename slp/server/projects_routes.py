@@ -14,12 +14,19 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from slp.projects.schema import Project, ProjectCreate, ProjectUpdate, ProjectUsage, SessionDetail
+from slp.projects.schema import (
+    Project,
+    ProjectCreate,
+    ProjectUpdate,
+    ProjectUsage,
+    PromptCacheEntry,
+    SessionDetail,
+)
 from slp.projects.store import ProjectError, ProjectInvalid, ProjectStore, parse
 from slp.server import keys
 from slp.server.errors import model_not_found, project_error
 from slp.server.jsonbody import read_json_object
-from slp.server.responses import ProjectDeleted, ProjectList, SessionList
+from slp.server.responses import ProjectDeleted, ProjectList, PromptCacheCleared, SessionList
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,20 @@ async def create_project(request: web.Request) -> Project:
 
 
 async def get_project(request: web.Request) -> Project:
-    return await call(store_of(request).get, request.match_info["project"])
+    project = await call(store_of(request).get, request.match_info["project"])
+    prompts = request.app.get(keys.PROMPT_CACHE)
+    if prompts is None:
+        return project
+    entries = await asyncio.to_thread(prompts.entries, project.id)
+    return project.model_copy(update={"prompt_cache": [PromptCacheEntry(**e) for e in entries]})
+
+
+async def clear_prompt_cache(request: web.Request) -> PromptCacheCleared:
+    project = await call(store_of(request).get, request.match_info["project"])
+    prompts = request.app.get(keys.PROMPT_CACHE)
+    deleted, freed = await asyncio.to_thread(prompts.clear, project.id) if prompts is not None else (0, 0)
+    return PromptCacheCleared(object="project.prompt_cache.cleared", project_id=project.id, deleted=deleted,
+                              bytes=freed)
 
 
 async def update_project(request: web.Request) -> Project:
@@ -90,6 +110,9 @@ async def update_project(request: web.Request) -> Project:
 async def delete_project(request: web.Request) -> ProjectDeleted:
     await _settled(request)
     project = await call(store_of(request).delete, request.match_info["project"])
+    prompts = request.app.get(keys.PROMPT_CACHE)
+    if prompts is not None:
+        await asyncio.to_thread(prompts.clear, project.id)
     return ProjectDeleted(id=project.id, object="project.deleted", deleted=True)
 
 

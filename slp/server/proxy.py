@@ -40,6 +40,7 @@ from slp.projects.store import ProjectError
 from slp.server.engine_client import EngineConnectionError, EngineResponse, EngineStreamError
 from slp.server.errors import APIError, keep_alive_seconds, model_not_found, model_too_large, project_error
 from slp.server.jsonbody import read_json_object, validate
+from slp.server.prompt_cache import PromptCache
 from slp.server.record import RECORD, EngineRef, RequestRecord
 from slp.server.schemas import ChatCompletionRequest, plainly_valid_chat, validation_context
 from slp.server.services import ProjectCache, Session, UsageRecorder
@@ -50,7 +51,9 @@ log = logging.getLogger("slp.proxy")
 
 _DONE = b"data: [DONE]"
 _TAIL_BYTES = 16384  # tail of a stream kept for its usage event and end marker (see _stream)
-_MODELS_RECHECK_S = 1.0  # how often the model lookup looks at the models folder again
+_MODELS_RECHECK_S = 1.0
+# Routes whose prompt opens with the project's system prompt: its prefix may be restored for them.
+_PREFIXED = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages"})  # how often the model lookup looks at the models folder again
 
 
 def _last_event(stream: bytes) -> bytes:
@@ -219,11 +222,12 @@ class Proxy:
 
     def __init__(self, *, settings: Callable[[], Settings], models: ModelStore, projects: ProjectCache,
                  engines: EnginePool, recorder: UsageRecorder, workers: WorkerPool, engine_auth: str,
-                 documents: DocumentIndex):
+                 documents: DocumentIndex, prompts: Optional[PromptCache] = None):
         self._settings = settings  # read per request: a config reload replaces the settings
         self._models = models
         self._projects = projects
         self._documents = documents
+        self._prompts = prompts  # projects' prefixes restored from disk (None: the prompt cache is off)
         self._engines = engines
         self._recorder = recorder
         self._workers = workers
@@ -309,6 +313,8 @@ class Proxy:
         as `_forward`. Yields (engine, the engine's response); the lease lasts until the block ends."""
         record.proxied = True
         async with self._leased(record, body, project, keep_alive) as engine:
+            if project.system_prompt and self._prompts is not None and path in _PREFIXED:
+                await self._prompts.prepare(engine, project, body)
             async with await self._post(record, engine, path, body, None) as upstream:
                 yield engine, upstream
 
@@ -396,6 +402,9 @@ class Proxy:
         """Lease the model's engine (admitted, loading it if needed) and send the request there; `payload`
         is the body's bytes when they can go as the client sent them."""
         async with self._leased(record, body, project, keep_alive) as engine:
+            if project.system_prompt and self._prompts is not None and path in _PREFIXED and \
+                    await self._prompts.prepare(engine, project, body):
+                payload = None  # sent to the slot its prefix was restored into
             return await self._send(request, record, engine, path, body, payload, project, session, end_marker,
                                     account)
 

@@ -460,6 +460,13 @@ class ProjectDeleted(BaseModel):
     deleted: bool
 
 
+class PromptCacheCleared(BaseModel):
+    object: Literal["project.prompt_cache.cleared"]
+    project_id: str
+    deleted: int = Field(description="Saved prefixes deleted.")
+    bytes: int = Field(description="Disk freed.")
+
+
 class SessionList(BaseModel):
     object: Literal["list"]
     data: list[SessionSummary]
