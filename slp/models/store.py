@@ -109,7 +109,9 @@ class InstalledModel:
     def chat_format(self) -> Optional[str]:
         """What formats a chat with it (`slp.models.metadata.chat_format`): a built-in template's name,
         "own", or None when it has none (chats are refused). Costs a stat once the file was looked at."""
-        return chat_format(self.template, *template_facts(self.path))
+        if self.template is not None:  # chosen: the file need not be looked at
+            return self.template
+        return chat_format(None, *template_facts(self.path))
 
     def to_dict(self, with_metadata: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "aliases": list(self.aliases), "path": str(self.path),
