@@ -121,6 +121,20 @@ def bare_engine(argv: list[str], port: int, log_path: Path, env: Optional[dict] 
         proc.wait()
 
 
+def without_chat_template(src: Path, dest: Path) -> Path:
+    """A copy of GGUF `src` at `dest` whose `tokenizer.chat_template` key is renamed to another of the same
+    length: a real model file that llama.cpp and slp see without a chat template, every offset unchanged
+    (gguf's reader and writer would take seconds over the vocabulary; this takes a copy's time)."""
+    key, other = b"tokenizer.chat_template", b"slp.test.not_a_template"
+    assert len(key) == len(other)
+    data = src.read_bytes()
+    field = len(key).to_bytes(8, "little") + key
+    assert data.count(field) == 1, f"{src} has no single {key.decode()} key"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data.replace(field, len(other).to_bytes(8, "little") + other))
+    return dest
+
+
 def expected_gpu_row(binary: Path) -> str:
     """What `slp status` must print as GPU for this engine build, read independently of slp's code:
     the CPU preset says so, a CUDA build names the card nvidia-smi reports."""

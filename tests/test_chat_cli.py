@@ -17,7 +17,15 @@ import time
 import pytest
 import requests
 
-from conftest import SLP, kill_all_under, make_standin_agent, wait_for
+from conftest import (
+    SLP,
+    kill_all_under,
+    make_agent,
+    make_standin_agent,
+    processes_under,
+    wait_for,
+    without_chat_template,
+)
 
 TOKEN_DELAY = 0.05  # seconds per streamed token: a 4-token reply takes 0.2 s, a 1000-token one 50 s
 
@@ -231,3 +239,62 @@ def test_the_gemma_base_model_chats_in_its_own_turn_format(agent, second_model):
     assert "<start_of_turn>user\nName a colour.<end_of_turn>" in prompt and "<|im_start|>" not in prompt, prompt
     reply = requests.post(f"{agent.url}/v1/chat/completions", json={**body, "max_tokens": 8}, timeout=120)
     assert reply.status_code == 200 and "<|im_start|>" not in reply.json()["choices"][0]["message"]["content"]
+
+
+def test_a_model_without_any_chat_template_is_refused_a_chat_until_one_is_chosen(tmp_path, default_model,
+                                                                                 engine_binary):
+    """On the real engine, SmolLM2 copied without its chat template (a llama: no single known format): every
+    route that would format a chat refuses it with one clear 400 (OpenAI's envelope, Ollama's for /api/chat),
+    which `slp chat` prints as its one line; text completion works. A misspelt template changes nothing;
+    `slp model template plain chatml` restarts its engine with `--chat-template chatml` and it chats."""
+    models = tmp_path / "models"
+    plain = without_chat_template(default_model, models / "plain.gguf")
+    agent = make_agent(tmp_path / "home", model="plain", models_dir=str(models), max_tokens="16")
+    try:
+        agent.start()
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        for path, body in (("/v1/chat/completions", {"messages": question}),
+                           ("/v1/chat/completions", {"messages": question, "stream": True}),
+                           ("/v1/responses", {"input": "What is the capital of France?"}),
+                           ("/v1/messages", {"messages": question, "max_tokens": 8}),
+                           ("/api/chat", {"messages": question}),
+                           ("/api/generate", {"prompt": "What is the capital of France?"})):
+            reply = requests.post(agent.url + path, json={"model": "plain", **body}, timeout=60)
+            assert reply.status_code == 400, (path, reply.text)
+            error = reply.json()["error"]
+            message = error if path.startswith("/api/") else error["message"]
+            if not path.startswith("/api/"):
+                assert (error["code"], error["type"], error["param"]) == \
+                    ("model_has_no_chat_template", "invalid_request_error", "model"), error
+            assert message.startswith("The model 'plain' is a base model without a chat template") and \
+                "`slp model template plain chatml`" in message and "/v1/completions" in message, message
+
+        proc = agent.cli("chat", input="/model plain\nhello\n/exit\n", timeout=60)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert errors == [f"Error: {message}"], proc.stderr
+        assert "Warning: plain is a base model without a chat template" in proc.stderr
+
+        text = requests.post(agent.url + "/v1/completions", json={"model": "plain", "prompt": "The capital of "
+                             "France is", "max_tokens": 4, "temperature": 0}, timeout=120)
+        assert text.status_code == 200 and text.json()["choices"][0]["text"], text.text
+
+        wrong = agent.cli("model", "template", "plain", "chatmk")
+        assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+        assert wrong.stderr.startswith("Error: unknown chat template 'chatmk'") and "Traceback" not in wrong.stderr
+        assert not (models / ".plain.settings.json").exists()
+
+        chosen = agent.cli("model", "template", "plain", "chatml")
+        assert chosen.returncode == 0 and "Unloaded plain in the agent" in chosen.stderr, chosen.stderr
+        details = requests.get(f"{agent.url}/v1/models/plain", timeout=60).json()["details"]
+        assert (details["kind"], details["template"], details["chat_format"]) == ("base", "chatml", "chatml")
+        reply = requests.post(f"{agent.url}/v1/chat/completions", timeout=120,
+                              json={"model": "plain", "messages": question, "temperature": 0, "max_tokens": 10})
+        assert reply.status_code == 200, reply.text
+        content = reply.json()["choices"][0]["message"]["content"]
+        assert "Paris" in content and "<|im_start|>" not in content, content
+        engines = [p.cmdline() for p in processes_under(agent.home) if str(plain) in p.cmdline()]
+        assert len(engines) == 1 and "--chat-template chatml" in " ".join(engines[0]), engines
+    finally:
+        agent.stop()
+        kill_all_under(agent.home)

@@ -374,3 +374,55 @@ def test_the_gemma_base_model_is_marked_and_gets_its_builtin_template(monkeypatc
 
     assert template_of(second_model) == "gemma"
     assert template_of(real_gguf) is None
+
+
+def test_a_chosen_chat_template_is_checked_stored_shown_and_given_to_the_engine(store, tmp_path, real_gguf,
+                                                                                second_model):
+    """`slp model template`: a misspelt name is one line and changes nothing; a chosen one is stored with
+    the model, shown by `show`, and starts its engine with `--no-jinja --chat-template`, over the file's own
+    template and over a Gemma base model's built-in one; `none` takes it away. `list --json` has KIND."""
+    from conftest import without_chat_template
+
+    from slp.engine.command import engine_command
+
+    plain = without_chat_template(real_gguf, store.path_for("plain"))
+    install_copy(second_model, store.path_for("gemma-base"))
+    install_copy(real_gguf, store.path_for("smol"))
+
+    def template_of(path: Path):
+        argv = engine_command(Settings(), Path("llama-server"), path, 1, "k", "a").argv
+        return argv[argv.index("--chat-template") + 1] if "--chat-template" in argv else None
+
+    def facts(name: str) -> dict:
+        shown = runner.invoke(model_cli.app, ["show", name, "--json"])
+        assert shown.exit_code == 0, shown.output
+        return json.loads(shown.stdout)
+
+    listed = {m["name"]: m for m in json.loads(runner.invoke(model_cli.app, ["list", "--json"]).stdout)}
+    assert {n: m["kind"] for n, m in listed.items()} == {"plain": "base", "gemma-base": "base", "smol": "chat"}
+    before = facts("plain")
+    assert (before["chat_template"], before["template"], before["chat_format"]) == (False, None, None)
+    assert "refused (no template; choose one: slp model template plain chatml)" in \
+        runner.invoke(model_cli.app, ["show", "plain"]).stdout
+    assert (facts("smol")["chat_format"], facts("gemma-base")["chat_format"]) == ("own", "gemma")
+
+    assert_one_line_error(runner.invoke(model_cli.app, ["template", "plain", "chatmk"]),
+                          "unknown chat template 'chatmk': use one of llama.cpp's built-in templates (chatml, ")
+    assert_one_line_error(runner.invoke(model_cli.app, ["template", "nosuch", "chatml"]), "no installed model")
+    assert facts("plain") == before and not store.settings_path("plain").exists() and template_of(plain) is None
+
+    for name, chosen in (("plain", "chatml"), ("smol", "llama3"), ("gemma-base", "zephyr")):
+        result = runner.invoke(model_cli.app, ["template", name, chosen])
+        assert result.exit_code == 0 and f"{name}: chats use {chosen}" in result.stdout, result.output
+        assert (facts(name)["template"], facts(name)["chat_format"]) == (chosen, chosen)
+        assert template_of(store.path_for(name)) == chosen
+    assert "chatml (built-in template chosen with slp model template)" in \
+        runner.invoke(model_cli.app, ["show", "plain"]).stdout
+    assert runner.invoke(model_cli.app, ["template", "plain"]).stdout.startswith("plain: chatml\n")
+
+    for name, after in (("plain", None), ("smol", None), ("gemma-base", "gemma")):
+        assert runner.invoke(model_cli.app, ["template", name, "none"]).exit_code == 0
+        assert facts(name)["template"] is None and template_of(store.path_for(name)) == after
+    runner.invoke(model_cli.app, ["template", "plain", "chatml"])
+    assert runner.invoke(model_cli.app, ["rm", "plain", "--yes"]).exit_code == 0
+    assert not store.settings_path("plain").exists()  # a later model of that name starts without it

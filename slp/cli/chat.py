@@ -130,10 +130,16 @@ def _warn_if_base(client: AgentClient, name: str) -> None:
         details = _model_details(client, name)
     except CliError:
         return
-    if details.get("kind") == "base":
-        typer.secho(f"Warning: {name} is a base model (pretrained, no chat template): it continues text rather "
-                    "than answering; pick a chat model with /model NAME (slp model list shows KIND).",
+    if details.get("kind") != "base":
+        return
+    if details.get("chat_format") is None:  # the agent refuses its chats: say how to give it a template
+        typer.secho(f"Warning: {name} is a base model without a chat template, so the agent refuses chats with "
+                    f"it; choose one with `slp model template {name} chatml`, or a chat model with /model NAME.",
                     fg=typer.colors.YELLOW, err=True)
+        return
+    typer.secho(f"Warning: {name} is a base model (pretrained, not taught to chat): it continues text "
+                "rather than answering; pick a chat model with /model NAME (slp model list shows KIND).",
+                fg=typer.colors.YELLOW, err=True)
 
 
 # ---------------------------------------------------------------------------------------------- input

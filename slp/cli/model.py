@@ -1,4 +1,5 @@
-"""`slp model ...`: list, pull (catalog, Hugging Face, a file), add in place, scan, show and remove models."""
+"""`slp model ...`: list, pull (catalog, Hugging Face, a file), add in place, scan, show, choose a chat template
+for, and remove models."""
 
 from __future__ import annotations
 
@@ -86,6 +87,20 @@ def _kind_line(kind: Optional[str]) -> str:
     if kind == "base":
         return "base (pretrained, no chat template: text completion; chats use a built-in template if known)"
     return kind or "?"
+
+
+def _chat_line(facts: dict) -> str:
+    """`slp model show`'s Chat row: what formats a chat with it, and where that choice comes from."""
+    used = facts["chat_format"]
+    if facts["template"] is not None:
+        return f"{used} (built-in template chosen with slp model template)"
+    if used == "own":
+        return "its own template"
+    if used is not None:
+        return f"{used} (llama.cpp's built-in template for {facts['architecture']})"
+    if facts["error"]:
+        return "?"
+    return f"refused (no template; choose one: slp model template {facts['name']} chatml)"
 
 
 def _source(model: InstalledModel) -> str:
@@ -225,7 +240,7 @@ def show(
     rows += [["Architecture", facts["architecture"] or "?"], ["Parameters", human_count(facts["parameters"])],
              ["Quantization", facts["quantization"] or "?"], ["Context length", facts["context_length"] or "?"],
              ["Chat template", {True: "yes", False: "no", None: "?"}[facts["chat_template"]]],
-             ["Kind", _kind_line(facts["kind"])],
+             ["Kind", _kind_line(facts["kind"])], ["Chat", _chat_line(facts)],
              ["License", facts["license"] or "-"], ["Size", human_bytes(model.size_bytes)]]
     for f in facts["files"]:
         state = "" if f["exists"] else " (missing)"
@@ -254,6 +269,53 @@ def rm(
         typer.confirm(f"{what}?", abort=True)
     store.remove(model.name)
     typer.echo(f"Removed {model.name}" + ("" if owned else f" (its file stays: {model.path})"))
+
+
+@app.command("template")
+@_one_line_errors
+def template(
+    name: str = typer.Argument(..., help="Installed model name or alias."),
+    chosen: Optional[str] = typer.Argument(None, metavar="TEMPLATE",
+                                           help="One of llama.cpp's built-in templates (chatml, llama3, gemma, "
+                                                "mistral-v7, phi3, zephyr, ...), or none to remove the choice. "
+                                                "Without it: show the choice and the names."),
+) -> None:
+    """Choose the chat template a model's engine formats chats with: for a base model without one (chats
+    with it are refused until it has one), or a model whose own does not suit. It takes precedence over
+    the file's own template; a running agent unloads the model so its next request starts with it.
+
+    Example: slp model template my-base-model chatml   |   slp model template my-base-model none
+    """
+    from slp.models.templates import NAMES
+
+    store = _store()
+    if chosen is None:
+        model = store.resolve(name, include_missing=True)
+        if model is None:
+            raise ModelError(f"no installed model named {name!r} in {store.root}")
+        typer.echo(f"{model.name}: {model.template or 'no template chosen'}")
+        typer.echo(f"llama.cpp's built-in templates: {', '.join(NAMES)}")
+        return
+    model = store.set_template(name, chosen)
+    typer.echo(f"{model.name}: chats use {model.template}" if model.template else
+               f"{model.name}: no template chosen (chats use its own, or its architecture's, or are refused)")
+    _restart_in_agent(model.name)
+
+
+def _restart_in_agent(name: str) -> None:
+    """Unload the model in a running agent, so its next request starts an engine with the new template."""
+    from slp.cli.client import AgentClient, CliError, load_settings, running_agent
+
+    state = running_agent()
+    if not state:
+        return
+    try:
+        result = AgentClient(state["url"], settings=load_settings()).request("POST", f"/v1/models/{name}/unload")
+    except CliError as exc:
+        typer.echo(f"Warning: the agent did not unload {name} ({exc}); run: slp model unload {name}", err=True)
+        return
+    if result.get("unloaded"):
+        typer.echo(f"Unloaded {name} in the agent: its next request starts it with the new template.", err=True)
 
 
 # `slp model load|unload` talk to the running agent; they live with `slp ps`, which shows what they change.

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from slp.engine.process import EngineCommand
-from slp.models.metadata import builtin_template
+from slp.models.store import ModelStore, engine_template
 from slp.settings import Settings
 
 
@@ -34,9 +34,10 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
     `mmproj` is a vision model's projector (`slp.models` records it beside the model).
     `workers` are llama.cpp RPC workers (host:port) that answered the pre-start check: the engine
     offloads layers to them (`--rpc`), split by their free memory.
-    A model without a chat template whose architecture has one known format (Gemma) gets llama.cpp's
-    built-in template of that name (`--no-jinja --chat-template`: with Jinja on, llama-server would take the
-    name itself as the template text), not the generic fallback it would answer garbage in.
+    A model given a chat template (`slp model template`), or without one whose architecture has one known
+    format (Gemma), gets llama.cpp's built-in template of that name (`--no-jinja --chat-template`: with Jinja
+    on, llama-server would take the name itself as the template text), not the generic fallback it would
+    answer garbage in.
     """
     argv = [str(binary), "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
             "--alias", alias, "--ctx-size", str(settings.ctx_size), "--parallel", str(settings.parallel),
@@ -55,7 +56,7 @@ def engine_command(settings: Settings, binary: Path, model_path: Path, port: int
         argv += ["--mmproj", str(mmproj)]
     if settings.prompt_cache and mmproj is None:  # where the prompt cache's saves go (slp.server.prompt_cache)
         argv += ["--slot-save-path", f"{prompt_cache_dir(settings)}{os.sep}"]
-    template = builtin_template(model_path)
+    template = engine_template(ModelStore(settings.resolved_models_dir), model_path)  # chosen, else known
     if template is not None:
         argv += ["--no-jinja", "--chat-template", template]  # with Jinja on (the default) a name is a template
     env = {"LLAMA_API_KEY": api_key}

@@ -61,14 +61,43 @@ BUILTIN_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "ge
 def builtin_template(path: Union[os.PathLike, str]) -> Optional[str]:
     """The built-in template to pass the engine for a model without its own (None: it has one, its
     architecture has no single known format, or the file cannot be read; the engine then decides)."""
+    own, architecture = template_facts(path)
+    return None if own else BUILTIN_TEMPLATES.get(architecture or "")
+
+
+_template_facts: dict[str, tuple[int, int, bool, Optional[str]]] = {}  # path -> (mtime_ns, size, own, architecture)
+
+
+def template_facts(path: Union[os.PathLike, str]) -> tuple[bool, Optional[str]]:
+    """(the file carries a chat template, its architecture), from the key/values alone: milliseconds, and
+    no gguf or numpy in the agent; remembered per file version, so the proxy's model lookup pays a stat.
+    A file that cannot be read says (True, None): the engine's own failure will say why, not a chat refusal."""
     from slp.models.gguf_header import read_header
 
-    try:  # the key/values alone: milliseconds, and no gguf or numpy in the agent that spawns the engine
+    key = str(path)
+    try:
+        st = os.stat(path)
+        known = _template_facts.get(key)
+        if known is not None and known[:2] == (st.st_mtime_ns, st.st_size):
+            return known[2], known[3]
         fields = read_header(path, tensors=False).fields
     except (OSError, ValueError):
-        return None
+        return True, None
     architecture = fields.get("general.architecture")
-    return None if "tokenizer.chat_template" in fields else BUILTIN_TEMPLATES.get(architecture)
+    facts = ("tokenizer.chat_template" in fields, architecture if isinstance(architecture, str) else None)
+    if len(_template_facts) > 256:
+        _template_facts.clear()
+    _template_facts[key] = (st.st_mtime_ns, st.st_size, *facts)
+    return facts
+
+
+def chat_format(setting: Optional[str], own: bool, architecture: Optional[str]) -> Optional[str]:
+    """What formats a chat with this model: the built-in template chosen for it (`slp model template`),
+    else "own" (the template in its file), else its architecture's built-in one; None when there is none
+    (the agent refuses chats with it rather than let llama.cpp fall back to ChatML the model never saw)."""
+    if setting is not None:
+        return setting
+    return "own" if own else BUILTIN_TEMPLATES.get(architecture or "")
 
 
 def _quantization(header: "Header") -> str:

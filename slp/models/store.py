@@ -4,6 +4,8 @@ A model is either a `<name>.gguf` file in the store's folder (catalog models, co
 `<name>.model.json` in that folder naming files elsewhere: downloads in the Hugging Face cache, or a
 user's own file registered where it lies (`slp model add`). A record's files are never copied, and a
 user's file is never deleted; one that has disappeared makes the model `missing`, not an error.
+A model's own settings (the chat template chosen for it) are a dot file `.<name>.settings.json` in the
+store's folder, for every kind of model alike (a catalog model has no record to hold them).
 
 Names reach the store from HTTP requests and the command line, so every lookup goes through one
 validator that refuses anything that could name a file outside the store's root.
@@ -24,7 +26,16 @@ from typing import Any, Optional, Union
 from slp.models.catalog import CATALOG, DEFAULT_ALIAS, CatalogEntry, aliases_for, find_entry, purpose_of
 from slp.models.errors import ModelError
 from slp.models.fetch import ProgressArg, fetch_entry, file_sha256, import_local
-from slp.models.metadata import ModelMetadata, cached_metadata, metadata_sidecar, read_metadata
+from slp.models.metadata import (
+    ModelMetadata,
+    builtin_template,
+    cached_metadata,
+    chat_format,
+    metadata_sidecar,
+    read_metadata,
+    template_facts,
+)
+from slp.models.templates import NAMES as TEMPLATE_NAMES, checked_template
 from slp.settings import ensure_private_dir
 
 __all__ = ["InstalledModel", "ModelError", "ModelFile", "ModelStore", "valid_name"]
@@ -78,6 +89,7 @@ class InstalledModel:
     source: str = "store"  # "catalog", "store" (a copy), "file" (in place), or "hf:OWNER/REPO/FILE@COMMIT"
     missing: bool = False  # a file it names has disappeared
     sidecar: Optional[Path] = field(default=None, compare=False)
+    template: Optional[str] = None  # llama.cpp's built-in chat template chosen for it (`slp model template`)
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -94,16 +106,24 @@ class InstalledModel:
                 return f.sha256
         return None
 
+    def chat_format(self) -> Optional[str]:
+        """What formats a chat with it (`slp.models.metadata.chat_format`): a built-in template's name,
+        "own", or None when it has none (chats are refused). Costs a stat once the file was looked at."""
+        if self.template is not None:  # chosen: the file need not be looked at
+            return self.template
+        return chat_format(None, *template_facts(self.path))
+
     def to_dict(self, with_metadata: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "aliases": list(self.aliases), "path": str(self.path),
                                 "size_bytes": self.size_bytes, "source": self.source, "missing": self.missing,
                                 "sha256": self.sha256, "mmproj": str(self.mmproj) if self.mmproj else None,
-                                "files": [f.to_dict() for f in self.files]}
+                                "files": [f.to_dict() for f in self.files], "template": self.template}
         if with_metadata:
             try:
-                data["metadata"] = self.metadata.to_dict()
+                meta = self.metadata
+                data["metadata"], data["kind"] = meta.to_dict(), meta.kind
             except ModelError as exc:
-                data["metadata"], data["error"] = None, str(exc)
+                data["metadata"], data["kind"], data["error"] = None, None, str(exc)
         return data
 
     def facts(self) -> dict[str, Any]:
@@ -116,10 +136,11 @@ class InstalledModel:
         try:
             meta = self.metadata
             data.update({k: getattr(meta, k) for k in keys})
+            data["chat_format"] = chat_format(self.template, meta.chat_template, meta.architecture)
             data["error"] = None
         except ModelError as exc:
             data.update({k: None for k in keys})
-            data["error"] = str(exc)
+            data["chat_format"], data["error"] = self.template, str(exc)
         data["purpose"] = purpose_of(self.name)
         return data
 
@@ -197,7 +218,19 @@ class ModelStore:
                 missing = True
         return InstalledModel(name=name, aliases=aliases_for(name), path=shards[0].path, size_bytes=size,
                               files=files, mmproj=mmproj, source=source, missing=missing,
-                              sidecar=self.root / f".{name}.meta.json")
+                              sidecar=self.root / f".{name}.meta.json", template=self._template_of(name))
+
+    def settings_path(self, name: str) -> Path:
+        """Where a model's own settings live (a dot file: never listed), for any kind of model, a catalog
+        model's file included, which has no record to hold them."""
+        return self.root / f".{name}.settings.json"
+
+    def _template_of(self, name: str) -> Optional[str]:
+        try:
+            template = json.loads(self.settings_path(name).read_text()).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            return None  # none set (or a damaged file: as if none)
+        return template if template in TEMPLATE_NAMES else None  # a hand-edited typo would stop the engine
 
     def _installed(self, name: str, include_missing: bool = False) -> Optional[InstalledModel]:
         model = self._from_record(name)
@@ -213,7 +246,7 @@ class ModelStore:
             pinned = entry.sha256 if entry is not None and entry.name == name else None
             model = InstalledModel(name=name, aliases=aliases_for(name), path=path, size_bytes=size,
                                    files=(ModelFile(path=path, sha256=pinned, size=size, owned=True),),
-                                   source="catalog" if pinned else "store")
+                                   source="catalog" if pinned else "store", template=self._template_of(name))
         if model.missing and not include_missing:
             return None
         return model
@@ -356,6 +389,24 @@ class ModelStore:
         """The default model, pulled first if it is missing or damaged."""
         return self.pull(DEFAULT_ALIAS, progress=progress)
 
+    def set_template(self, name_or_alias: str, template: str) -> InstalledModel:
+        """Choose llama.cpp's built-in chat template `template` for a model (`none` removes the choice);
+        an unknown model or template name raises ModelError and changes nothing. The engine gets it at
+        its next start."""
+        model = self.resolve(name_or_alias, include_missing=True)
+        if model is None:
+            raise ModelError(f"no installed model named {name_or_alias!r} in {self.root}")
+        chosen = checked_template(template)
+        path = self.settings_path(model.name)
+        if chosen is None:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise ModelError(f"cannot change {model.name}: {exc.strerror or exc}") from None
+        else:
+            _write_json_atomic(path, {"chat_template": chosen})
+        return replace(model, template=chosen)
+
     # --- removing --------------------------------------------------------------------------------
 
     def remove(self, name_or_alias: str) -> InstalledModel:
@@ -373,7 +424,8 @@ class ModelStore:
         except OSError as exc:
             raise ModelError(f"cannot remove {model.name}: {exc.strerror or exc}") from None
         # slp's own sidecars: in the store, and beside the file if someone parsed it by path alone.
-        for sidecar in {metadata_sidecar(model.path), self.root / f".{model.name}.meta.json"}:
+        for sidecar in {metadata_sidecar(model.path), self.root / f".{model.name}.meta.json",
+                        self.settings_path(model.name)}:
             try:
                 sidecar.unlink(missing_ok=True)
             except OSError:
@@ -422,6 +474,15 @@ def _projector_beside(model: Path) -> Optional[Path]:
     projectors = sorted(p for p in ggufs if "mmproj" in p.name.lower())
     models = {name_for_file(p.name) for p in ggufs if "mmproj" not in p.name.lower()}
     return projectors[0] if len(projectors) == 1 and len(models) == 1 else None
+
+
+def engine_template(models: ModelStore, path: Path) -> Optional[str]:
+    """The built-in chat template an engine for `path` is started with: the one chosen for its model
+    (`slp model template`, over the file's own too), else its architecture's for a model without one."""
+    found = models.for_path(path)
+    if found is not None and found.template is not None:
+        return found.template
+    return builtin_template(path)
 
 
 def engine_name(models: ModelStore, path: Path) -> str:

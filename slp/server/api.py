@@ -197,6 +197,9 @@ PROXIED = {
     500: "An internal error, in the agent or in llama-server (message `engine: …`).",
     503: None,
 }
+# Proxied routes that format messages with the model's chat template (slp.server.proxy.CHAT_PATHS).
+CHATS = {**PROXIED, 400: PROXIED[400] + " A model without a chat template (a base model, none chosen with "
+                         "`slp model template`) is refused with code `model_has_no_chat_template`."}
 PROJECT_BODY = {400: "The body is not a JSON object.", 415: None, 422: None}
 NO_PROJECT = {404: "No project has that id or name."}
 NO_MODEL = {404: "No installed model has that name."}
@@ -290,7 +293,7 @@ ROUTES: tuple[Route, ...] = (
                                example=CHAT_EXAMPLE,
                                stream=Stream(ChatCompletionChunk, CHUNK_LINES, "Server-sent events; each `data:` "
                                              "line holds a ChatCompletionChunk, the last one `[DONE]`."))},
-          errors=PROXIED),
+          errors=CHATS),
     Route("POST", "/v1/completions", "createCompletion", "Text completion", "OpenAI-compatible",
           forward=Forward(shape=shape_completion),
           description="OpenAI-compatible (legacy) text completion of `prompt`; the project's generation "
@@ -321,7 +324,7 @@ ROUTES: tuple[Route, ...] = (
           answers={200: Answer("The response, or its events.", ResponseObject,
                                stream=Stream(ResponseStreamEvent, RESPONSES_LINES, "Server-sent events, `event:` "
                                              "named by their `type`.", done=False))},
-          errors=PROXIED),
+          errors=CHATS),
     # --- llama-server's other APIs, proxied the same way (validation, project, engine, forward)
     Route("POST", "/v1/messages", "createAnthropicMessage", "Anthropic Messages API", "Engine",
           forward=Forward(shape=shape_anthropic, end_marker=b"message_stop"),
@@ -334,7 +337,7 @@ ROUTES: tuple[Route, ...] = (
           answers={200: Answer("The message, or its events.", AnthropicMessageResponse,
                                stream=Stream(AnthropicStreamEvent, ANTHROPIC_LINES, "Server-sent events, `event:` "
                                              "named by their `type`.", done=False))},
-          errors=PROXIED),
+          errors=CHATS),
     Route("POST", "/v1/messages/count_tokens", "countAnthropicTokens", "Count a message's tokens", "Engine",
           forward=Forward(shape=shape_anthropic, account=False),
           description="Anthropic's token counting, by llama-server." + PICKS_MODEL,

@@ -65,4 +65,5 @@ async def unload_model(request: web.Request) -> UnloadResult:
     app = request.app
     model = _installed(request)
     unloaded = await app[keys.ENGINES].unload(model.path)
+    app[keys.PROXY].forget_models()  # its settings may have changed (`slp model template` unloads it): look again
     return UnloadResult(model=engine_name(app[keys.MODELS], model.path), unloaded=unloaded, state="unloaded")

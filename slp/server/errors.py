@@ -80,6 +80,15 @@ def model_not_found(name: str, *, status: int = 404) -> APIError:
                     "`slp model list`", code="model_not_found", param="model")
 
 
+def no_chat_template(name: str) -> APIError:
+    """A chat with a model that has no chat template and none slp knows for its architecture: refused, since
+    llama.cpp would fall back to ChatML the model never saw and it would answer in those tokens."""
+    return APIError(400, f"The model '{name}' is a base model without a chat template, so it cannot chat; "
+                    f"pick one of llama.cpp's built-in templates with `slp model template {name} chatml` (or "
+                    "llama3, gemma, mistral-v7, ...), or continue text with /v1/completions, which works for it",
+                    code="model_has_no_chat_template", param="model")
+
+
 def model_too_large(exc: ModelTooLarge) -> APIError:
     """The model needs more than the whole memory budget: a 400 at once, since waiting cannot help."""
     return APIError(400, str(exc), code="model_too_large", param="model")

@@ -38,7 +38,14 @@ from slp.projects.schema import Project
 from slp.projects.shaping import added_usage, plan_of, shape_chat, shape_plain
 from slp.projects.store import ProjectError
 from slp.server.engine_client import EngineConnectionError, EngineResponse, EngineStreamError
-from slp.server.errors import APIError, keep_alive_seconds, model_not_found, model_too_large, project_error
+from slp.server.errors import (
+    APIError,
+    keep_alive_seconds,
+    model_not_found,
+    model_too_large,
+    no_chat_template,
+    project_error,
+)
 from slp.server.jsonbody import read_json_object, validate
 from slp.server.prompt_cache import PromptCache
 from slp.server.record import RECORD, EngineRef, RequestRecord
@@ -51,9 +58,10 @@ log = logging.getLogger("slp.proxy")
 
 _DONE = b"data: [DONE]"
 _TAIL_BYTES = 16384  # tail of a stream kept for its usage event and end marker (see _stream)
-_MODELS_RECHECK_S = 1.0
-# Routes whose prompt opens with the project's system prompt: its prefix may be restored for them.
-_PREFIXED = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages"})  # how often the model lookup looks at the models folder again
+_MODELS_RECHECK_S = 1.0  # how often the model lookup looks at the models folder again
+# The engine's routes that format messages with the model's chat template: refused for a model without one,
+# and the ones whose prompt opens with the project's system prompt (its prefix may be restored for them).
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages"})
 
 
 def _last_event(stream: bytes) -> bytes:
@@ -233,7 +241,7 @@ class Proxy:
         self._workers = workers
         # The same dict for every request to the engines: their client builds the request head once from it.
         self._engine_headers = {"Content-Type": "application/json", "Authorization": engine_auth}
-        self._resolved: dict[str, tuple[Path, str]] = {}  # model name -> (file, engine name)
+        self._resolved: dict[str, tuple[Path, str, bool]] = {}  # model name -> (file, engine name, it can chat)
         self._models_stamp = (-1.0, -2)  # (when the models folder was last looked at, its mtime then)
 
     # ------------------------------------------------------------------ handlers
@@ -296,7 +304,11 @@ class Proxy:
 
     def model_file(self, model_name: str) -> tuple[Path, str]:
         """The file behind a model name and its engine's name (404 when none)."""
-        return self._model_path(model_name)
+        return self._model_path(model_name)[:2]
+
+    def forget_models(self) -> None:
+        """Look models up afresh at the next request (a model's settings changed: its chat template)."""
+        self._resolved.clear()
 
     def account(self, record: RequestRecord, project: Project, usage: Optional[dict]) -> None:
         """Count a translated reply's usage for its project, after its bytes left (as `_forward` does)."""
@@ -312,20 +324,23 @@ class Proxy:
         engine's answer instead of relaying its bytes: the same admission, loading, lease and refusals
         as `_forward`. Yields (engine, the engine's response); the lease lasts until the block ends."""
         record.proxied = True
-        async with self._leased(record, body, project, keep_alive) as engine:
-            if project.system_prompt and self._prompts is not None and path in _PREFIXED:
+        async with self._leased(record, path, body, project, keep_alive) as engine:
+            if project.system_prompt and self._prompts is not None and path in CHAT_PATHS:
                 await self._prompts.prepare(engine, project, body)
             async with await self._post(record, engine, path, body, None) as upstream:
                 yield engine, upstream
 
     @contextlib.asynccontextmanager
-    async def _leased(self, record: RequestRecord, body: dict, project: Project,
+    async def _leased(self, record: RequestRecord, path: str, body: dict, project: Project,
                       keep_alive: object) -> AsyncIterator[Engine]:
         """The engine of the model the body names (or the project's), leased for the block: admitted,
         loaded if needed, kept alive as the request or its project says; the pool's refusals as the
-        client's errors. Relayed (`_forward`) and translated (`exchange`) requests both lease through here."""
+        client's errors. Relayed (`_forward`) and translated (`exchange`) requests both lease through here.
+        A chat (`path` in CHAT_PATHS) with a model that has no chat template is refused before any lease."""
         record.project, record.model = project.name, body.get("model") or project.model
-        model_path, name = self._model_path(record.model)
+        model_path, name, chats = self._model_path(record.model)
+        if not chats and path in CHAT_PATHS:
+            raise no_chat_template(record.model)
         if keep_alive is UNSET:
             keep_alive = plan_of(project).keep_alive
         with lease_refusals():
@@ -369,9 +384,11 @@ class Proxy:
         except ProjectError as exc:
             raise project_error(exc, param="project_id") from None
 
-    def _model_path(self, model_name: str) -> tuple[Path, str]:
-        """The file behind a model name and its engine's name; remembered until the models folder changes,
-        which is looked at (one stat) at most once a second. Unknown names are an OpenAI-style 404."""
+    def _model_path(self, model_name: str) -> tuple[Path, str, bool]:
+        """The file behind a model name, its engine's name and whether it can chat (a template of its own,
+        chosen, or known for its architecture: a header read, once per file version); remembered until the
+        models folder changes (a model's template setting is a file there), which is looked at (one stat)
+        at most once a second. Unknown names are an OpenAI-style 404."""
         store = self._models
         now = time.monotonic()
         checked, stamp = self._models_stamp
@@ -392,7 +409,7 @@ class Proxy:
         if len(self._resolved) > 256:
             self._resolved.clear()
         name = engine_name(store, model.path)  # as the runner and the load route name it: one engine per file
-        self._resolved[model_name] = known = (model.path, name)
+        self._resolved[model_name] = known = (model.path, name, model.chat_format() is not None)
         return known
 
     async def _forward(self, request: web.Request, record: RequestRecord, path: str, body: dict,
@@ -401,8 +418,8 @@ class Proxy:
                        payload: Optional[bytes] = None) -> web.StreamResponse:
         """Lease the model's engine (admitted, loading it if needed) and send the request there; `payload`
         is the body's bytes when they can go as the client sent them."""
-        async with self._leased(record, body, project, keep_alive) as engine:
-            if project.system_prompt and self._prompts is not None and path in _PREFIXED and \
+        async with self._leased(record, path, body, project, keep_alive) as engine:
+            if project.system_prompt and self._prompts is not None and path in CHAT_PATHS and \
                     await self._prompts.prepare(engine, project, body):
                 payload = None  # sent to the slot its prefix was restored into
             return await self._send(request, record, engine, path, body, payload, project, session, end_marker,

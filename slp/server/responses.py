@@ -182,6 +182,12 @@ class ModelDetails(_Open):
                                                    "template, for text completion (`/v1/completions`), not chat.")
     purpose: Optional[str] = Field(None, description="What the catalog says the model is for (null: not from "
                                                      "the catalog).")
+    template: Optional[str] = Field(None, description="The llama.cpp built-in chat template chosen for it "
+                                    "(`slp model template NAME TEMPLATE`); null: none chosen.")
+    chat_format: Optional[str] = Field(None, description="What formats a chat with it: the chosen template, "
+                                       "`own` (the file's), or its architecture's built-in one; null: nothing "
+                                       "does, and chats are refused (400 `model_has_no_chat_template`).",
+                                       examples=["own"])
     license: Optional[str]
     size_label: Optional[str]
     error: Optional[str] = Field(None, description="Why the file's facts are unknown (missing or damaged).")
