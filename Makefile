@@ -50,6 +50,7 @@ bench: setup engine
 	$(PY) -m bench.models
 	$(PY) -m bench.documents
 	$(PY) -m bench.ollama
+	$(PY) -m bench.prompt_cache
 
 # Mixed load on one agent for SOAK_MINUTES (default 30); not part of `make test`.
 SOAK_MINUTES ?= 30
