@@ -111,6 +111,16 @@ def common_prefix(tokens: list[int], prefix: list[int]) -> int:
     return best
 
 
+def _file_identity(path: Path) -> str:
+    """For a model whose sha256 is not recorded: its size and modification time (hashing gigabytes on the
+    request path is not an option), which change whenever the file does."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"unknown-{path.name}"
+    return f"stat-{stat.st_size}-{stat.st_mtime_ns}"
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -234,7 +244,7 @@ class PromptCache:
             return None
         sha = self._shas.get(engine.path)
         if sha is None:
-            sha = self._shas[engine.path] = self._model_sha(engine.path)
+            sha = self._shas[engine.path] = self._model_sha(engine.path) or _file_identity(engine.path)
         return {"format": FORMAT, "model_sha256": sha, "build": self._build,
                 "args": kv_args(engine.extra.get("argv") or []), "safe_mode": engine.supervisor.safe_mode,
                 "prefix_sha256": hashlib.sha256(project.system_prompt.encode()).hexdigest()}
@@ -282,6 +292,10 @@ class PromptCache:
         done = seen.pending[project.id] = asyncio.get_running_loop().create_future()
         try:
             slot = await self._restore(engine, project)
+        except Exception:  # noqa: BLE001 - the cache must never fail a request: it goes on uncached
+            log.exception("%s: restoring project %s's prompt failed; it is computed instead", engine.name,
+                          project.name)
+            slot = None
         finally:
             seen.pending.pop(project.id, None)
             done.set_result(None)
@@ -306,16 +320,20 @@ class PromptCache:
         started = time.monotonic()
         try:
             slot = await self._idle_slot(engine)
-            if slot is None:
-                self._metrics.prompt_cache_misses.labels(engine.name).inc()
-                return None
+        except (EngineRefused, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            slot, exc_text = None, str(exc) or type(exc).__name__
+            log.warning("%s: no slot to restore project %s's prompt into (%s)", engine.name, project.name, exc_text)
+        if slot is None:
+            self._metrics.prompt_cache_misses.labels(engine.name).inc()
+            return None
+        try:
             await self._call(engine, f"/slots/{slot}?action=restore", {"filename": f"{name}.bin"})
         except EngineRefused as exc:
             self._discard(engine, project, name, f"the engine refused it: {exc}")
             return None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             log.warning("%s: restoring project %s's prompt failed (%s); it is computed instead", engine.name,
-                        project.name, exc)
+                        project.name, str(exc) or type(exc).__name__)
             self._metrics.prompt_cache_misses.labels(engine.name).inc()
             return None
         took = time.monotonic() - started
@@ -376,10 +394,16 @@ class PromptCache:
                 prefixes[project.id] = tokens
         if not prefixes:
             return
+        # A save writes the slot's whole KV state: only slots long enough to hold a prefix, the most recently
+        # used first, and none once every project has its own.
+        shortest = MATCH_SHARE * min(len(prefix) for prefix in prefixes.values())
+        slots = sorted((s for s in slots if s["n_prompt_tokens"] >= shortest), key=lambda s: -s["id_task"])
         best: dict[str, tuple[int, Path, int]] = {}  # project id -> (shared tokens, file, slot's tokens)
         tmps = []
         try:
             for slot in slots:
+                if len(best) == len(prefixes):
+                    break
                 tmp = self.store.root / f"{_safe(str(engine.supervisor.pid))}-slot{slot['id']}.tmp"
                 tmps.append(tmp)
                 await self._call(engine, f"/slots/{slot['id']}?action=save", {"filename": tmp.name})
