@@ -150,10 +150,10 @@ def test_a_corrupt_entry_and_one_of_another_model_are_deleted_and_the_request_st
 
 
 def test_the_size_bound_evicts_the_least_recently_used_prefix(fresh_agent):
-    agent = fresh_agent(prompt_cache_min_tokens="100", prompt_cache_size="12MB")  # one ~8.5 MB entry fits
+    agent = fresh_agent(prompt_cache_min_tokens="100", prompt_cache_size="6MB")  # one ~4 MB entry fits
     agent.start()
-    first = project(agent, "pc-first", rules(20, seed=3))
-    second = project(agent, "pc-second", rules(20, seed=4))
+    first = project(agent, "pc-first", rules(8, seed=3))
+    second = project(agent, "pc-second", rules(8, seed=4))
     ask(agent, "pc-first")
     unload(agent)
     assert len(cached(agent, "pc-first")) == 1
