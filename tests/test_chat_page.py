@@ -9,7 +9,8 @@ against a real agent over the real engine (SmolLM2):
   rendered and sanitised;
 - an engine killed mid-reply shows the error in place, and the next message works once it is back;
 - every request the page makes goes to the agent (each test checks what it recorded);
-- with an API key, the page asks for it once and sends it; the page and its files stay public.
+- with an API key, the page asks for it once and sends it; the page and its files stay public;
+- when the agent stops answering, the page says so, and picks up again by itself once it is back.
 
 One agent for the module (the engine-kill test runs last: it is the only one that disturbs it); the
 API-key tests use an agent over the stand-in engine. Screenshots of light and dark land in tests/artifacts,
@@ -78,12 +79,13 @@ def browser():
 
 @contextlib.contextmanager
 def chat_page(browser, agent, path: str = "/", color_scheme: str = "light", ready: bool = True,
-              csp_blocks: bool = False):
+              csp_blocks: bool = False, away: bool = False):
     """A fresh tab (its own storage) on the agent's page. On exit: no JavaScript error, and every request
     the page made went to the agent's origin (nothing from a CDN or any other host). `csp_blocks`: the
     test shows the page hostile content, so what the page's Content-Security-Policy refused is logged (as
     `page.blocked`) rather than an error (DOMPurify's parse of an `onerror` attribute is refused and
-    logged even though the handler is then removed)."""
+    logged even though the handler is then removed). `away`: the test stops the agent, and the browser
+    logs the page's refused connections meanwhile."""
     context = browser.new_context(viewport={"width": 1200, "height": 800}, color_scheme=color_scheme)
     page = context.new_page()
     made: list[str] = []
@@ -94,6 +96,8 @@ def chat_page(browser, agent, path: str = "/", color_scheme: str = "light", read
 
     def console(msg) -> None:
         if msg.type != "error" or "status of 401" in msg.text:  # a 401 is how the page learns it needs the key
+            return
+        if away and "ERR_CONNECTION_REFUSED" in msg.text:
             return
         (blocked if csp_blocks and "Content Security Policy" in msg.text else errors).append(msg.text)
 
@@ -200,11 +204,11 @@ def test_a_reply_streams_and_shows_its_usage(browser, chat_agent):
     with chat_page(browser, chat_agent) as page:
         assert page.locator("#project").input_value() == chat_agent.get("/v1/projects/general_chat")["id"]
         page.wait_for_selector("#engines li[data-state='ready']")
-        page.fill("#max-tokens", "16")
-        page.fill("#input", "Tell me about Paris.")
+        page.fill("#max-tokens", "32")
+        page.fill("#input", "Write a Python function")
         page.press("#input", "Shift+Enter")
-        page.keyboard.type("In two sentences.")
-        assert page.input_value("#input") == "Tell me about Paris.\nIn two sentences.", "Shift+Enter is a new line"
+        page.keyboard.type("that adds two numbers.")
+        assert page.input_value("#input") == "Write a Python function\nthat adds two numbers.", "Shift+Enter is a new line"
         page.evaluate("""() => {
             window.seen = [];
             new MutationObserver(() => {
@@ -217,7 +221,8 @@ def test_a_reply_streams_and_shows_its_usage(browser, chat_agent):
         completion, prompt = usage_of(reply)
         seen = page.evaluate("window.seen")
         final = reply.locator(".content").inner_text().strip()
-    assert 1 <= completion <= 16 and prompt > 5
+        shoot(page)
+    assert 1 <= completion <= 32 and prompt > 5
     assert len(seen) >= 3, f"the reply was drawn {len(seen)} times while it streamed"
     assert all(len(a) <= len(b) for a, b in zip(seen, seen[1:])), "each draw adds to the last"
     assert final, "the whole reply stays, rendered"
@@ -301,7 +306,6 @@ def test_an_earlier_session_reopens_rendered_and_sanitised(browser, chat_agent):
         send(page, "And again?")
         finished_reply(page)
         assert page.locator("#sessions button[aria-current='true']").get_attribute("data-session") == "reopen-me"
-        shoot(page)
     session = chat_agent.get("/v1/projects/general_chat/sessions/reopen-me")
     assert [m["content"] for m in session["messages"] if m["role"] == "user"] == [question, "And again?"]
 
@@ -342,6 +346,21 @@ def test_the_api_key_is_asked_once_and_sent(browser, keyed_standin):
         page.wait_for_selector("#project option", state="attached")
         assert dialog.is_hidden(), "asked once: the key is kept for the tab"
     assert authorized and set(authorized) == {f"Bearer {KEY}"}
+
+
+def test_the_page_picks_up_again_when_the_agent_comes_back(browser, keyed_standin):
+    """After the key test: it stops and restarts that module's agent (on the same port)."""
+    with chat_page(browser, keyed_standin, path="/chat", ready=False, away=True) as page:
+        page.fill("#key", KEY)
+        page.press("#key", "Enter")
+        page.wait_for_selector("#engines li[data-state='ready']")
+        keyed_standin.stop()
+        page.wait_for_selector("#banner:has-text('not answering')", timeout=10_000)
+        keyed_standin.start()
+        page.wait_for_selector("#banner", state="hidden", timeout=15_000)
+        page.wait_for_selector("#engines li[data-state='ready']")
+        send(page, "hi")
+        assert finished_reply(page).locator(".content").inner_text().strip() == "w1 w2 w3 w4"
 
 
 def test_an_engine_killed_mid_reply_shows_the_error_and_the_next_message_works(browser, chat_agent):
