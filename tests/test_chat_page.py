@@ -2,7 +2,8 @@
 against a real agent over the real engine (SmolLM2):
 
 - a reply streams (the page draws it several times before it ends) and shows its usage; Enter sends,
-  Shift+Enter is a new line;
+  Shift+Enter is a new line; regenerate resends without the old reply, edit resends the changed text;
+- the models are listed, a base model marked; an unknown model is said in place;
 - Esc stops a reply midway, and the engine cancels its task (its log says so, long before max_tokens);
 - a project picked on the page applies its system prompt and defaults (the prompt grows by the system
   prompt's tokens; the project's max_tokens caps the reply); its sessions are listed and reopen, Markdown
@@ -79,13 +80,14 @@ def browser():
 
 @contextlib.contextmanager
 def chat_page(browser, agent, path: str = "/", color_scheme: str = "light", ready: bool = True,
-              csp_blocks: bool = False, away: bool = False):
+              csp_blocks: bool = False, away: bool = False, provoked: tuple[int, ...] = ()):
     """A fresh tab (its own storage) on the agent's page. On exit: no JavaScript error, and every request
     the page made went to the agent's origin (nothing from a CDN or any other host). `csp_blocks`: the
     test shows the page hostile content, so what the page's Content-Security-Policy refused is logged (as
     `page.blocked`) rather than an error (DOMPurify's parse of an `onerror` attribute is refused and
     logged even though the handler is then removed). `away`: the test stops the agent, and the browser
-    logs the page's refused connections meanwhile."""
+    logs the page's refused connections meanwhile. `provoked`: the error statuses the test makes the agent
+    answer (the browser logs each)."""
     context = browser.new_context(viewport={"width": 1200, "height": 800}, color_scheme=color_scheme)
     page = context.new_page()
     made: list[str] = []
@@ -95,7 +97,7 @@ def chat_page(browser, agent, path: str = "/", color_scheme: str = "light", read
     blocked: list[str] = []
 
     def console(msg) -> None:
-        if msg.type != "error" or "status of 401" in msg.text:  # a 401 is how the page learns it needs the key
+        if msg.type != "error" or any(f"status of {status} " in msg.text for status in provoked):
             return
         if away and "ERR_CONNECTION_REFUSED" in msg.text:
             return
@@ -103,7 +105,8 @@ def chat_page(browser, agent, path: str = "/", color_scheme: str = "light", read
 
     page.blocked = blocked
     page.on("console", console)
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 and r.status != 401 else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 and r.status not in provoked
+            else None)
     try:
         page.goto(agent.url + path)
         if ready:
@@ -310,6 +313,43 @@ def test_an_earlier_session_reopens_rendered_and_sanitised(browser, chat_agent):
     assert [m["content"] for m in session["messages"] if m["role"] == "user"] == [question, "And again?"]
 
 
+def test_regenerate_and_edit_resend(browser, chat_agent):
+    with chat_page(browser, chat_agent) as page:
+        sent: list[dict] = []
+        page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/completions") else None)
+        page.fill("#max-tokens", "3")
+        send(page, "Name a colour.")
+        finished_reply(page)
+        page.get_by_role("button", name="Ask again for this reply").click()  # drops the old reply at once
+        finished_reply(page)
+        assert page.locator("#conversation > article").count() == 2, "the new reply replaced the old one"
+        page.get_by_role("button", name="Edit and resend this message").click()
+        assert page.input_value("#input") == "Name a colour." and page.locator("#conversation > article").count() == 0
+        assert page.evaluate("document.activeElement.id") == "input", "the text is ready to edit"
+        page.fill("#input", "Name a fruit.")
+        page.press("#input", "Enter")
+        finished_reply(page)
+        assert page.locator("#conversation > article.user .content").inner_text() == "Name a fruit."
+    assert [[m["content"] for m in body["messages"]] for body in sent] == [
+        ["Name a colour."], ["Name a colour."], ["Name a fruit."]], "regenerate resends without the old reply"
+    assert len({body["session_id"] for body in sent}) == 1, "one conversation"
+
+
+def test_models_are_listed_a_base_model_marked_and_an_unknown_one_said_in_place(browser, chat_agent, second_model):
+    with chat_page(browser, chat_agent, provoked=(404,)) as page:
+        page.wait_for_selector("#model option[value='gemma-3-270m']", state="attached")
+        assert page.locator("#model option[value='gemma-3-270m']").inner_text() == \
+            "gemma-3-270m (base model: continues text)"
+        assert page.locator("#model option[value='slp-orchestra-mini']").inner_text() == "slp-orchestra-mini"
+        # The list is from when the page loaded: a model removed since then is unknown to the agent.
+        page.evaluate("document.getElementById('model').add(new Option('removed-since', 'removed-since'))")
+        page.select_option("#model", "removed-since")
+        send(page, "hi")
+        error = finished_reply(page).locator(".error")
+        assert error.inner_text().startswith("Unknown model: The model 'removed-since' does not exist")
+        assert error.get_attribute("role") == "alert"
+
+
 def shoot(page) -> None:
     """Light, then dark through the page's toggle (checked to change the colours): tests/artifacts, and
     docs/screenshots when SLP_UPDATE_SCREENSHOTS=1."""
@@ -327,7 +367,7 @@ def shoot(page) -> None:
 
 
 def test_the_api_key_is_asked_once_and_sent(browser, keyed_standin):
-    with chat_page(browser, keyed_standin, path="/chat", ready=False) as page:
+    with chat_page(browser, keyed_standin, path="/chat", ready=False, provoked=(401,)) as page:
         dialog = page.locator("#key-dialog")
         dialog.wait_for()
         page.fill("#key", "wrong")
@@ -350,7 +390,7 @@ def test_the_api_key_is_asked_once_and_sent(browser, keyed_standin):
 
 def test_the_page_picks_up_again_when_the_agent_comes_back(browser, keyed_standin):
     """After the key test: it stops and restarts that module's agent (on the same port)."""
-    with chat_page(browser, keyed_standin, path="/chat", ready=False, away=True) as page:
+    with chat_page(browser, keyed_standin, path="/chat", ready=False, away=True, provoked=(401,)) as page:
         page.fill("#key", KEY)
         page.press("#key", "Enter")
         page.wait_for_selector("#engines li[data-state='ready']")

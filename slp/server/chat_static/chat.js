@@ -151,9 +151,21 @@ function showProject() {
 
 async function loadModels() {
   const models = (await getJSON("v1/models")).data;
+  // A base model (no chat template) continues text rather than holding a conversation: say so. The list
+  // has no details; one request per installed file (its names share them) asks.
+  const roots = [...new Set(models.map((m) => m.root))];
+  const kinds = new Map(await Promise.all(roots.map(async (root) => {
+    const model = await getJSON(`v1/models/${encodeURIComponent(root)}`).catch(() => null);
+    return [root, model?.details?.kind];
+  })));
   const select = $("model");
   const kept = select.value;
-  select.replaceChildren(select.options[0], ...models.map((m) => new Option(m.id, m.id, false, m.id === kept)));
+  select.replaceChildren(select.options[0], ...models.map((m) => {
+    const base = kinds.get(m.root) === "base";
+    const option = new Option(base ? `${m.id} (base model: continues text)` : m.id, m.id, false, m.id === kept);
+    option.dataset.kind = kinds.get(m.root) || "";
+    return option;
+  }));
 }
 
 async function loadSessions() {
