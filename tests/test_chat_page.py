@@ -50,8 +50,10 @@ pytestmark = pytest.mark.engine
 
 @pytest.fixture(scope="module")
 def chat_agent(tmp_path_factory, default_model, engine_binary):
-    """This module's agent over the real engine: short default answers, a quick restart after a kill."""
-    agent = make_agent(tmp_path_factory.mktemp("chat-page"), max_tokens="24")
+    """This module's agent over the real engine, with short default answers. One engine thread: on shared,
+    busy cores two threads that wait on each other made replies 5-10 times slower (this file took 83 s
+    instead of 31 s at a load of 3 on 2 cores); what the page does does not depend on the thread count."""
+    agent = make_agent(tmp_path_factory.mktemp("chat-page"), max_tokens="24", threads="1")
     agent.start()
     yield agent
     agent.stop()
