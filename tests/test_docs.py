@@ -345,13 +345,16 @@ def serve(app, scenario):
 
 def test_public_paths_come_from_the_table():
     from slp.server.api import PUBLIC_PATHS, ROUTES
+    from slp.server.chat_files import STATIC_FILES as CHAT_FILES
     from slp.server.docs_files import STATIC_FILES
 
     assert {(r.method, r.path) for r in ROUTES if r.public} == {
-        ("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/static/{filename}")}
+        ("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/static/{filename}"),
+        ("GET", "/"), ("GET", "/chat"), ("GET", "/chat/static/{filename}")}
     # A templated public path is public only for the values its parameter lists: any other file name
     # is an unknown path, which needs the key (test_docs_are_public_and_behind_the_host_check).
-    assert PUBLIC_PATHS == {"/health", "/openapi.json", "/docs", *(f"/docs/static/{name}" for name in STATIC_FILES)}
+    assert PUBLIC_PATHS == {"/health", "/openapi.json", "/docs", *(f"/docs/static/{name}" for name in STATIC_FILES),
+                            "/", "/chat", *(f"/chat/static/{name}" for name in CHAT_FILES)}
 
 
 def test_a_handler_answers_only_with_the_model_its_route_documents():

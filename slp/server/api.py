@@ -27,7 +27,8 @@ from slp.projects.schema import (
     SessionDetail,
 )
 from slp.projects.shaping import shape_anthropic, shape_chat, shape_completion, shape_responses
-from slp.server import docs, documents_routes, engines_routes, keys, projects_routes, routes
+from slp.server import chat_page, docs, documents_routes, engines_routes, keys, projects_routes, routes
+from slp.server.chat_files import STATIC_FILES as CHAT_FILES
 from slp.server.docs_files import STATIC_FILES
 from slp.server.ollama_schemas import (
     NDJSON,
@@ -123,6 +124,8 @@ MODEL_PARAM = path_param("model", "A model name or alias.", DEFAULT_MODEL_ALIAS)
 DOCUMENT_PARAM = path_param("document", "A document's id, or its name or source when no other document has it.",
                             "manual.pdf")
 FILENAME_PARAM = path_param("filename", "One of the files the page loads.", "swagger-ui.css", enum=STATIC_FILES)
+CHAT_FILENAME_PARAM = path_param("filename", "One of the files the chat page loads.", "chat.js", enum=CHAT_FILES)
+HTML_PAGE = {"text/html": {"schema": {"type": "string"}}}
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CHAT_EXAMPLE = {"id": "chatcmpl-3bU5KcTzK1mJm3o0tD5uNwYc7nG1sQpX", "object": "chat.completion",
@@ -500,10 +503,13 @@ ROUTES: tuple[Route, ...] = (
           answers={200: Answer("The best chunks.", SearchResults)}, errors={**NO_PROJECT, **PROJECT_BODY}),
 
     # --- Ollama's API, translated to the same engines (slp.server.ollama)
-    Route("GET", "/", "ollamaRoot", "Ollama's liveness probe", "Ollama", handler=ollama("root"),
-          description="`Ollama is running`, which Ollama clients probe (HEAD or GET).",
-          answers={200: Answer("Plain text.", content={"text/plain": {"schema": {"type": "string"},
-                                                                      "example": "Ollama is running"}})}),
+    Route("GET", "/", "ollamaRoot", "Ollama's liveness probe, or the chat page for a browser", "Ollama",
+          handler=chat_page.root,
+          description="`Ollama is running`, which Ollama clients probe (HEAD or GET); a browser (`Accept` with "
+                      "`text/html`) gets the chat page instead (as at `/chat`). Answered without an API key.",
+          answers={200: Answer("Plain text, or the page.", content={
+              "text/plain": {"schema": {"type": "string"}, "example": "Ollama is running"}, **HTML_PAGE})},
+          public=True),
     Route("GET", "/api/version", "ollamaVersion", "Ollama API version", "Ollama", handler=ollama("version"),
           description="The Ollama API version these routes follow." + OLLAMA_NOTE,
           answers={200: Answer("The version.", OllamaVersion)}, error_model=OllamaErrorResponse),
@@ -612,6 +618,26 @@ ROUTES: tuple[Route, ...] = (
           params=(FILENAME_PARAM,),
           answers={200: Answer("The file.", content={ctype: {"schema": {}}
                                                      for ctype in sorted({*STATIC_FILES.values()})}),
+                   304: Answer("Not modified (the ETag matched).")},
+          errors={404: "Not one of the files.",
+                  401: "Not one of the files, and the agent has an API key (any other name is an unknown path, "
+                       "which needs the key like every path)."},
+          public=True),
+
+    # --- the chat page: public like the docs (it asks for the key, and sends it with every API call)
+    Route("GET", "/chat", "getChatPage", "The chat page", "Chat", handler=chat_page.chat_page,
+          description="A chat in the browser: projects and models, streamed replies rendered as Markdown, stop, "
+                      "regenerate, edit, earlier sessions, usage and the loaded engines. Its files come from the "
+                      "agent under `/chat/static/` (never a CDN). Answered without an API key; the page asks for "
+                      "it when the agent has one.",
+          answers={200: Answer("The page.", content=HTML_PAGE)}, public=True),
+    Route("GET", "/chat/static/{filename}", "getChatFile", "A file of the chat page", "Chat",
+          handler=chat_page.static_file,
+          description="The chat page's script, style sheet and vendored libraries (marked, DOMPurify), from the "
+                      "slp package. Answered without an API key.",
+          params=(CHAT_FILENAME_PARAM,),
+          answers={200: Answer("The file.", content={ctype: {"schema": {}}
+                                                     for ctype in sorted({c for _, c in CHAT_FILES.values()})}),
                    304: Answer("Not modified (the ETag matched).")},
           errors={404: "Not one of the files.",
                   401: "Not one of the files, and the agent has an API key (any other name is an unknown path, "

@@ -220,6 +220,7 @@ def build_openapi(routes: Iterable[Route], api_key_required: bool = False) -> di
                                                  "each question and name them in `annotations`."},
             {"name": "Ollama", "description": "Ollama's REST API, translated to the same engines and projects."},
             {"name": "Docs", "description": "This documentation."},
+            {"name": "Chat", "description": "The chat page in the browser (`/chat`, and `/` for a browser)."},
         ],
         "security": [{"bearerAuth": []}] if api_key_required else [{}, {"bearerAuth": []}],
         "paths": paths,
