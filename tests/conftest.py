@@ -243,7 +243,7 @@ def fresh_agent(tmp_path, default_model, engine_binary):
 @pytest.fixture(scope="session")
 def agent(tmp_path_factory, default_model, engine_binary) -> Agent:
     """One running agent shared by the tests that cannot disturb each other."""
-    agent = make_agent(tmp_path_factory.mktemp("shared-agent"), max_tokens="128")
+    agent = make_agent(tmp_path_factory.mktemp("shared-agent"), max_tokens="32")
     agent.start()
     yield agent
     agent.stop()

@@ -782,23 +782,17 @@ _LONG = 64  # GGUF arrays longer than this (the vocabulary, merges) are null in 
 
 @functools.lru_cache(maxsize=16)
 def _gguf_facts(path: str, mtime_ns: int, verbose: bool) -> dict:
-    import gguf
-    import numpy
+    from slp.models.gguf_header import Skipped, read_header
 
-    reader = gguf.GGUFReader(path)
+    # The header's key/values by struct (milliseconds; gguf's reader took seconds over the vocabulary);
+    # the tokenizer's long arrays are decoded only when asked for.
+    fields = read_header(path, decode=lambda key: verbose or not key.startswith("tokenizer.ggml."),
+                         tensors=False).fields
     info: dict[str, Any] = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        try:
-            value = field.contents()
-        except Exception:  # noqa: BLE001 - a field gguf cannot read is left out
-            continue
-        if isinstance(value, list) and len(value) > _LONG and not verbose:
+    for name, value in fields.items():
+        if isinstance(value, Skipped) or (isinstance(value, (list, tuple)) and len(value) > _LONG and not verbose):
             value = None
-        elif isinstance(value, numpy.generic):
-            value = value.item()
-        info[name] = value
+        info[name] = list(value) if isinstance(value, tuple) else value
     template = info.pop("tokenizer.chat_template", None) or ""
     capabilities = ["completion"]
     if "tools" in template:
