@@ -35,6 +35,7 @@ def port_free(host: str, port: int) -> bool:
 # needs neither unless a dead agent left engines behind or the start fails.
 
 SHUTDOWN_GRACE = 10.0  # seconds in-flight responses get to finish on stop
+STOPPING_GRACE = 5.0  # seconds an engine's stop may first spend saving its projects' prompts (the prompt cache)
 
 
 class AgentError(Exception):
@@ -142,7 +143,7 @@ def wait_for_detached(proc: subprocess.Popen, paths: Paths, timeout: float) -> d
 
 def stop_agent_process(paths: Paths, stop_grace: float) -> bool:
     """Stop the agent the state file names (SIGTERM; SIGKILL once it has had time to drain requests and
-    stop its engines, `SHUTDOWN_GRACE + stop_grace`), then clean up whatever it left. Blocks until then.
+    stop its engines, `SHUTDOWN_GRACE + STOPPING_GRACE + stop_grace`), then clean up whatever it left. Blocks until then.
     True if one was running; a stale state file is cleaned up either way."""
     state = live_state(paths)
     if not state:
@@ -153,7 +154,7 @@ def stop_agent_process(paths: Paths, stop_grace: float) -> bool:
     try:
         agent = psutil.Process(state["agent_pid"])
         agent.send_signal(signal.SIGTERM)
-        wait_exited(agent, SHUTDOWN_GRACE + stop_grace + 5)
+        wait_exited(agent, SHUTDOWN_GRACE + STOPPING_GRACE + stop_grace + 5)
     except psutil.TimeoutExpired:
         agent.kill()
     except psutil.NoSuchProcess:

@@ -26,8 +26,6 @@ import json
 import os
 import re
 import signal
-import time
-from pathlib import Path
 
 import pytest
 import requests

@@ -54,6 +54,7 @@ from slp.engine.process import (
     tail_lines,
     terminate,
 )
+from slp.lifecycle import STOPPING_GRACE
 
 log = logging.getLogger("slp.engine")
 
@@ -69,7 +70,7 @@ BUSY_CPU_SHARE = 0.1  # of one core over a watchdog interval: more is work (e.g.
 # and no flash attention (the last `--flash-attn` wins over the command's own).
 SAFE_MODE_ARGS = ("--no-repack", "--flash-attn", "off")
 SAFE_MODE_WORDS = "safe mode (--no-repack, flash attention off)"
-STOPPING_TIMEOUT = 5.0  # seconds a stop waits for on_stopping (the prompt cache's saves) at most
+STOPPING_TIMEOUT = STOPPING_GRACE  # seconds a stop waits for on_stopping (the prompt cache's saves) at most
 CRASHES_AT_LOAD = 2  # crashes at load in a row that make the next start a safe-mode one
 # Signals of a fault in the engine itself. SIGKILL and SIGTERM come from outside (the OOM killer, a user):
 # they are crashes, but never "at load" (safe mode would not help).

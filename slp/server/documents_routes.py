@@ -9,7 +9,6 @@ reads files with the agent's rights; with SLP_API_KEY set it also needs the key,
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 from pathlib import Path

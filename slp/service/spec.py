@@ -23,7 +23,7 @@ LAUNCHD_LABEL = "dev.slp.agent"
 # Time the agent may take to start before the manager gives up: fetching the default model (pip, ~100 MB)
 # plus every engine attempt the supervisor makes before it settles (ready, or failed for good).
 MODEL_FETCH_ALLOWANCE = 900.0
-STOP_MARGIN = 10.0  # on top of the agent's drain grace and the engine's SIGTERM grace
+STOP_MARGIN = 10.0  # on top of the agent's drain grace and the engine's SIGTERM grace (covers STOPPING_GRACE)
 
 # Path-valued variables: made absolute, since a service does not start in the caller's directory.
 _PATH_SUFFIXES = ("_HOME", "_DIR", "_BIN", "_CACHE", "_PATH", "_FILE")
