@@ -141,14 +141,18 @@ def wait_for_detached(proc: subprocess.Popen, paths: Paths, timeout: float) -> d
     return wait_until_ready(paths, timeout, ended)
 
 
-def stop_agent_process(paths: Paths, stop_grace: float) -> bool:
+def stop_agent_process(paths: Paths, stop_grace: Optional[float] = None) -> bool:
     """Stop the agent the state file names (SIGTERM; SIGKILL once it has had time to drain requests and
     stop its engines, `SHUTDOWN_GRACE + STOPPING_GRACE + stop_grace`), then clean up whatever it left. Blocks until then.
-    True if one was running; a stale state file is cleaned up either way."""
+    True if one was running; a stale state file is cleaned up either way. `stop_grace`: the engine's
+    SIGTERM grace, else the one the agent wrote in its state file (the CLI then loads no settings)."""
     state = live_state(paths)
     if not state:
         clean_up_after_dead_agent(paths)
         return False
+    if stop_grace is None:
+        grace = state.get("stop_grace")
+        stop_grace = float(grace) if isinstance(grace, (int, float)) else 5.0
     import psutil
 
     try:

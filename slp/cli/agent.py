@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -103,15 +103,18 @@ def start(foreground: bool = typer.Option(False, "--foreground", "-f",
     typer.echo(f"slp agent running at {state['url']} (pid {state['agent_pid']}); engine ready")
 
 
-def stop_agent(settings: Settings) -> bool:
+def stop_agent(settings: Optional[Settings] = None) -> bool:
     """Stop the running agent, through its service when one manages it, and any engine it leaves.
-    True if one was running."""
+    True if one was running. Without `settings` nothing but the paths is loaded (the agent's state file
+    gives its stop grace): a stop costs no pydantic import."""
     from slp.lifecycle import stop_agent_process
     from slp.service import managed_by_service, service_stop
 
     if managed_by_service():
         service_stop()
         return True
+    if settings is None:
+        return stop_agent_process(agent_paths())
     return stop_agent_process(settings.paths, settings.stop_grace)
 
 
@@ -122,8 +125,7 @@ def stop() -> None:
 
     Example: slp agent stop
     """
-    settings = load_settings()
-    typer.echo("slp agent stopped" if stop_agent(settings) else "slp agent is not running")
+    typer.echo("slp agent stopped" if stop_agent() else "slp agent is not running")
 
 
 @app.command()

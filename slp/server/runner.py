@@ -132,7 +132,8 @@ async def serve(settings: Settings, ready: Optional[asyncio.Event] = None, head:
     me = psutil.Process()
     state = {"agent_pid": me.pid, "agent_create_time": me.create_time(), "host": settings.host,
              "port": settings.port, "url": None, "engine_pid": None, "engine_create_time": None,
-             "started_at": time.time(), "version": slp.__version__, "start_timeout": settings.start_timeout}
+             "started_at": time.time(), "version": slp.__version__, "start_timeout": settings.start_timeout,
+             "stop_grace": settings.stop_grace}
 
     notifier = ServiceNotifier()  # systemd Type=notify (READY=1, STATUS=, STOPPING=1); no-op without NOTIFY_SOCKET
 
