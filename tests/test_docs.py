@@ -38,7 +38,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 API_KEY = "sk-slp-docs-test-key"
 GEN_CAP = 4  # tokens a fuzzed request may generate: the engine is a tiny model on shared CPU cores
-FUZZ_SECONDS = 55  # schemathesis' budget for all its phases (it stops at the deadline; fuzzing takes what is left)
+FUZZ_SECONDS = 45  # schemathesis' budget for all its phases (it stops at the deadline; fuzzing takes what is left)
 SEED_CHAT = {"model": "slp-orchestra-mini",
              "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
