@@ -116,7 +116,7 @@ def report(r: dict) -> str:
 machine's CPU), a project whose system prompt is {r['prompt_tokens']:,} tokens as the engine counts the
 whole first prompt. {r['rounds']} rounds of: unload and delete the saved prefix, time to first token
 (cold); unload again (the stop saves it), time to first token (restored). Streamed one-token replies at
-temperature 0.
+temperature 0. Both sides include the engine's start after the unload (about half a second).
 
 | | median | each round |
 |---|---|---|
@@ -131,8 +131,8 @@ temperature 0.
   64 × 2 × 2 bytes a token).
 - Restore (checksum, then the engine's restore): {r['restore_s_mean'] * 1000:.0f} ms on average:
   **{per_k_restore * 1000:.1f} ms per 1,000 tokens**.
-- Save, in the engine's stop: {r['save_s_mean'] * 1000:.0f} ms on average (every idle slot saved, the
-  project's kept); the whole unload took {', '.join(f'{s * 1000:,.0f}' for s in r['unload_with_save_s'])} ms.
+- Save, in the engine's stop: {r['save_s_mean'] * 1000:.0f} ms on average (the idle slots long enough to
+  hold the prefix saved, newest first, the project's kept); the whole unload took {', '.join(f'{s * 1000:,.0f}' for s in r['unload_with_save_s'])} ms.
   A stop never waits more than the supervisor's STOPPING_TIMEOUT (5 s) for it.
 """
 
