@@ -219,6 +219,7 @@ def test_ctrl_c_stops_the_reply_and_history_comes_back_with_up(chat_agent):
         assert user_texts(last) == ["next one", "next one"], "the stopped turn was dropped; up recalled"
         term.proc.send_signal(signal.SIGINT)  # at the prompt: a hint, not an exit
         term.expect(r"\(Ctrl-D or /exit to leave\)")
+        term.expect(r"> ")  # readline reads again: a Ctrl-D sent before then went to a terminal in line mode
         assert term.proc.poll() is None
         term.send("\x04")  # Ctrl-D
         term.expect(r"slp chat --resume \w+")
