@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -126,6 +126,19 @@ DOCUMENT_PARAM = path_param("document", "A document's id, or its name or source 
 FILENAME_PARAM = path_param("filename", "One of the files the page loads.", "swagger-ui.css", enum=STATIC_FILES)
 CHAT_FILENAME_PARAM = path_param("filename", "One of the files the chat page loads.", "chat.js", enum=CHAT_FILES)
 HTML_PAGE = {"text/html": {"schema": {"type": "string"}}}
+
+
+def static_files_route(path: str, operation: str, summary: str, tag: str, handler: Callable, description: str,
+                       param: dict, content_types: set[str]) -> Route:
+    """A page's files (the docs', the chat page's): public, by name from a fixed list, revalidated by ETag."""
+    return Route("GET", path, operation, summary, tag, handler=handler,
+                 description=description + " Answered without an API key.", params=(param,),
+                 answers={200: Answer("The file.", content={ctype: {"schema": {}} for ctype in sorted(content_types)}),
+                          304: Answer("Not modified (the ETag matched).")},
+                 errors={404: "Not one of the files.",
+                         401: "Not one of the files, and the agent has an API key (any other name is an unknown "
+                              "path, which needs the key like every path)."},
+                 public=True)
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CHAT_EXAMPLE = {"id": "chatcmpl-3bU5KcTzK1mJm3o0tD5uNwYc7nG1sQpX", "object": "chat.completion",
@@ -611,18 +624,9 @@ ROUTES: tuple[Route, ...] = (
                       "`/docs/static/` (never a CDN). Answered without an API key; use Authorize to "
                       "send one with \"Try it out\".",
           answers={200: Answer("The page.", content={"text/html": {"schema": {"type": "string"}}})}, public=True),
-    Route("GET", "/docs/static/{filename}", "getDocsFile", "A file of Swagger UI", "Docs",
-          handler=docs.static_file,
-          description="The Swagger UI files /docs loads, from the installed swagger-ui-bundle-v2 package. "
-                      "Answered without an API key.",
-          params=(FILENAME_PARAM,),
-          answers={200: Answer("The file.", content={ctype: {"schema": {}}
-                                                     for ctype in sorted({*STATIC_FILES.values()})}),
-                   304: Answer("Not modified (the ETag matched).")},
-          errors={404: "Not one of the files.",
-                  401: "Not one of the files, and the agent has an API key (any other name is an unknown path, "
-                       "which needs the key like every path)."},
-          public=True),
+    static_files_route("/docs/static/{filename}", "getDocsFile", "A file of Swagger UI", "Docs", docs.static_file,
+                       "The Swagger UI files /docs loads, from the installed swagger-ui-bundle-v2 package.",
+                       FILENAME_PARAM, set(STATIC_FILES.values())),
 
     # --- the chat page: public like the docs (it asks for the key, and sends it with every API call)
     Route("GET", "/chat", "getChatPage", "The chat page", "Chat", handler=chat_page.chat_page,
@@ -631,18 +635,9 @@ ROUTES: tuple[Route, ...] = (
                       "agent under `/chat/static/` (never a CDN). Answered without an API key; the page asks for "
                       "it when the agent has one.",
           answers={200: Answer("The page.", content=HTML_PAGE)}, public=True),
-    Route("GET", "/chat/static/{filename}", "getChatFile", "A file of the chat page", "Chat",
-          handler=chat_page.static_file,
-          description="The chat page's script, style sheet and vendored libraries (marked, DOMPurify), from the "
-                      "slp package. Answered without an API key.",
-          params=(CHAT_FILENAME_PARAM,),
-          answers={200: Answer("The file.", content={ctype: {"schema": {}}
-                                                     for ctype in sorted({c for _, c in CHAT_FILES.values()})}),
-                   304: Answer("Not modified (the ETag matched).")},
-          errors={404: "Not one of the files.",
-                  401: "Not one of the files, and the agent has an API key (any other name is an unknown path, "
-                       "which needs the key like every path)."},
-          public=True),
+    static_files_route("/chat/static/{filename}", "getChatFile", "A file of the chat page", "Chat",
+                       chat_page.static_file, "The chat page's script, style sheet and vendored libraries (marked, "
+                       "DOMPurify), from the slp package.", CHAT_FILENAME_PARAM, {c for _, c in CHAT_FILES.values()}),
 )
 
 PUBLIC_PATHS = public_paths(ROUTES)
