@@ -22,6 +22,7 @@ from pydantic_settings import (
 # Where files live is decided in slp.paths (stdlib only, so the CLI can find the agent without pydantic);
 # re-exported here, where every module has always looked for it.
 from slp.paths import APP_NAME, ENV_PREFIX, Paths, ensure_private_dir, paths
+from slp.sizes import parse_size
 
 __all__ = ["APP_NAME", "DEFAULT_MODEL_ALIAS", "Paths", "Settings", "describe_settings_error",
            "ensure_private_dir", "paths"]
@@ -103,9 +104,7 @@ class Settings(BaseSettings):
     @field_validator("prompt_cache_size")
     @classmethod
     def _cache_size(cls, value: str) -> str:
-        from slp.engine.budget import parse_budget
-
-        parse_budget(value, 1 << 40, "prompt cache size")  # BudgetError is a ValueError: one readable line
+        parse_size(value, 1 << 40, "prompt cache size")  # SizeError is a ValueError: one readable line
         return value
 
     @field_validator("home", "models_dir", "engine_bin", mode="after")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections import deque
 from typing import TYPE_CHECKING, Optional
 
 import psutil
+
+from slp.sizes import SizeError, parse_size
 
 if TYPE_CHECKING:
     from slp.models.metadata import ModelMetadata
@@ -25,34 +26,16 @@ if TYPE_CHECKING:
 
 DEFAULT_SHARE = 0.75  # of the machine's RAM, when SLP_MEMORY_BUDGET is unset
 COMPUTE_BUFFER_BYTES = 64 * 1024 * 1024  # llama.cpp's CPU compute buffers for small batches, and slack
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+# A budget that cannot be read (one line for the user); the size parsing is shared with other settings.
+BudgetError = SizeError
 
 
-class BudgetError(ValueError):
-    """A memory budget that cannot be read (one line for the user)."""
-
-
-def parse_budget(value: Optional[str], total: int, what: str = "memory budget") -> int:
+def parse_budget(value: Optional[str], total: int) -> int:
     """Bytes from '8GiB', '6GB', '500M', '75%' (of `total`) or a plain number of bytes; None means the
-    default share. `what` names the setting in the error."""
+    default share."""
     if value is None or str(value).strip() == "":
         return int(total * DEFAULT_SHARE)
-    text = str(value).strip()
-    if text.endswith("%"):
-        try:
-            share = float(text[:-1])
-        except ValueError:
-            raise BudgetError(f"{what} {value!r}: expected a share such as '75%'") from None
-        if not 0 < share <= 100:
-            raise BudgetError(f"{what} {value!r}: a share must be above 0% and at most 100%")
-        return int(total * share / 100)
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise BudgetError(f"{what} {value!r}: expected bytes, a size such as '8GiB', or a share such as '75%'")
-    unit = (match.group(2) or "").lower().removesuffix("b")
-    return int(float(match.group(1)) * _UNITS[unit])
+    return parse_size(value, total, "memory budget")
 
 
 def memory_budget_bytes(settings: "Settings") -> int:

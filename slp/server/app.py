@@ -24,7 +24,6 @@ from slp.engine.budget import (
     estimate_bytes,
     estimate_from_size,
     memory_budget_bytes,
-    parse_budget,
 )
 from slp.engine.command import ENGINE_SETTINGS, engine_command, prompt_cache_dir
 from slp.engine.gpu import gpu_memory_of
@@ -45,6 +44,7 @@ from slp.server.proxy import Proxy, name_unknown_fields
 from slp.server.services import ProjectCache, UsageRecorder
 from slp.server.observe import Metrics, RequestLog, make_observer
 from slp.settings import Settings
+from slp.sizes import parse_size
 from slp.worker.metrics import WorkerCollector
 from slp.worker.pool import WorkerPool
 
@@ -110,7 +110,7 @@ def _prompt_cache(app: web.Application, settings: Settings, engine_bin: Path, me
     if not settings.prompt_cache:
         return None
     root = prompt_cache_dir(settings)
-    limit = parse_budget(settings.prompt_cache_size, _disk_size(root), "prompt cache size")
+    limit = parse_size(settings.prompt_cache_size, _disk_size(root), "prompt cache size")
     store = PromptStore(root, limit)
     store.ready()
     models = app[keys.MODELS]
