@@ -9,9 +9,10 @@ the config file, else the platform's user dirs.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import IO, Iterator, Optional
 
 APP_NAME = "slp"
 ENV_PREFIX = "SLP_"  # Settings reads SLP_<FIELD>, case-insensitively (pydantic-settings' default)
@@ -117,3 +118,29 @@ def ensure_private_dir(path: Path) -> Path:
     for folder in reversed(missing):
         folder.mkdir(mode=0o700, exist_ok=True)
     return path
+
+
+@contextmanager
+def atomic_write(dest: Path, mode: str = "wb", suffix: str = ".tmp") -> Iterator[IO]:
+    """A private temp file beside `dest` (mode 0o600) that replaces `dest`, synced, only if the block
+    finishes without error: a crash, Ctrl-C or full disk leaves `dest` as it was and no temp file."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, mode) as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """`data` as JSON at `path`, whole or not at all (`atomic_write`)."""
+    import json
+
+    with atomic_write(path, "w") as out:
+        json.dump(data, out, indent=2)

