@@ -133,7 +133,7 @@ temperature 0. Both sides include the engine's start after the unload (about hal
   **{per_k_restore * 1000:.1f} ms per 1,000 tokens**.
 - Save, in the engine's stop: {r['save_s_mean'] * 1000:.0f} ms on average (the idle slots long enough to
   hold the prefix saved, newest first, the project's kept); the whole unload took {', '.join(f'{s * 1000:,.0f}' for s in r['unload_with_save_s'])} ms.
-  A stop never waits more than the supervisor's STOPPING_TIMEOUT (5 s) for it.
+  A stop never waits more than STOPPING_GRACE (5 s, slp.lifecycle) for it.
 """
 
 

@@ -70,7 +70,6 @@ BUSY_CPU_SHARE = 0.1  # of one core over a watchdog interval: more is work (e.g.
 # and no flash attention (the last `--flash-attn` wins over the command's own).
 SAFE_MODE_ARGS = ("--no-repack", "--flash-attn", "off")
 SAFE_MODE_WORDS = "safe mode (--no-repack, flash attention off)"
-STOPPING_TIMEOUT = STOPPING_GRACE  # seconds a stop waits for on_stopping (the prompt cache's saves) at most
 CRASHES_AT_LOAD = 2  # crashes at load in a row that make the next start a safe-mode one
 # Signals of a fault in the engine itself. SIGKILL and SIGTERM come from outside (the OOM killer, a user):
 # they are crashes, but never "at load" (safe mode would not help).
@@ -180,7 +179,7 @@ class Supervisor:
                  on_stopping: Optional[Callable[[], Awaitable[None]]] = None):
         """`safe_mode`: why an earlier engine for this model needed safe mode; this one starts in it.
         `on_stopping`: the last step before a ready engine is stopped on purpose (stop, restart), while it
-        still serves (the prompt cache saves there); bounded by STOPPING_TIMEOUT, its errors only logged."""
+        still serves (the prompt cache saves there); bounded by STOPPING_GRACE, its errors only logged."""
         self._make_command = make_command
         self._http = http
         self.name = name
@@ -501,13 +500,13 @@ class Supervisor:
             self.started_at = None
 
     async def _stopping(self) -> None:
-        """Run `on_stopping` before a ready engine is stopped on purpose, within STOPPING_TIMEOUT."""
+        """Run `on_stopping` before a ready engine is stopped on purpose, within STOPPING_GRACE."""
         if self._on_stopping is None:
             return
         try:
-            await asyncio.wait_for(self._on_stopping(), STOPPING_TIMEOUT)
+            await asyncio.wait_for(self._on_stopping(), STOPPING_GRACE)
         except asyncio.TimeoutError:
-            log.warning("%s: the steps before stopping took over %gs; stopping anyway", self.name, STOPPING_TIMEOUT)
+            log.warning("%s: the steps before stopping took over %gs; stopping anyway", self.name, STOPPING_GRACE)
         except Exception:  # noqa: BLE001 - a save that fails must never keep an engine from stopping
             log.exception("%s: the steps before stopping failed; stopping anyway", self.name)
 

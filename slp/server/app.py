@@ -109,10 +109,9 @@ def _prompt_cache(app: web.Application, settings: Settings, engine_bin: Path, me
     """The projects' prompt cache on disk (None when `prompt_cache` is off)."""
     if not settings.prompt_cache:
         return None
-    root = prompt_cache_dir(settings)
-    limit = parse_size(settings.prompt_cache_size, _disk_size(root), "prompt cache size")
-    store = PromptStore(root, limit)
-    store.ready()
+    store = PromptStore(prompt_cache_dir(settings), limit_bytes=0)
+    root = store.ready()  # made first: a share such as '5%' is of the disk it is on
+    store.limit = parse_size(settings.prompt_cache_size, shutil.disk_usage(root).total, "prompt cache size")
     models = app[keys.MODELS]
 
     def model_sha(path: Path) -> Optional[str]:
@@ -122,17 +121,6 @@ def _prompt_cache(app: web.Application, settings: Settings, engine_bin: Path, me
     return PromptCache(store, settings=lambda: app[keys.SETTINGS], http=lambda: app[keys.ENGINE_CONTROL_HTTP],
                        engine_auth=app[keys.ENGINE_AUTH], build=build_id(app[keys.ENGINE_BUILD], engine_bin),
                        model_sha=model_sha, metrics=metrics)
-
-
-def _disk_size(folder: Path) -> int:
-    for path in (folder, *folder.parents):
-        if path.exists():
-            return shutil.disk_usage(path).total
-    return 0
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _closing(close: Callable[[], None]) -> Callable:
@@ -206,7 +194,7 @@ def _engine_pool(app: web.Application, engine_bin: Path, engine_key: str,
             stall_timeout=current.stall_timeout, name=name, log_path=current.paths.engine_log, on_change=changed,
             on_restart=lambda reason: metrics.engine_restarted(name, reason),
             on_kill=lambda: engine.extra["http"].abort(),  # a killed engine's requests end now, not at its exit
-            safe_mode=safe_modes.get(path), on_stopping=lambda: prompts.save(engine) if prompts else _nothing())
+            safe_mode=safe_modes.get(path), on_stopping=(lambda: prompts.save(engine)) if prompts is not None else None)
         threads = (current.threads or cpu_cores()) if cpu_build else 0
         engine = Engine(name=name, path=path, supervisor=supervisor, threads=threads, estimate=0,
                         keep_alive=parse_keep_alive(current.keep_alive))

@@ -19,7 +19,6 @@ from slp.projects.schema import (
     ProjectCreate,
     ProjectUpdate,
     ProjectUsage,
-    PromptCacheEntry,
     SessionDetail,
 )
 from slp.projects.store import ProjectError, ProjectInvalid, ProjectStore, parse
@@ -88,8 +87,7 @@ async def get_project(request: web.Request) -> Project:
     prompts = request.app.get(keys.PROMPT_CACHE)
     if prompts is None:
         return project
-    entries = await asyncio.to_thread(prompts.entries, project.id)
-    return project.model_copy(update={"prompt_cache": [PromptCacheEntry(**e) for e in entries]})
+    return project.model_copy(update={"prompt_cache": await asyncio.to_thread(prompts.entries, project.id)})
 
 
 async def clear_prompt_cache(request: web.Request) -> PromptCacheCleared:

@@ -8,7 +8,7 @@ module ties that to projects:
 - **Save** (`save`, the supervisor's last step before it stops a ready engine on purpose): the engine's
   idle slots are saved, the token ids at the head of each file say whose prefix it holds (the longest
   common prefix with each project's system prompt as the chat template renders it), and one file per
-  project and model is kept; the rest are deleted. Bounded by the supervisor's STOPPING_TIMEOUT: a stop
+  project and model is kept; the rest are deleted. Bounded by STOPPING_GRACE (slp.lifecycle): a stop
   never waits longer.
 - **Restore** (`prepare`, before a project's first request reaches an engine process): the entry whose
   key matches is checked (its sha256) and restored into an idle slot, and the request is sent to that
@@ -41,9 +41,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import aiohttp
 
+from slp.models.fetch import file_sha256
+from slp.paths import write_json_atomic
+
 if TYPE_CHECKING:
     from slp.engine.pool import Engine
-    from slp.projects.schema import Project
+    from slp.projects.schema import Project, PromptCacheEntry
     from slp.server.observe import Metrics
     from slp.settings import Settings
 
@@ -121,21 +124,6 @@ def _file_identity(path: Path) -> str:
     return f"stat-{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
 class PromptStore:
     """The cache's files under one folder: look up, commit, discard, evict, list, clear (blocking calls)."""
 
@@ -166,11 +154,11 @@ class PromptStore:
         meta["sha256"] = file_sha256(tmp)
         meta["bytes"] = tmp.stat().st_size
         os.replace(tmp, self.root / f"{name}.bin")
-        _write_json_atomic(self.root / f"{name}.json", meta)
+        write_json_atomic(self.root / f"{name}.json", meta)
 
     def touch(self, name: str, meta: dict) -> None:
         meta["used_at"] = time.time()
-        _write_json_atomic(self.root / f"{name}.json", meta)
+        write_json_atomic(self.root / f"{name}.json", meta)
 
     def discard(self, name: str) -> None:
         for suffix in (".json", ".bin"):
@@ -305,7 +293,7 @@ class PromptCache:
         return True
 
     async def _restore(self, engine: "Engine", project: "Project") -> Optional[int]:
-        key = self._key(engine, project)
+        key = await asyncio.to_thread(self._key, engine, project)
         if key is None:
             return None
         name = self.store.name(project.id, key["model_sha256"])
@@ -371,15 +359,21 @@ class PromptCache:
         seen = engine.extra.get("prompts")
         if seen is None or seen.pid != engine.supervisor.pid or not seen.projects:
             return
-        projects = [p for p in seen.projects.values() if self._key(engine, p) is not None]
-        if not projects:
+        keyed = await asyncio.to_thread(self._keys, engine, list(seen.projects.values()))
+        if not keyed:
             return
         try:
-            await self._save(engine, projects)
+            await self._save(engine, keyed)
         except (EngineRefused, aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             log.warning("%s: project prompts not saved: %s", engine.name, exc or type(exc).__name__)
 
-    async def _save(self, engine: "Engine", projects: list["Project"]) -> None:
+    def _keys(self, engine: "Engine", projects: list["Project"]) -> dict[str, tuple["Project", dict]]:
+        """project id -> (project, entry key) for the projects whose prefix can be cached (blocking: the
+        first call for a model reads its header and record)."""
+        keys = {p.id: (p, self._key(engine, p)) for p in projects}
+        return {pid: (p, key) for pid, (p, key) in keys.items() if key is not None}
+
+    async def _save(self, engine: "Engine", keyed: dict[str, tuple["Project", dict]]) -> None:
         started = time.monotonic()
         min_tokens = self._settings().prompt_cache_min_tokens
         slots = [s for s in await self._get(engine, "/slots")
@@ -388,7 +382,7 @@ class PromptCache:
         if not slots:
             return
         prefixes = {}
-        for project in projects:
+        for project, _ in keyed.values():
             tokens = await self._prefix_tokens(engine, project)
             if len(tokens) >= min_tokens:
                 prefixes[project.id] = tokens
@@ -415,10 +409,8 @@ class PromptCache:
                         best[project_id] = (shared, tmp, len(tokens))
             if not best:
                 log.info("%s: no idle slot holds the prefix of a project it served: nothing saved", engine.name)
-            by_id = {p.id: p for p in projects}
             for project_id, (shared, tmp, total) in best.items():
-                project = by_id[project_id]
-                key = self._key(engine, project)
+                project, key = keyed[project_id]
                 name = self.store.name(project_id, key["model_sha256"])
                 copy = tmp.with_name(f"{name}.bin.tmp")
                 copy.unlink(missing_ok=True)
@@ -471,10 +463,12 @@ class PromptCache:
 
     # ------------------------------------------------------------------ reading and clearing
 
-    def entries(self, project_id: str) -> list[dict]:
+    def entries(self, project_id: str) -> list["PromptCacheEntry"]:
         """A project's entries as the API shows them (blocking)."""
-        return [{"model": e.get("model"), "prefix_tokens": e.get("prefix_tokens"), "tokens": e.get("tokens"),
-                 "bytes": e.get("bytes"), "saved_at": e.get("saved_at"), "used_at": e.get("used_at")}
+        from slp.projects.schema import PromptCacheEntry
+
+        fields = PromptCacheEntry.model_fields
+        return [PromptCacheEntry(**{k: v for k, v in e.items() if k in fields})
                 for e in self.store.entries(project_id)]
 
     def clear(self, project_id: Optional[str]) -> tuple[int, int]:

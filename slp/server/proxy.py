@@ -324,28 +324,31 @@ class Proxy:
         engine's answer instead of relaying its bytes: the same admission, loading, lease and refusals
         as `_forward`. Yields (engine, the engine's response); the lease lasts until the block ends."""
         record.proxied = True
-        async with self._leased(record, path, body, project, keep_alive) as engine:
-            if project.system_prompt and self._prompts is not None and path in CHAT_PATHS:
-                await self._prompts.prepare(engine, project, body)
+        async with self._leased(record, path, body, project, keep_alive) as (engine, _):
             async with await self._post(record, engine, path, body, None) as upstream:
                 yield engine, upstream
 
     @contextlib.asynccontextmanager
     async def _leased(self, record: RequestRecord, path: str, body: dict, project: Project,
-                      keep_alive: object) -> AsyncIterator[Engine]:
+                      keep_alive: object) -> AsyncIterator[tuple[Engine, bool]]:
         """The engine of the model the body names (or the project's), leased for the block: admitted,
         loaded if needed, kept alive as the request or its project says; the pool's refusals as the
         client's errors. Relayed (`_forward`) and translated (`exchange`) requests both lease through here.
-        A chat (`path` in CHAT_PATHS) with a model that has no chat template is refused before any lease."""
+        A chat (`path` in CHAT_PATHS) with a model that has no chat template is refused before any lease; a
+        chat in a project with a system prompt gets its prefix restored from disk where the engine lacks it
+        (the prompt cache). Yields (engine, whether `body` changed: it names the restored slot)."""
         record.project, record.model = project.name, body.get("model") or project.model
         model_path, name, chats = self._model_path(record.model)
-        if not chats and path in CHAT_PATHS:
+        chat = path in CHAT_PATHS
+        if chat and not chats:
             raise no_chat_template(record.model)
         if keep_alive is UNSET:
             keep_alive = plan_of(project).keep_alive
         with lease_refusals():
             async with self._engines.lease(name, model_path, keep_alive=keep_alive) as engine:
-                yield engine
+                changed = chat and bool(project.system_prompt) and self._prompts is not None and \
+                    await self._prompts.prepare(engine, project, body)
+                yield engine, changed
 
     # ------------------------------------------------------------------ steps
 
@@ -418,10 +421,9 @@ class Proxy:
                        payload: Optional[bytes] = None) -> web.StreamResponse:
         """Lease the model's engine (admitted, loading it if needed) and send the request there; `payload`
         is the body's bytes when they can go as the client sent them."""
-        async with self._leased(record, path, body, project, keep_alive) as engine:
-            if project.system_prompt and self._prompts is not None and path in CHAT_PATHS and \
-                    await self._prompts.prepare(engine, project, body):
-                payload = None  # sent to the slot its prefix was restored into
+        async with self._leased(record, path, body, project, keep_alive) as (engine, changed):
+            if changed:
+                payload = None  # the body names the slot its prefix was restored into
             return await self._send(request, record, engine, path, body, payload, project, session, end_marker,
                                     account)
 
